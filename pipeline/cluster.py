@@ -1,0 +1,75 @@
+"""The Dask edge: an embedded LocalCluster on 127.0.0.1 or an existing scheduler, and the
+submission of chunk tasks with progress, worker-loss handling and clear failures."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+from distributed import Client, LocalCluster, as_completed
+from distributed.client import FutureCancelledError
+from distributed.scheduler import KilledWorker
+
+from .errors import InputError, JobError
+from .plan import Chunk
+
+CONNECT_SECONDS = 10
+
+
+@contextmanager
+def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
+    """A client for ``scheduler``, or for a new local cluster of ``workers`` processes."""
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=f"{CONNECT_SECONDS}s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InputError(
+                f"cannot reach the Dask scheduler at {scheduler} within {CONNECT_SECONDS} s ({exc}); "
+                "check the address and that the scheduler is running"
+            ) from None
+        try:
+            client.wait_for_workers(1, timeout=CONNECT_SECONDS)
+        except TimeoutError:
+            client.close()
+            raise InputError(f"the Dask scheduler at {scheduler} has no workers; start some with `dask worker {scheduler}`") from None
+        with client:
+            yield client
+        return
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def dashboard_link(client: Client) -> str | None:
+    try:
+        return client.dashboard_link
+    except Exception:
+        return None
+
+
+def run_chunks(client: Client, function: Callable, context, chunks: Sequence[Chunk],
+               on_done: Callable[[Chunk], None], describe: Callable[[int], str]) -> None:
+    """Run ``function(context, chunk)`` for every chunk; stop at the first failure.
+
+    A lost worker is handled by the scheduler, which re-runs the chunk elsewhere; a chunk that
+    keeps killing workers ends the job naming its parameters.
+    """
+    futures = {client.submit(function, context, chunk, pure=False): chunk for chunk in chunks}
+    try:
+        for future in as_completed(futures):
+            chunk = futures[future]
+            try:
+                future.result()
+            except KilledWorker:
+                raise JobError(
+                    f"chunk {chunk.index} (parameters {chunk.start}–{chunk.stop - 1}: {describe(chunk.start)} to "
+                    f"{describe(chunk.stop - 1)}) killed the workers that ran it; its forward may crash the "
+                    "process. Finished chunks are kept in the store"
+                ) from None
+            except FutureCancelledError:
+                raise JobError(f"chunk {chunk.index} was cancelled by the scheduler; resubmit to resume") from None
+            on_done(chunk)
+    finally:
+        client.cancel(list(futures))

@@ -1,0 +1,250 @@
+"""One check from request to verdict: prepare (validate, hash) → store → evaluate → reduce.
+
+All validation happens before the store is touched, so a refused request never changes an
+existing store.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import math
+import platform
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__, cluster, store
+from .cases import Case, load_case
+from .errors import InputError
+from .layout import Layout
+from .models import BUILTIN_CASE_FOR, ModelSpec, as_cost, load_model, model_spec
+from .plan import Chunk, default_chunk_size, plan_chunks
+from .reduce import IncompleteStore, Reduction, reduce_gradients
+from .tasks import TaskContext, evaluate_chunk
+
+DEFAULT_THRESHOLD = 2e-7
+METHOD = "central"
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything ``gradjob submit`` was asked for."""
+
+    model: str = "seed-buggy"
+    forward: str | None = None
+    backward: str | None = None
+    case: str | None = None
+    layers: tuple[int, ...] = (4, 5, 3, 1)
+    examples: int = 16
+    seed: int = 0
+    epsilon: float | None = None
+    threshold: float = DEFAULT_THRESHOLD
+    chunk_size: int | None = None
+    workers: int = 2
+    scheduler: str | None = None
+    store: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+
+
+@dataclass
+class Prepared:
+    """A validated request: the model, the case as a flat θ, the analytic gradient, identity."""
+
+    request: Request
+    spec: ModelSpec
+    case: Case
+    layout: Layout
+    theta: np.ndarray
+    grad: np.ndarray
+    identity: dict
+    store: str
+
+
+@dataclass
+class Outcome:
+    reduction: Reduction
+    meta: dict
+    store: str
+    evaluated_chunks: int = 0
+    dashboard: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Progress:
+    """Hooks for a progress display; the default shows nothing."""
+
+    def start(self, total: int, already_done: int, dashboard: str | None) -> None: ...
+
+    def advance(self) -> None: ...
+
+
+def check_options(request: Request) -> None:
+    if request.epsilon is not None and not (math.isfinite(request.epsilon) and request.epsilon > 0):
+        raise InputError(f"--epsilon must be a positive finite number; got {request.epsilon}")
+    if not (math.isfinite(request.threshold) and request.threshold > 0):
+        raise InputError(f"--threshold must be a positive finite number; got {request.threshold}")
+    if request.chunk_size is not None and request.chunk_size < 1:
+        raise InputError(f"--chunk-size must be at least 1; got {request.chunk_size}")
+    if request.workers < 1:
+        raise InputError(f"--workers must be at least 1; got {request.workers}")
+    if request.overwrite and request.resume:
+        raise InputError("--overwrite and --resume contradict each other; choose one")
+
+
+def prepare(request: Request) -> Prepared:
+    """Validate everything that can be validated on the client and compute the analytic gradient."""
+    check_options(request)
+    spec = model_spec(request.model, request.forward, request.backward)
+    case_name = request.case or BUILTIN_CASE_FOR.get(request.model, "seed")
+    case = load_case(case_name, list(request.layers), request.examples, request.seed)
+    layout = Layout.of(case.parameters)
+    theta = layout.flatten(case.parameters)
+    grad = analytic_gradient(load_model(spec), case, layout, theta)
+    identity = {
+        "model": spec.digest(),
+        "case": case.digest(),
+        "theta": hashlib.sha256(theta.tobytes()).hexdigest(),
+        "layout": hashlib.sha256(repr(layout.to_json()).encode()).hexdigest(),
+        "epsilon": request.epsilon if request.epsilon is not None else "auto",
+        "method": METHOD,
+    }
+    path = request.store or default_store_path(spec, case_name, identity)
+    return Prepared(request, spec, case, layout, theta, grad, identity, path)
+
+
+def analytic_gradient(model, case: Case, layout: Layout, theta: np.ndarray) -> np.ndarray:
+    """Run forward and backward once at θ; refuse a forward that is not deterministic."""
+    views = layout.views(theta)
+    try:
+        first = model.forward(case.X, case.Y, views)
+        second = model.forward(case.X, case.Y, views)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"the forward raised at the case's parameters: {type(exc).__name__}: {exc}") from None
+    cost, again = as_cost(first), as_cost(second)
+    if not math.isfinite(cost):
+        raise InputError(f"the forward's cost at the case's parameters is {cost}; the check needs a finite cost")
+    if cost != again:
+        raise InputError(
+            f"the forward is not deterministic: two evaluations at the same θ gave {cost!r} and {again!r}; "
+            "fix its randomness (e.g. one dropout mask for the whole job) before checking"
+        )
+    cache = first[1] if isinstance(first, tuple) and len(first) > 1 else None
+    try:
+        gradients = model.backward(case.X, case.Y, cache)
+    except Exception as exc:
+        raise InputError(f"the backward raised: {type(exc).__name__}: {exc}") from None
+    grad = layout.flatten_gradients(gradients)
+    if not np.all(np.isfinite(grad)):
+        raise InputError(f"the backward returned non-finite gradient values (first at {layout.describe(int(np.flatnonzero(~np.isfinite(grad))[0]))})")
+    return grad
+
+
+def default_store_path(spec: ModelSpec, case_name: str, identity: dict) -> str:
+    """``gradjob-stores/<model>-<case>-<hash>.zarr``: the same job always finds its own store."""
+    stem = Path(spec.name).stem if not spec.is_builtin else spec.name
+    digest = hashlib.sha256(repr(sorted(identity.items())).encode()).hexdigest()[:10]
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}-{Path(case_name).name}")
+    return str(Path("gradjob-stores") / f"{label}-{digest}.zarr")
+
+
+def open_or_create_store(prepared: Prepared, chunk_size: int | None, n_workers: int) -> tuple[dict, list[Chunk]]:
+    """Resume a store of the same job, create a new one, or refuse; returns metadata and chunks to do."""
+    request, path = prepared.request, prepared.store
+    if store.exists(path) and not request.overwrite:
+        group = store.open_existing(path, mode="r")
+        meta = store.metadata(group)
+        differing = [k for k, v in prepared.identity.items() if meta["identity"].get(k) != v]
+        if differing:
+            raise InputError(
+                f"store {path} was made by another job ({', '.join(differing)} differ); "
+                "choose another --store or pass --overwrite to start afresh"
+            )
+        if chunk_size is not None and chunk_size != meta["chunk_size"]:
+            raise InputError(
+                f"store {path} is chunked by {meta['chunk_size']}; resume with --chunk-size {meta['chunk_size']} "
+                "or pass --overwrite"
+            )
+        chunks = plan_chunks(prepared.layout.n_parameters, meta["chunk_size"])
+        done = store.done_mask(group)
+        return meta, [c for c in chunks if not done[c.index]]
+    if request.resume:
+        raise InputError(f"--resume: there is no store at {path} to resume")
+    size = chunk_size or default_chunk_size(prepared.layout.n_parameters, n_workers)
+    chunks = plan_chunks(prepared.layout.n_parameters, size)
+    meta = {
+        "identity": prepared.identity,
+        "layout": prepared.layout.to_json(),
+        "chunk_size": size,
+        "n_chunks": len(chunks),
+        "epsilon": request.epsilon,
+        "method": METHOD,
+        "threshold": request.threshold,
+        "model": prepared.spec.describe(),
+        "case": prepared.case.description,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+    if request.overwrite and store.exists(path):
+        store.open_existing(path)  # only ever delete what is recognisably a gradjob store
+        store.remove(path)
+    store.create(path, meta, prepared.theta, prepared.grad, prepared.case.X, prepared.case.Y, size, len(chunks))
+    return meta, list(chunks)
+
+
+def versions() -> dict:
+    import dask
+    import distributed
+    import zarr
+
+    return {"gradjob": __version__, "numpy": np.__version__, "dask": dask.__version__,
+            "distributed": distributed.__version__, "zarr": zarr.__version__,
+            "python": platform.python_version()}
+
+
+def submit(request: Request, progress: Progress | None = None) -> Outcome:
+    """Run one check end to end and return its verdict."""
+    progress = progress or Progress()
+    prepared = prepare(request)
+    meta, todo = open_or_create_store(prepared, request.chunk_size, request.workers)
+    dashboard = None
+    if todo:
+        context = TaskContext(prepared.store, prepared.spec, request.epsilon, hashlib.sha256(
+            repr(sorted(prepared.identity.items())).encode()).hexdigest())
+        with cluster.dask_client(request.scheduler, request.workers) as client:
+            dashboard = cluster.dashboard_link(client)
+            progress.start(meta["n_chunks"], meta["n_chunks"] - len(todo), dashboard)
+            cluster.run_chunks(client, evaluate_chunk, context, todo, lambda _: progress.advance(),
+                               prepared.layout.describe)
+    outcome = reduce_store(prepared.store, request.threshold)
+    outcome.evaluated_chunks, outcome.dashboard = len(todo), dashboard
+    return outcome
+
+
+def reduce_store(path: str, threshold: float | None = None) -> Outcome:
+    """The verdict of a finished store (``gradjob report``)."""
+    if not store.exists(path):
+        raise InputError(f"there is no store at {path}")
+    group = store.open_existing(path)
+    meta = store.metadata(group)
+    layout = Layout.from_json(meta["layout"])
+    done = store.done_mask(group)
+    if not done.all():
+        missing = int((~done).sum())
+        raise InputError(f"store {path} is unfinished: {missing} of {done.size} chunks not done; resubmit the job to resume")
+    threshold = threshold if threshold is not None else meta["threshold"]
+    try:
+        reduction = reduce_gradients(layout, lambda a, b: store.iter_blocks(group, a, b), threshold,
+                                     float(np.finfo(layout.dtype).eps))
+    except IncompleteStore as gap:
+        raise InputError(
+            f"store {path} is corrupted: chunk data for {layout.describe(gap.index)} is missing although its "
+            "chunk is marked done; resubmit with --overwrite"
+        ) from None
+    return Outcome(reduction, meta, path)

@@ -1,0 +1,39 @@
+"""The plan: the parameter index range [0, n) cut into chunks, as data, before anything runs.
+
+Each chunk is one task and exactly one Zarr chunk of every per-parameter array, so no two tasks
+ever write the same Zarr chunk and "chunk done" is a per-chunk fact the store can answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MAX_DEFAULT_CHUNK = 4096
+TASKS_PER_WORKER = 8
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def plan_chunks(n_parameters: int, chunk_size: int) -> tuple[Chunk, ...]:
+    """Chunks that cover [0, n) exactly once, in order."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk size must be positive, got {chunk_size}")
+    return tuple(
+        Chunk(k, start, min(start + chunk_size, n_parameters))
+        for k, start in enumerate(range(0, n_parameters, chunk_size))
+    )
+
+
+def default_chunk_size(n_parameters: int, workers: int) -> int:
+    """About eight tasks per worker (balance, small resume loss), at most 4096 parameters each."""
+    return max(1, min(MAX_DEFAULT_CHUNK, math.ceil(n_parameters / (max(1, workers) * TASKS_PER_WORKER))))

@@ -1,0 +1,119 @@
+"""The Zarr store of one check: the only state a job has, and the truth for resume.
+
+Layout of the group::
+
+    zarr.json            attrs["gradjob"]: identity, layout, options, provenance (written once)
+    theta, grad          θ and the analytic gradient, written by the client before any task
+    gradapprox, cost_plus, cost_minus, step
+                         per-parameter results; Zarr chunk = job chunk, so each task writes
+                         whole chunks that no other task touches
+    done                 one uint8 per job chunk (Zarr chunk of 1), set after its data is written
+    case/X, case/Y       the inputs, so workers read them once from the store
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import zarr
+
+from .errors import InputError
+from .plan import Chunk
+
+FORMAT = 1
+RESULT_ARRAYS = ("gradapprox", "cost_plus", "cost_minus", "step")
+READ_BLOCK = 1 << 16  # elements per read when streaming; fixed, so results never depend on chunking
+
+
+def create(path: str, meta: dict, theta: np.ndarray, grad: np.ndarray, X: np.ndarray, Y: np.ndarray,
+           chunk_size: int, n_chunks: int) -> None:
+    """Write a new store: metadata, θ, the gradient and the case, before any task runs."""
+    try:
+        group = zarr.open_group(path, mode="w")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot write the store at {path}: {exc}; choose another --store") from None
+    n = theta.size
+    block = min(n, READ_BLOCK)
+    for name, vector in (("theta", theta), ("grad", grad)):  # NaN fill: a lost chunk reads as missing, not 0
+        group.create_array(name, shape=(n,), chunks=(block,), dtype=vector.dtype, fill_value=np.nan)
+        group[name][:] = vector
+    for name in RESULT_ARRAYS:
+        group.create_array(name, shape=(n,), chunks=(chunk_size,), dtype="f8", fill_value=np.nan,
+                           config={"write_empty_chunks": True})
+    group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="u1", fill_value=0)
+    case = group.create_group("case")
+    case.create_array("X", data=np.asarray(X))
+    case.create_array("Y", data=np.asarray(Y))
+    group.attrs["gradjob"] = sealed(meta)
+
+
+def sealed(meta: dict) -> dict:
+    """Metadata with a checksum, so that an edited store is recognised instead of trusted."""
+    return {**meta, "format": FORMAT, "checksum": _checksum(meta)}
+
+
+def _checksum(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k not in ("checksum", "format")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def exists(path: str) -> bool:
+    return Path(path).exists()
+
+
+def remove(path: str) -> None:
+    shutil.rmtree(path)
+
+
+def open_existing(path: str, mode: str = "r") -> zarr.Group:
+    """An existing gradjob store, checked for tampering; ``InputError`` for anything else."""
+    try:
+        group = zarr.open_group(path, mode=mode)
+    except Exception:
+        raise InputError(f"{path} is not a gradjob store (no Zarr group there)") from None
+    meta = group.attrs.get("gradjob")
+    if not isinstance(meta, dict) or "checksum" not in meta:
+        raise InputError(f"{path} is a Zarr group but not a gradjob store (no gradjob metadata)")
+    if meta.get("format") != FORMAT or meta["checksum"] != _checksum(meta):
+        raise InputError(f"store {path} is corrupted: its gradjob metadata was edited; resubmit with --overwrite")
+    return group
+
+
+def metadata(group: zarr.Group) -> dict:
+    return dict(group.attrs["gradjob"])
+
+
+def done_mask(group: zarr.Group) -> np.ndarray:
+    return np.asarray(group["done"][:], dtype=bool)
+
+
+def read_vector(group: zarr.Group, name: str) -> np.ndarray:
+    return group[name][:]
+
+
+def read_case(group: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
+    return group["case/X"][...], group["case/Y"][...]
+
+
+def write_chunk(group: zarr.Group, chunk: Chunk, results: dict[str, np.ndarray]) -> None:
+    """Write one chunk's results, then mark it done: a done chunk always has its data."""
+    chunk_size = group["gradapprox"].chunks[0]
+    if chunk.start % chunk_size or (chunk.size != chunk_size and chunk.stop != group["gradapprox"].shape[0]):
+        raise ValueError(f"chunk {chunk} does not align with the store's Zarr chunks of {chunk_size}")
+    for name in RESULT_ARRAYS:
+        group[name][chunk.start : chunk.stop] = results[name]
+    group["done"][chunk.index] = 1
+
+
+def iter_blocks(group: zarr.Group, start: int, stop: int,
+                names: tuple[str, ...] = ("grad",) + RESULT_ARRAYS) -> Iterator[dict[str, np.ndarray]]:
+    """[start, stop) of the named vectors, READ_BLOCK elements at a time."""
+    arrays = {name: group[name] for name in names}
+    for block_start in range(start, stop, READ_BLOCK):
+        block_stop = min(stop, block_start + READ_BLOCK)
+        yield {name: np.asarray(a[block_start:block_stop], dtype=np.float64) for name, a in arrays.items()}

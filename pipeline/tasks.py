@@ -1,0 +1,61 @@
+"""The unit of work that runs on a Dask worker: evaluate one chunk and write it to the store.
+
+Everything a task needs besides its chunk (θ, X, Y, the model) is read once per worker thread and
+kept: tasks carry only small arguments, and each thread perturbs its own copy of θ.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+
+from . import store
+from .errors import JobError
+from .evaluate import PerturbationFailure, central_differences
+from .layout import Layout
+from .models import ModelSpec, cost_function, load_model
+from .plan import Chunk
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What every task of one job shares; small, hashable, cheap to send."""
+
+    store: str
+    model: ModelSpec
+    epsilon: float | None
+    token: str  # the job's identity digest: a new job never reuses a worker's cached θ
+
+
+class _Workspace:
+    def __init__(self, context: TaskContext):
+        self.group = store.open_existing(context.store, mode="r+")
+        self.layout = Layout.from_json(store.metadata(self.group)["layout"])
+        self.theta = store.read_vector(self.group, "theta")  # this thread's own, writable copy
+        X, Y = store.read_case(self.group)
+        self.cost = cost_function(load_model(context.model), X, Y, self.layout.views(self.theta))
+
+
+_local = threading.local()
+
+
+def _workspace(context: TaskContext) -> _Workspace:
+    cached = getattr(_local, "workspace", None)
+    if cached is None or cached[0] != context:
+        _local.workspace = (context, _Workspace(context))
+    return _local.workspace[1]
+
+
+def evaluate_chunk(context: TaskContext, chunk: Chunk) -> int:
+    """Central differences for ``chunk``, written to the store; returns the chunk's index."""
+    workspace = _workspace(context)
+    try:
+        result = central_differences(workspace.cost, workspace.theta, chunk.start, chunk.stop, context.epsilon)
+    except PerturbationFailure as failure:
+        where = workspace.layout.describe(failure.index)
+        raise JobError(
+            f"the forward failed at {where} {failure.sign} step (parameter {failure.index}, chunk "
+            f"{chunk.index}): {failure.detail}; finished chunks are kept in the store"
+        ) from None
+    store.write_chunk(workspace.group, chunk, asdict(result))
+    return chunk.index
