@@ -215,7 +215,7 @@ def submit(request: Request, progress: Progress | None = None) -> Outcome:
     meta, todo = open_or_create_store(prepared, request.chunk_size, request.workers)
     dashboard = None
     if todo:
-        context = TaskContext(prepared.store, prepared.spec, request.epsilon, hashlib.sha256(
+        context = TaskContext(store.location(prepared.store), prepared.spec, request.epsilon, hashlib.sha256(
             repr(sorted(prepared.identity.items())).encode()).hexdigest())
         with cluster.dask_client(request.scheduler, request.workers) as client:
             dashboard = cluster.dashboard_link(client)

@@ -62,6 +62,11 @@ def _checksum(meta: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def location(path: str) -> str:
+    """Where workers find the store: an absolute path (their working directory is not ours)."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
 def exists(path: str) -> bool:
     return Path(path).exists()
 

@@ -1,0 +1,75 @@
+"""Fixtures for the gradjob tests.
+
+- ``cluster_address``: one real ``LocalCluster`` (2 worker processes, 127.0.0.1) shared by the
+  session; tests reach it through ``gradjob submit --scheduler``.
+- ``gradjob``: runs the CLI in-process (Typer's runner) and returns exit code, stdout, stderr.
+- ``write_model``: writes a model file into the test's temporary directory.
+- ``store_fingerprint``: every file of a store with its SHA-256, to prove a store unchanged.
+- ``free_port``: a TCP port nobody listens on, for processes a test starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from distributed import LocalCluster
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+SEED_BUGGY_DIFFERENCE = 0.2850931567761623
+SEED_CORRECT_DIFFERENCE = 1.1890913024229996e-07
+
+
+@pytest.fixture(scope="session")
+def cluster_address():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster:
+        yield cluster.scheduler_address
+
+
+@dataclass
+class Run:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def gradjob(monkeypatch, tmp_path):
+    """``gradjob("submit", "--json", ...)`` in the test's temporary directory."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def run(*args: str) -> Run:
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        return Run(result.exit_code, result.stdout, result.stderr)
+
+    return run
+
+
+@pytest.fixture
+def write_model(tmp_path):
+    def write(text: str, name: str = "model.py") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def store_fingerprint(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,79 @@
+"""The pure numerics: central differences for a chunk, against the seed's numbers."""
+
+import numpy as np
+
+from pipeline import networks
+from pipeline.cases import seed_case
+from pipeline.evaluate import PerturbationFailure, central_differences, step_size
+from pipeline.layout import Layout
+from pipeline.models import Model, cost_function
+
+
+def seed_setup(forward=networks.forward_propagation_n):
+    case = seed_case()
+    layout = Layout.of(case.parameters)
+    theta = layout.flatten(case.parameters)
+    cost = cost_function(Model(forward, None), case.X, case.Y, layout.views(theta))
+    return case, layout, theta, cost
+
+
+def test_seed_loop_parity_element_by_element():
+    """Each gradapprox element is bit-identical to the seed's copy-the-vector loop."""
+    case, layout, theta, cost = seed_setup()
+    result = central_differences(cost, theta, 0, layout.n_parameters, 1e-7)
+    for i in range(layout.n_parameters):
+        plus, minus = theta.copy(), theta.copy()
+        plus[i] += 1e-7
+        minus[i] -= 1e-7
+        j_plus, _ = networks.forward_propagation_n(case.X, case.Y, layout.views(plus))
+        j_minus, _ = networks.forward_propagation_n(case.X, case.Y, layout.views(minus))
+        assert result.gradapprox[i] == (j_plus - j_minus) / (2 * 1e-7)
+
+
+def test_theta_is_restored_bit_for_bit():
+    _, layout, theta, cost = seed_setup()
+    before = theta.copy()
+    central_differences(cost, theta, 3, 40, None)
+    assert theta.tobytes() == before.tobytes()
+
+
+def test_chunk_results_do_not_depend_on_chunk_boundaries():
+    _, layout, theta, cost = seed_setup()
+    whole = central_differences(cost, theta, 0, 47, None).gradapprox
+    parts = np.concatenate([central_differences(cost, theta, a, min(a + 7, 47), None).gradapprox
+                            for a in range(0, 47, 7)])
+    assert whole.tobytes() == parts.tobytes()
+
+
+def test_automatic_step_scales_with_magnitude():
+    eps = np.finfo(np.float64).eps
+    assert step_size(0.5, None, np.dtype("f8")) == np.cbrt(eps)
+    assert step_size(-8.0, None, np.dtype("f8")) == np.cbrt(eps) * 8.0
+    assert step_size(-8.0, 1e-7, np.dtype("f8")) == 1e-7
+
+
+def test_failing_forward_names_the_index_and_restores_theta():
+    theta = np.array([1.0, 2.0, 3.0])
+
+    def cost():
+        if theta[1] > 2.0:
+            raise FloatingPointError("overflow in exp")
+        return float(theta.sum())
+
+    try:
+        central_differences(cost, theta, 0, 3, 1e-3)
+    except PerturbationFailure as failure:
+        assert (failure.index, failure.sign, failure.detail) == (1, "+", "FloatingPointError: overflow in exp")
+    else:
+        raise AssertionError("no failure raised")
+    assert theta.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_non_finite_cost_is_a_failure():
+    theta = np.array([1.0])
+    try:
+        central_differences(lambda: float("nan"), theta, 0, 1, 1e-3)
+    except PerturbationFailure as failure:
+        assert failure.detail == "the cost is nan"
+    else:
+        raise AssertionError("no failure raised")
