@@ -17,6 +17,7 @@ from .errors import InputError, JobError
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Prove a hand-written backpropagation correct by distributed gradient checking.")
 stderr = Console(stderr=True)
+EXIT_INTERRUPTED = 130
 
 
 @app.callback()
@@ -80,6 +81,7 @@ def submit(
     store: Optional[str] = typer.Option(None, help="Zarr store of this check [gradjob-stores/<model>-<case>-<hash>.zarr]."),
     overwrite: bool = typer.Option(False, help="Delete an existing store at --store and start afresh."),
     resume: bool = typer.Option(False, help="Require an existing store and compute only its missing chunks."),
+    break_lock: bool = typer.Option(False, help="Take over the store's lock even if held from another host."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
 ) -> None:
     """Check a backward pass against central differences of its forward, on a Dask cluster."""
@@ -88,12 +90,19 @@ def submit(
         request = job.Request(model=model, forward=forward, backward=backward, case=case,
                               layers=_parse_layers(layers), examples=examples, seed=seed, epsilon=epsilon,
                               threshold=threshold, chunk_size=chunk_size, workers=workers, scheduler=scheduler,
-                              store=store, overwrite=overwrite, resume=resume)
+                              store=store, overwrite=overwrite, resume=resume, break_lock=break_lock)
         outcome = job.submit(request, bar)
     except (InputError, JobError) as exc:
         bar.stop()
         _fail(exc)
+    except KeyboardInterrupt:
+        bar.stop()
+        typer.echo("gradjob: interrupted; finished chunks are kept in the store: submit the same job again to resume",
+                   err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
     bar.stop()
+    for note in outcome.notes:
+        typer.echo(f"gradjob: note: {note}", err=True)
     _print(outcome, json_output)
 
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, cluster, store
+from . import __version__, cluster, lock, store
 from .cases import Case, load_case
 from .errors import InputError
 from .layout import Layout
@@ -49,6 +49,7 @@ class Request:
     store: str | None = None
     overwrite: bool = False
     resume: bool = False
+    break_lock: bool = False
 
 
 @dataclass
@@ -154,28 +155,41 @@ def default_store_path(spec: ModelSpec, case_name: str, identity: dict) -> str:
     return str(Path("gradjob-stores") / f"{label}-{digest}.zarr")
 
 
+def check_existing_store(prepared: Prepared) -> None:
+    """Refuse, reading only, a store this job may not resume or replace."""
+    request, path = prepared.request, prepared.store
+    if not store.exists(path):
+        if request.resume:
+            raise InputError(f"--resume: there is no store at {path} to resume")
+        return
+    if request.overwrite:
+        if not store.recognised(path):
+            raise InputError(f"{path} exists and is not a gradjob store; --overwrite deletes only gradjob stores")
+        return
+    meta = store.metadata(store.open_existing(path, mode="r"))  # refuses a store that is not intact
+    differing = [k for k, v in prepared.identity.items() if meta["identity"].get(k) != v]
+    if differing:
+        raise InputError(
+            f"store {path} was made by another job ({', '.join(differing)} differ); "
+            "choose another --store or pass --overwrite to start afresh"
+        )
+    if request.chunk_size is not None and request.chunk_size != meta["chunk_size"]:
+        raise InputError(
+            f"store {path} is chunked by {meta['chunk_size']}; resume with --chunk-size {meta['chunk_size']} "
+            "or pass --overwrite"
+        )
+
+
 def open_or_create_store(prepared: Prepared, chunk_size: int | None, n_workers: int) -> tuple[dict, list[Chunk]]:
-    """Resume a store of the same job, create a new one, or refuse; returns metadata and chunks to do."""
+    """Resume a store of the same job or create a new one; returns metadata and the chunks to do.
+    ``check_existing_store`` has already refused what may not be resumed or replaced."""
     request, path = prepared.request, prepared.store
     if store.exists(path) and not request.overwrite:
         group = store.open_existing(path, mode="r")
         meta = store.metadata(group)
-        differing = [k for k, v in prepared.identity.items() if meta["identity"].get(k) != v]
-        if differing:
-            raise InputError(
-                f"store {path} was made by another job ({', '.join(differing)} differ); "
-                "choose another --store or pass --overwrite to start afresh"
-            )
-        if chunk_size is not None and chunk_size != meta["chunk_size"]:
-            raise InputError(
-                f"store {path} is chunked by {meta['chunk_size']}; resume with --chunk-size {meta['chunk_size']} "
-                "or pass --overwrite"
-            )
         chunks = plan_chunks(prepared.layout.n_parameters, meta["chunk_size"])
         done = store.done_mask(group)
         return meta, [c for c in chunks if not done[c.index]]
-    if request.resume:
-        raise InputError(f"--resume: there is no store at {path} to resume")
     size = chunk_size or default_chunk_size(prepared.layout.n_parameters, n_workers)
     chunks = plan_chunks(prepared.layout.n_parameters, size)
     meta = {
@@ -192,8 +206,7 @@ def open_or_create_store(prepared: Prepared, chunk_size: int | None, n_workers: 
         "versions": versions(),
     }
     if request.overwrite and store.exists(path):
-        store.open_existing(path)  # only ever delete what is recognisably a gradjob store
-        store.remove(path)
+        store.remove(path)  # check_existing_store made sure it is a gradjob store (intact or not)
     store.create(path, meta, prepared.theta, prepared.grad, prepared.case.X, prepared.case.Y, size, len(chunks))
     return meta, list(chunks)
 
@@ -212,18 +225,21 @@ def submit(request: Request, progress: Progress | None = None) -> Outcome:
     """Run one check end to end and return its verdict."""
     progress = progress or Progress()
     prepared = prepare(request)
-    meta, todo = open_or_create_store(prepared, request.chunk_size, request.workers)
+    check_existing_store(prepared)
     dashboard = None
-    if todo:
-        context = TaskContext(store.location(prepared.store), prepared.spec, request.epsilon, hashlib.sha256(
-            repr(sorted(prepared.identity.items())).encode()).hexdigest())
-        with cluster.dask_client(request.scheduler, request.workers) as client:
-            dashboard = cluster.dashboard_link(client)
-            progress.start(meta["n_chunks"], meta["n_chunks"] - len(todo), dashboard)
-            cluster.run_chunks(client, evaluate_chunk, context, todo, lambda _: progress.advance(),
-                               prepared.layout.describe)
+    with lock.holding(prepared.store, request.break_lock) as note:
+        meta, todo = open_or_create_store(prepared, request.chunk_size, request.workers)
+        if todo:
+            context = TaskContext(store.location(prepared.store), prepared.spec, request.epsilon, hashlib.sha256(
+                repr(sorted(prepared.identity.items())).encode()).hexdigest())
+            with cluster.dask_client(request.scheduler, request.workers) as client:
+                dashboard = cluster.dashboard_link(client)
+                progress.start(meta["n_chunks"], meta["n_chunks"] - len(todo), dashboard)
+                cluster.run_chunks(client, evaluate_chunk, context, todo, lambda _: progress.advance(),
+                                   prepared.layout.describe)
     outcome = reduce_store(prepared.store, request.threshold)
     outcome.evaluated_chunks, outcome.dashboard = len(todo), dashboard
+    outcome.notes += [note] if note else []
     return outcome
 
 

@@ -75,6 +75,14 @@ def remove(path: str) -> None:
     shutil.rmtree(path)
 
 
+def recognised(path: str) -> bool:
+    """Is there a gradjob store at ``path``, intact or not? Only such a store may be overwritten."""
+    try:
+        return isinstance(zarr.open_group(path, mode="r").attrs.get("gradjob"), dict)
+    except Exception:
+        return False
+
+
 def open_existing(path: str, mode: str = "r") -> zarr.Group:
     """An existing gradjob store, checked for tampering; ``InputError`` for anything else."""
     try:

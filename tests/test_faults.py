@@ -1,0 +1,233 @@
+"""Issue 5: faults never change the verdict and never lose finished work.
+
+Evaluations are counted by the model itself (each forward call appends a line to a file named by
+GRADJOB_TEST_CALLS), so "not evaluated again" is a count, not a hope.
+"""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import zarr
+from distributed import Client, LocalCluster
+
+GRADJOB = [sys.executable, "-c", "from pipeline.cli import app; app(prog_name='gradjob')"]
+
+COUNTING_MODEL = '''
+import os
+import time
+
+import numpy as np
+from pipeline.networks import network_forward, network_backward
+
+
+def forward(X, Y, parameters):
+    """The built-in network, slowed and counted when the test asks for it."""
+    log = os.environ.get("GRADJOB_TEST_CALLS")
+    if log:
+        with open(log, "a") as f:
+            f.write("call\\n")
+    time.sleep(float(os.environ.get("GRADJOB_TEST_SLEEP", "0")))
+    return network_forward(X, Y, parameters)
+
+
+backward = network_backward
+'''
+
+CRASHING_MODEL = '''
+import math
+import os
+
+from pipeline.networks import network_forward, network_backward
+from pipeline.cases import random_case
+
+BASE = random_case([4, 5, 3, 1], 16, 0).parameters
+
+
+def _perturbed(parameters, name, index):
+    return parameters[name][index] != BASE[name][index]
+
+
+def crash_forward(X, Y, parameters):
+    if _perturbed(parameters, "W2", (1, 2)):
+        os._exit(1)  # the process dies, as a segfaulting extension would
+    return network_forward(X, Y, parameters)
+
+
+def raising_forward(X, Y, parameters):
+    if _perturbed(parameters, "W2", (1, 2)):
+        raise ValueError("matrix not positive definite")
+    return network_forward(X, Y, parameters)
+
+
+def nan_forward(X, Y, parameters):
+    cost, cache = network_forward(X, Y, parameters)
+    return (math.nan if _perturbed(parameters, "b2", (0, 0)) else cost), cache
+
+
+backward = network_backward
+'''
+
+
+def model_args(path, forward="forward"):
+    return ["--model", str(path), "--forward", forward, "--backward", "backward", "--case", "random",
+            "--layers", "4,5,3,1", "--chunk-size", "3"]
+
+
+def gradapprox(store):
+    return zarr.open_group(store, mode="r")["gradapprox"][:]
+
+
+def done(store):
+    return zarr.open_group(store, mode="r")["done"][:].astype(bool)
+
+
+def wait_until(condition, seconds=120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise TimeoutError("condition not reached")
+
+
+def done_count(store):
+    try:
+        return int(done(store).sum())
+    except Exception:
+        return 0
+
+
+@pytest.fixture
+def clean_run(tmp_path, write_model, gradjob, cluster_address):
+    """The uninterrupted run every fault is compared with, on the shared cluster."""
+    model = write_model(COUNTING_MODEL)
+    run = gradjob("submit", "--json", "--store", tmp_path / "clean.zarr", "--scheduler", cluster_address,
+                  *model_args(model))
+    assert run.exit_code == 0, run.stderr
+    return model, json.loads(run.stdout), gradapprox(tmp_path / "clean.zarr")
+
+
+def test_client_interrupted_then_resubmitted(tmp_path, clean_run):
+    model, clean, clean_gradapprox = clean_run
+    store, calls = tmp_path / "interrupted.zarr", tmp_path / "calls.log"
+    command = GRADJOB + ["submit", "--json", "--workers", "2", "--store", str(store), *model_args(model)]
+    env = {**os.environ, "GRADJOB_TEST_SLEEP": "0.02"}
+    client = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: done_count(store) >= 3)
+    client.send_signal(signal.SIGINT)
+    _, stderr = client.communicate(timeout=120)
+    assert client.returncode == 130, stderr
+    assert "interrupted; finished chunks are kept in the store" in stderr
+    finished = done(store)
+    assert 3 <= finished.sum() < finished.size
+    sizes = np.array([min(3, 47 - start) for start in range(0, 47, 3)])
+
+    resumed = subprocess.run(command, cwd=tmp_path, env={**os.environ, "GRADJOB_TEST_CALLS": str(calls)},
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads(resumed.stdout)
+    # two forward calls on the client (the determinism check) plus two per parameter not yet done
+    assert len(calls.read_text().splitlines()) == 2 + 2 * int(sizes[~finished].sum())
+    assert result["evaluated_chunks"] == int((~finished).sum())
+    assert gradapprox(store).tobytes() == clean_gradapprox.tobytes()
+    assert result["difference"] == clean["difference"]
+
+
+def test_worker_killed_mid_job_gives_the_identical_result(tmp_path, clean_run):
+    model, clean, clean_gradapprox = clean_run
+    store = tmp_path / "killed.zarr"
+    os.environ["GRADJOB_TEST_SLEEP"] = "0.02"  # inherited by the worker processes started below
+    try:
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
+    finally:
+        del os.environ["GRADJOB_TEST_SLEEP"]
+    with cluster, Client(cluster) as client:
+        pids = client.run(os.getpid)
+        job = subprocess.Popen(GRADJOB + ["submit", "--json", "--store", str(store), "--scheduler",
+                                          cluster.scheduler_address, *model_args(model)],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: done_count(store) >= 2)
+        victim = sorted(pids.values())[0]
+        os.kill(victim, signal.SIGKILL)
+        stdout, stderr = job.communicate(timeout=300)
+        assert victim not in client.run(os.getpid).values()  # the worker really died
+    assert job.returncode == 0, stderr
+    assert gradapprox(store).tobytes() == clean_gradapprox.tobytes()
+    assert json.loads(stdout)["difference"] == clean["difference"]
+
+
+def test_chunk_that_kills_its_workers_is_named_and_finished_chunks_stay(tmp_path, write_model, gradjob):
+    model = write_model(CRASHING_MODEL, "crashing.py")
+    store = tmp_path / "crash.zarr"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        run = gradjob("submit", "--store", store, "--workers", "2", *model_args(model, "crash_forward"))
+    assert run.exit_code == 3
+    # W2[1, 2] is θ[32]; chunks of 3 put it in chunk 10, parameters 30–32
+    assert run.stderr.endswith(  # after the progress bar, one line
+        "\ngradjob: error: chunk 10 (parameters 30–32: W2[1, 0] to W2[1, 2]) killed the workers "
+        "that ran it; its forward may crash the process. Finished chunks are kept in the store\n")
+    finished = done(store)
+    assert not finished[10]
+    reference = gradjob("submit", "--json", "--store", tmp_path / "ref.zarr", "--workers", "1",
+                        *model_args(write_model(CRASHING_MODEL.replace("os._exit(1)", "pass"), "fine.py"), "crash_forward"))
+    assert reference.exit_code == 0
+    kept, expected = gradapprox(store), gradapprox(tmp_path / "ref.zarr")
+    for k in np.flatnonzero(finished):
+        assert kept[3 * k: 3 * k + 3].tobytes() == expected[3 * k: 3 * k + 3].tobytes()
+
+
+@pytest.mark.parametrize("forward, message", [
+    ("raising_forward", "the forward failed at W2[1, 2] + step (parameter 32, chunk 10): "
+                        "ValueError: matrix not positive definite; finished chunks are kept in the store"),
+    ("nan_forward", "the forward failed at b2[0, 0] + step (parameter 40, chunk 13): "
+                    "the cost is nan; finished chunks are kept in the store"),
+])
+def test_forward_failing_at_one_perturbation_names_the_parameter(tmp_path, write_model, gradjob,
+                                                                 cluster_address, forward, message):
+    model = write_model(CRASHING_MODEL, "crashing.py")
+    run = gradjob("submit", "--store", tmp_path / "s.zarr", "--scheduler", cluster_address,
+                  *model_args(model, forward))
+    assert run.exit_code == 3
+    assert run.stderr.endswith(f"\ngradjob: error: {message}\n")  # after the progress bar, one line
+    report = gradjob("report", tmp_path / "s.zarr")
+    assert report.exit_code == 2 and "is unfinished" in report.stderr  # no NaN is reduced
+
+
+def dead_pid():
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_second_writer_is_refused_and_stale_lock_is_taken_over(tmp_path, gradjob, cluster_address):
+    import socket
+
+    from conftest import store_fingerprint
+
+    args = ["submit", "--epsilon", "1e-7", "--store", tmp_path / "s.zarr", "--scheduler", cluster_address]
+    assert gradjob(*args, "--chunk-size", "7").exit_code == 1
+    before = store_fingerprint(tmp_path / "s.zarr")
+    (tmp_path / "s.zarr.lock").write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": os.getpid(), "since": "2026-11-23T01:00:00+00:00"}))
+    run = gradjob(*args)
+    assert (run.exit_code, run.stderr) == (2, (
+        f"gradjob: error: store {tmp_path}/s.zarr is being written by another job (process {os.getpid()} on "
+        f"{socket.gethostname()}, since 2026-11-23T01:00:00+00:00); wait for it to finish or stop it\n"))
+    assert store_fingerprint(tmp_path / "s.zarr") == before
+
+    pid = dead_pid()
+    (tmp_path / "s.zarr.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "since": "x"}))
+    run = gradjob(*args)
+    assert run.exit_code == 1
+    assert f"gradjob: note: took over a stale lock of process {pid} on {socket.gethostname()}" in run.stderr
+    assert not (tmp_path / "s.zarr.lock").exists()
