@@ -69,6 +69,8 @@ def model_spec(model: str, forward: str | None = None, backward: str | None = No
             raise InputError(f"--forward/--backward apply to model files; {model!r} is built in")
         return ModelSpec(model, forward="forward", backward="backward")
     path = Path(model)
+    if path.exists() and not path.is_file():
+        raise InputError(f"model {model!r} is not a file; give the .py file that defines the forward and backward")
     if not path.is_file():
         raise InputError(
             f"model file {model!r} does not exist; give a .py file or one of: {', '.join(BUILTIN_MODELS)}"

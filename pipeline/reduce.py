@@ -102,7 +102,7 @@ def reduce_gradients(layout: Layout, blocks: Callable[[int, int], Iterable[dict]
         offset = tensor.offset
         for block in blocks(tensor.offset, tensor.stop):
             a = block["gradapprox"]
-            missing = np.isnan(a) | np.isnan(block["grad"])
+            missing = np.logical_or.reduce([np.isnan(v) for v in block.values()])
             if missing.any():
                 raise IncompleteStore(offset + int(np.flatnonzero(missing)[0]))
             noise = machine_eps * (np.abs(block["cost_plus"]) + np.abs(block["cost_minus"])) / (2 * block["step"])

@@ -70,6 +70,10 @@ def seed_arrays():
 ROWS = [
     ("missing model file", lambda t, s: ["--model", "nowhere.py"],
      "model file 'nowhere.py' does not exist; give a .py file or one of: linear, network, seed-buggy"),
+    ("model file unreadable", lambda t, s: ["--model", write_bytes(t, "binary.py", b"\xff\xfe\x00")],
+     "cannot read model file '{t}/binary.py': 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"),
+    ("model path is a folder", lambda t, s: ["--model", str(t)],
+     "model '{t}' is not a file; give the .py file that defines the forward and backward"),
     ("model file that does not load", lambda t, s: ["--model", write(t, "broken.py", "def forward(:\n")],
      "model file {t}/broken.py failed to load: SyntaxError: invalid syntax (broken.py, line 1)"),
     ("missing forward", lambda t, s: ["--model", write(t, "m.py", GOOD_MODEL), "--forward", "fwd"],
@@ -119,6 +123,11 @@ ROWS = [
 
 def write(tmp_path, name, text):
     (tmp_path / name).write_text(text)
+    return str(tmp_path / name)
+
+
+def write_bytes(tmp_path, name, data):
+    (tmp_path / name).write_bytes(data)
     return str(tmp_path / name)
 
 
@@ -172,6 +181,17 @@ def test_report_of_a_store_with_a_deleted_chunk(gradjob, store_copy):
     assert run.stderr == (f"gradjob: error: store {store_copy} is corrupted: chunk data for W1[3, 2] is missing "
                           "although its chunk is marked done; resubmit with --overwrite\n")
     assert store_fingerprint(store_copy) == before
+
+
+def test_resume_of_a_store_with_a_deleted_chunk(gradjob, store_copy):
+    (store_copy / "cost_plus" / "c" / "0").unlink()
+    before = store_fingerprint(store_copy)
+    run = gradjob("submit", "--case", "seed", "--epsilon", "1e-7", "--store", store_copy, "--resume")
+    assert (run.exit_code, run.stderr) == (2, (
+        f"gradjob: error: store {store_copy} is corrupted: chunk data for W1[0, 0] is missing although its chunk "
+        "is marked done; resubmit with --overwrite\n"))
+    assert store_fingerprint(store_copy) == before
+    assert gradjob("submit", "--case", "seed", "--epsilon", "1e-7", "--store", store_copy, "--overwrite").exit_code == 1
 
 
 def test_report_and_resume_of_a_store_with_edited_attributes(gradjob, store_copy):
