@@ -74,7 +74,8 @@ def submit(
     examples: int = typer.Option(16, help="Examples for --case random."),
     seed: int = typer.Option(0, help="Random seed for --case random."),
     epsilon: Optional[float] = typer.Option(None, help="Fixed step for every parameter [automatic per parameter]."),
-    threshold: float = typer.Option(job.DEFAULT_THRESHOLD, help="Largest difference that passes."),
+    method: str = typer.Option("central", help="central, five-point or complex-step (complex-safe forwards only)."),
+    threshold: Optional[float] = typer.Option(None, help="Largest difference that passes [2e-7 for float64, 1e-3 for float32]."),
     chunk_size: Optional[int] = typer.Option(None, help="Parameters per task [about 8 tasks per worker]."),
     workers: int = typer.Option(min(os.cpu_count() or 1, 4), help="Worker processes of the embedded cluster."),
     scheduler: Optional[str] = typer.Option(None, help="Use an existing Dask scheduler, tcp://HOST:PORT."),
@@ -88,7 +89,7 @@ def submit(
     bar = _Bar(enabled=sys.stderr.isatty() or not json_output)
     try:
         request = job.Request(model=model, forward=forward, backward=backward, case=case,
-                              layers=_parse_layers(layers), examples=examples, seed=seed, epsilon=epsilon,
+                              layers=_parse_layers(layers), examples=examples, seed=seed, epsilon=epsilon, method=method,
                               threshold=threshold, chunk_size=chunk_size, workers=workers, scheduler=scheduler,
                               store=store, overwrite=overwrite, resume=resume, break_lock=break_lock)
         outcome = job.submit(request, bar)

@@ -21,13 +21,14 @@ from . import __version__, cluster, lock, store
 from .cases import Case, load_case
 from .errors import InputError
 from .layout import Layout
-from .models import BUILTIN_CASE_FOR, ModelSpec, as_cost, load_model, model_spec
+from .evaluate import METHODS, PerturbationFailure, numerical_gradient
+from .models import BUILTIN_CASE_FOR, ModelSpec, as_cost, cost_function, load_model, model_spec
 from .plan import Chunk, default_chunk_size, plan_chunks
 from .reduce import IncompleteStore, Reduction, reduce_gradients
 from .tasks import TaskContext, evaluate_chunk
 
-DEFAULT_THRESHOLD = 2e-7
-METHOD = "central"
+# The seed's 2e-7 for float64; float32 round-off is ~1e9 times larger, so its differences are too.
+DEFAULT_THRESHOLDS = {"float64": 2e-7, "float32": 1e-3, "float16": 1e-1}
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class Request:
     examples: int = 16
     seed: int = 0
     epsilon: float | None = None
-    threshold: float = DEFAULT_THRESHOLD
+    method: str = "central"
+    threshold: float | None = None  # None: by θ's dtype, see DEFAULT_THRESHOLDS
     chunk_size: int | None = None
     workers: int = 2
     scheduler: str | None = None
@@ -62,6 +64,8 @@ class Prepared:
     layout: Layout
     theta: np.ndarray
     grad: np.ndarray
+    cost: float
+    threshold: float
     identity: dict
     store: str
 
@@ -87,8 +91,10 @@ class Progress:
 def check_options(request: Request) -> None:
     if request.epsilon is not None and not (math.isfinite(request.epsilon) and request.epsilon > 0):
         raise InputError(f"--epsilon must be a positive finite number; got {request.epsilon}")
-    if not (math.isfinite(request.threshold) and request.threshold > 0):
+    if request.threshold is not None and not (math.isfinite(request.threshold) and request.threshold > 0):
         raise InputError(f"--threshold must be a positive finite number; got {request.threshold}")
+    if request.method not in METHODS:
+        raise InputError(f"--method must be one of {', '.join(METHODS)}; got {request.method!r}")
     if request.chunk_size is not None and request.chunk_size < 1:
         raise InputError(f"--chunk-size must be at least 1; got {request.chunk_size}")
     if request.workers < 1:
@@ -105,21 +111,29 @@ def prepare(request: Request) -> Prepared:
     case = load_case(case_name, list(request.layers), request.examples, request.seed)
     layout = Layout.of(case.parameters)
     theta = layout.flatten(case.parameters)
-    grad = analytic_gradient(load_model(spec), case, layout, theta)
+    model = load_model(spec)
+    cost, grad = analytic_gradient(model, case, layout, theta)
+    if request.method == "complex-step":
+        check_complex_safe(model, case, layout, theta)
     identity = {
         "model": spec.digest(),
         "case": case.digest(),
         "theta": hashlib.sha256(theta.tobytes()).hexdigest(),
         "layout": hashlib.sha256(repr(layout.to_json()).encode()).hexdigest(),
         "epsilon": request.epsilon if request.epsilon is not None else "auto",
-        "method": METHOD,
+        "method": request.method,
     }
     path = request.store or default_store_path(spec, case_name, identity)
-    return Prepared(request, spec, case, layout, theta, grad, identity, path)
+    threshold = request.threshold if request.threshold is not None else default_threshold(layout.dtype)
+    return Prepared(request, spec, case, layout, theta, grad, cost, threshold, identity, path)
 
 
-def analytic_gradient(model, case: Case, layout: Layout, theta: np.ndarray) -> np.ndarray:
-    """Run forward and backward once at θ; refuse a forward that is not deterministic."""
+def default_threshold(dtype: str) -> float:
+    return DEFAULT_THRESHOLDS.get(dtype, DEFAULT_THRESHOLDS["float64"])
+
+
+def analytic_gradient(model, case: Case, layout: Layout, theta: np.ndarray) -> tuple[float, np.ndarray]:
+    """J(θ) and the backward's gradient at θ; refuses a forward that is not deterministic."""
     views = layout.views(theta)
     try:
         first = model.forward(case.X, case.Y, views)
@@ -144,7 +158,33 @@ def analytic_gradient(model, case: Case, layout: Layout, theta: np.ndarray) -> n
     grad = layout.flatten_gradients(gradients)
     if not np.all(np.isfinite(grad)):
         raise InputError(f"the backward returned non-finite gradient values (first at {layout.describe(int(np.flatnonzero(~np.isfinite(grad))[0]))})")
-    return grad
+    return cost, grad
+
+
+def check_complex_safe(model, case: Case, layout: Layout, theta: np.ndarray, probes: int = 5) -> None:
+    """Refuse complex step for a forward that drops or mangles imaginary parts.
+
+    At a few parameters spread over θ the complex-step derivative must agree with central
+    differences; abs, comparisons, ``.real`` or real-only functions on θ break that.
+    """
+    advice = "use --method central or five-point"
+    complex_theta = theta.astype(np.result_type(theta.dtype, np.complex64))
+    complex_cost = cost_function(model, case.X, case.Y, layout.views(complex_theta))
+    real_cost = cost_function(model, case.X, case.Y, layout.views(theta))
+    for i in np.unique(np.linspace(0, theta.size - 1, min(probes, theta.size)).astype(int)):
+        where = layout.describe(int(i))
+        try:
+            by_complex = numerical_gradient(complex_cost, complex_theta, i, i + 1, None, "complex-step").gradapprox[0]
+        except PerturbationFailure as failure:
+            raise InputError(f"the forward is not complex-safe: with a complex {where} it failed ({failure.detail}); {advice}") from None
+        except InputError as exc:
+            raise InputError(f"the forward is not complex-safe: with a complex {where}, {exc}; {advice}") from None
+        by_central = numerical_gradient(real_cost, theta, i, i + 1, None, "central").gradapprox[0]
+        if abs(by_complex - by_central) > 1e-5 * (abs(by_complex) + abs(by_central)) + 1e-9:
+            raise InputError(
+                f"the forward is not complex-safe: at {where} complex step gives {by_complex:.6g} but central "
+                f"differences {by_central:.6g} (abs, comparisons or real-only functions on θ?); {advice}"
+            )
 
 
 def default_store_path(spec: ModelSpec, case_name: str, identity: dict) -> str:
@@ -198,8 +238,9 @@ def open_or_create_store(prepared: Prepared, chunk_size: int | None, n_workers: 
         "chunk_size": size,
         "n_chunks": len(chunks),
         "epsilon": request.epsilon,
-        "method": METHOD,
-        "threshold": request.threshold,
+        "method": request.method,
+        "threshold": prepared.threshold,
+        "cost": prepared.cost,
         "model": prepared.spec.describe(),
         "case": prepared.case.description,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -230,14 +271,14 @@ def submit(request: Request, progress: Progress | None = None) -> Outcome:
     with lock.holding(prepared.store, request.break_lock) as note:
         meta, todo = open_or_create_store(prepared, request.chunk_size, request.workers)
         if todo:
-            context = TaskContext(store.location(prepared.store), prepared.spec, request.epsilon, hashlib.sha256(
+            context = TaskContext(store.location(prepared.store), prepared.spec, request.epsilon, request.method, hashlib.sha256(
                 repr(sorted(prepared.identity.items())).encode()).hexdigest())
             with cluster.dask_client(request.scheduler, request.workers) as client:
                 dashboard = cluster.dashboard_link(client)
                 progress.start(meta["n_chunks"], meta["n_chunks"] - len(todo), dashboard)
                 cluster.run_chunks(client, evaluate_chunk, context, todo, lambda _: progress.advance(),
                                    prepared.layout.describe)
-    outcome = reduce_store(prepared.store, request.threshold)
+    outcome = reduce_store(prepared.store, prepared.threshold)
     outcome.evaluated_chunks, outcome.dashboard = len(todo), dashboard
     outcome.notes += [note] if note else []
     return outcome
@@ -256,8 +297,7 @@ def reduce_store(path: str, threshold: float | None = None) -> Outcome:
         raise InputError(f"store {path} is unfinished: {missing} of {done.size} chunks not done; resubmit the job to resume")
     threshold = threshold if threshold is not None else meta["threshold"]
     try:
-        reduction = reduce_gradients(layout, lambda a, b: store.iter_blocks(group, a, b), threshold,
-                                     float(np.finfo(layout.dtype).eps))
+        reduction = reduce_gradients(layout, lambda a, b: store.iter_blocks(group, a, b), threshold, meta["cost"])
     except IncompleteStore as gap:
         raise InputError(
             f"store {path} is corrupted: chunk data for {layout.describe(gap.index)} is missing although its "

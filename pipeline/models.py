@@ -119,10 +119,11 @@ def cost_function(model: Model, X, Y, parameters) -> Callable[[], float]:
     return cost
 
 
-def as_cost(result) -> float:
-    """The cost from a forward's ``cost`` or ``(cost, cache)``."""
+def as_cost(result) -> float | complex:
+    """The cost from a forward's ``cost`` or ``(cost, cache)``; complex only under complex step."""
     cost = result[0] if isinstance(result, tuple) else result
     array = np.asarray(cost)
-    if array.size != 1 or array.dtype.kind not in "fiu":
+    if array.size != 1 or array.dtype.kind not in "fiuc":
         raise InputError(f"forward must return a scalar cost or (cost, cache); it returned {type(cost).__name__} of shape {array.shape}")
-    return float(array.reshape(()))
+    value = array.reshape(())
+    return complex(value) if array.dtype.kind == "c" else float(value)

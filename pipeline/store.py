@@ -4,7 +4,7 @@ Layout of the group::
 
     zarr.json            attrs["gradjob"]: identity, layout, options, provenance (written once)
     theta, grad          θ and the analytic gradient, written by the client before any task
-    gradapprox, cost_plus, cost_minus, step
+    gradapprox, cost_plus, cost_minus, step, noise
                          per-parameter results; Zarr chunk = job chunk, so each task writes
                          whole chunks that no other task touches
     done                 one uint8 per job chunk (Zarr chunk of 1), set after its data is written
@@ -26,7 +26,7 @@ from .errors import InputError
 from .plan import Chunk
 
 FORMAT = 1
-RESULT_ARRAYS = ("gradapprox", "cost_plus", "cost_minus", "step")
+RESULT_ARRAYS = ("gradapprox", "cost_plus", "cost_minus", "step", "noise")
 READ_BLOCK = 1 << 16  # elements per read when streaming; fixed, so results never depend on chunking
 
 

@@ -7,11 +7,13 @@ kept: tasks carry only small arguments, and each thread perturbs its own copy of
 from __future__ import annotations
 
 import threading
+
+import numpy as np
 from dataclasses import asdict, dataclass
 
 from . import store
 from .errors import JobError
-from .evaluate import PerturbationFailure, central_differences
+from .evaluate import PerturbationFailure, numerical_gradient
 from .layout import Layout
 from .models import ModelSpec, cost_function, load_model
 from .plan import Chunk
@@ -24,6 +26,7 @@ class TaskContext:
     store: str
     model: ModelSpec
     epsilon: float | None
+    method: str
     token: str  # the job's identity digest: a new job never reuses a worker's cached θ
 
 
@@ -32,6 +35,8 @@ class _Workspace:
         self.group = store.open_existing(context.store, mode="r+")
         self.layout = Layout.from_json(store.metadata(self.group)["layout"])
         self.theta = store.read_vector(self.group, "theta")  # this thread's own, writable copy
+        if context.method == "complex-step":
+            self.theta = self.theta.astype(np.result_type(self.theta.dtype, np.complex64))
         X, Y = store.read_case(self.group)
         self.cost = cost_function(load_model(context.model), X, Y, self.layout.views(self.theta))
 
@@ -50,7 +55,8 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> int:
     """Central differences for ``chunk``, written to the store; returns the chunk's index."""
     workspace = _workspace(context)
     try:
-        result = central_differences(workspace.cost, workspace.theta, chunk.start, chunk.stop, context.epsilon)
+        result = numerical_gradient(workspace.cost, workspace.theta, chunk.start, chunk.stop, context.epsilon,
+                                    context.method)
     except PerturbationFailure as failure:
         where = workspace.layout.describe(failure.index)
         raise JobError(

@@ -4,7 +4,7 @@ import numpy as np
 
 from pipeline import networks
 from pipeline.cases import seed_case
-from pipeline.evaluate import PerturbationFailure, central_differences, step_size
+from pipeline.evaluate import PerturbationFailure, numerical_gradient, step_size
 from pipeline.layout import Layout
 from pipeline.models import Model, cost_function
 
@@ -20,7 +20,7 @@ def seed_setup(forward=networks.forward_propagation_n):
 def test_seed_loop_parity_element_by_element():
     """Each gradapprox element is bit-identical to the seed's copy-the-vector loop."""
     case, layout, theta, cost = seed_setup()
-    result = central_differences(cost, theta, 0, layout.n_parameters, 1e-7)
+    result = numerical_gradient(cost, theta, 0, layout.n_parameters, 1e-7)
     for i in range(layout.n_parameters):
         plus, minus = theta.copy(), theta.copy()
         plus[i] += 1e-7
@@ -33,22 +33,23 @@ def test_seed_loop_parity_element_by_element():
 def test_theta_is_restored_bit_for_bit():
     _, layout, theta, cost = seed_setup()
     before = theta.copy()
-    central_differences(cost, theta, 3, 40, None)
+    numerical_gradient(cost, theta, 3, 40, None)
     assert theta.tobytes() == before.tobytes()
 
 
 def test_chunk_results_do_not_depend_on_chunk_boundaries():
     _, layout, theta, cost = seed_setup()
-    whole = central_differences(cost, theta, 0, 47, None).gradapprox
-    parts = np.concatenate([central_differences(cost, theta, a, min(a + 7, 47), None).gradapprox
+    whole = numerical_gradient(cost, theta, 0, 47, None).gradapprox
+    parts = np.concatenate([numerical_gradient(cost, theta, a, min(a + 7, 47), None).gradapprox
                             for a in range(0, 47, 7)])
     assert whole.tobytes() == parts.tobytes()
 
 
 def test_automatic_step_scales_with_magnitude():
     eps = np.finfo(np.float64).eps
-    assert step_size(0.5, None, np.dtype("f8")) == np.cbrt(eps)
-    assert step_size(-8.0, None, np.dtype("f8")) == np.cbrt(eps) * 8.0
+    assert step_size(0.5, None, np.dtype("f8")) == 4 * eps ** (1 / 3)
+    assert step_size(-8.0, None, np.dtype("f8")) == 4 * eps ** (1 / 3) * 8.0
+    assert step_size(-8.0, None, np.dtype("f8"), "five-point") == 4 * eps ** (1 / 5) * 8.0
     assert step_size(-8.0, 1e-7, np.dtype("f8")) == 1e-7
 
 
@@ -61,7 +62,7 @@ def test_failing_forward_names_the_index_and_restores_theta():
         return float(theta.sum())
 
     try:
-        central_differences(cost, theta, 0, 3, 1e-3)
+        numerical_gradient(cost, theta, 0, 3, 1e-3)
     except PerturbationFailure as failure:
         assert (failure.index, failure.sign, failure.detail) == (1, "+", "FloatingPointError: overflow in exp")
     else:
@@ -72,7 +73,7 @@ def test_failing_forward_names_the_index_and_restores_theta():
 def test_non_finite_cost_is_a_failure():
     theta = np.array([1.0])
     try:
-        central_differences(lambda: float("nan"), theta, 0, 1, 1e-3)
+        numerical_gradient(lambda: float("nan"), theta, 0, 1, 1e-3)
     except PerturbationFailure as failure:
         assert failure.detail == "the cost is nan"
     else:
