@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import job, report
+from . import job, report, screen
 from .errors import InputError, JobError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -83,16 +83,25 @@ def submit(
     overwrite: bool = typer.Option(False, help="Delete an existing store at --store and start afresh."),
     resume: bool = typer.Option(False, help="Require an existing store and compute only its missing chunks."),
     break_lock: bool = typer.Option(False, help="Take over the store's lock even if held from another host."),
+    mode: str = typer.Option("full", help="full: every parameter, on the cluster; directional: a quick screen on the client."),
+    directions: int = typer.Option(screen.DEFAULT_DIRECTIONS, help="Random directions per tensor in directional mode."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
 ) -> None:
-    """Check a backward pass against central differences of its forward, on a Dask cluster."""
+    """Check a backward pass against numerical derivatives of its forward, on a Dask cluster."""
     bar = _Bar(enabled=sys.stderr.isatty() or not json_output)
     try:
         request = job.Request(model=model, forward=forward, backward=backward, case=case,
                               layers=_parse_layers(layers), examples=examples, seed=seed, epsilon=epsilon, method=method,
                               threshold=threshold, chunk_size=chunk_size, workers=workers, scheduler=scheduler,
                               store=store, overwrite=overwrite, resume=resume, break_lock=break_lock)
-        outcome = job.submit(request, bar)
+        if mode == "directional":
+            if directions < 1:
+                raise InputError(f"--directions must be at least 1; got {directions}")
+            outcome = screen.screen(job.prepare(request), directions, seed)
+        elif mode == "full":
+            outcome = job.submit(request, bar)
+        else:
+            raise InputError(f"--mode must be full or directional; got {mode!r}")
     except (InputError, JobError) as exc:
         bar.stop()
         _fail(exc)

@@ -29,7 +29,7 @@ NOISE_FACTOR = 100.0
 KINK_MATCH = 0.1     # analytic within 10% of the slope jump of one side
 WORST_KEPT = 5
 KINKS_KEPT = 5
-ISOLATED_MAX = 3     # at most this many wrong elements (and under 1%) reads as "isolated"
+ISOLATED_MAX = 3     # at most this many wrong elements (and at most half) reads as "isolated"
 TRANSPOSE_MAX = 1 << 20  # square tensors up to this size are read whole to test for a transpose
 
 
@@ -195,7 +195,7 @@ def diagnose(tensor: Tensor, sums: TensorSums, worst: list[dict], transposed: Ca
         return f"{grad} is {factor:.2f}× the numerical gradient"
     if transposed():
         return f"{grad} is the transpose of the numerical gradient"
-    if sums.wrong <= ISOLATED_MAX and sums.wrong < max(1, 0.01 * tensor.size):
+    if 0 < sums.wrong <= ISOLATED_MAX and 2 * sums.wrong <= tensor.size:
         where = ", ".join(f"{name}[{', '.join(map(str, w['index']))}]" for w in worst[: sums.wrong])
         return f"{sums.wrong} isolated wrong element(s) in {grad}: {where}"
     return f"{sums.wrong} of {tensor.size} elements of {grad} disagree; no simple pattern"

@@ -1,0 +1,86 @@
+"""Issue 3: where and how backprop is wrong, and no false alarms, over a suite of broken backwards."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import backprop_suite as suite
+
+SUITE = str(Path(__file__).with_name("backprop_suite.py"))
+
+
+def suite_args(arch, backward):
+    return ["--model", SUITE, "--forward", f"forward_{arch}", "--backward", backward,
+            "--case", f"{SUITE}:case_{arch}"]
+
+
+CASES = sorted(suite.BROKEN.items())
+
+
+@pytest.mark.parametrize("key, broken", CASES, ids=[f"{a}-{b}" for (a, b), _ in CASES])
+def test_full_check_names_exactly_the_broken_tensors(key, broken, gradjob, cluster_address):
+    arch, backward = key
+    run = gradjob("submit", "--json", "--scheduler", cluster_address, *suite_args(arch, backward))
+    result = json.loads(run.stdout)
+    assert run.exit_code == (1 if broken else 0), run.stdout
+    assert sorted(result["failing"]) == sorted(broken)
+    for name, diagnosis in suite.DIAGNOSES.get(backward, {}).items():
+        assert result["tensors"][name]["diagnosis"] == diagnosis
+    if arch == "float32":
+        assert result["threshold"] == 1e-3
+    if arch == "kink" and not broken:
+        kinks = sum(t["kinks"]["count"] for t in result["tensors"].values())
+        assert kinks > 0  # the steps did cross the planted kinks, and they were recognised
+
+
+@pytest.mark.parametrize("key, broken", CASES, ids=[f"{a}-{b}" for (a, b), _ in CASES])
+def test_directional_screen_flags_every_broken_tensor(key, broken, gradjob):
+    arch, backward = key
+    run = gradjob("submit", "--json", "--mode", "directional", *suite_args(arch, backward))
+    result = json.loads(run.stdout)
+    assert result["forward_passes_per_tensor"] <= 8
+    assert sorted(result["failing"]) == sorted(broken)
+    assert run.exit_code == (1 if broken else 0)
+
+
+def test_seed_default_options_corrected_below_1e_9_and_factors_named(gradjob, cluster_address):
+    correct = json.loads(gradjob("submit", "--json", "--model", "network", "--case", "seed",
+                                 "--scheduler", cluster_address).stdout)
+    assert correct["difference"] < 1e-9 and correct["passed"]
+    buggy = json.loads(gradjob("submit", "--json", "--scheduler", cluster_address).stdout)
+    assert buggy["tensors"]["W2"]["diagnosis"] == "dW2 is 2.00× the numerical gradient"
+    assert buggy["tensors"]["b1"]["diagnosis"] == "db1 is 4.00× the numerical gradient"
+
+
+@pytest.mark.parametrize("method, below", [("five-point", 1e-10), ("complex-step", 1e-12)])
+def test_other_methods_on_the_seed(method, below, gradjob, cluster_address):
+    result = json.loads(gradjob("submit", "--json", "--model", "network", "--case", "seed", "--method", method,
+                                "--scheduler", cluster_address).stdout)
+    assert result["difference"] < below and result["method"] == method
+
+
+def test_complex_step_refuses_a_forward_that_is_not_complex_safe(gradjob, write_model):
+    model = write_model('''
+import numpy as np
+from pipeline.networks import network_forward, network_backward as backward
+
+
+def forward(X, Y, parameters):
+    cost, cache = network_forward(X, Y, parameters)
+    return cost + 0.1 * np.abs(parameters["W1"]).sum(), cache
+''')
+    run = gradjob("submit", "--model", model, "--forward", "forward", "--backward", "backward", "--case", "seed",
+                  "--method", "complex-step")
+    assert run.exit_code == 2
+    assert run.stderr.startswith("gradjob: error: the forward is not complex-safe: at W1[0, 0] complex step gives ")
+    assert run.stderr.endswith("; use --method central or five-point\n") and run.stderr.count("\n") == 1
+
+
+def test_dropout_with_a_fresh_mask_is_refused_and_a_fixed_mask_passes(gradjob, cluster_address):
+    common = ["--model", SUITE, "--backward", "backward_dropout", "--case", f"{SUITE}:case_dropout"]
+    fresh = gradjob("submit", *common, "--forward", "forward_dropout_fresh_mask")
+    assert fresh.exit_code == 2
+    assert fresh.stderr.startswith("gradjob: error: the forward is not deterministic: two evaluations at the same θ gave ")
+    fixed = gradjob("submit", "--json", "--scheduler", cluster_address, *common, "--forward", "forward_dropout_fixed_mask")
+    assert fixed.exit_code == 0 and json.loads(fixed.stdout)["difference"] < 1e-8
