@@ -75,6 +75,7 @@ def submit(
     seed: int = typer.Option(0, help="Random seed for --case random."),
     epsilon: Optional[float] = typer.Option(None, help="Fixed step for every parameter [automatic per parameter]."),
     method: str = typer.Option("central", help="central, five-point or complex-step (complex-safe forwards only)."),
+    fast: bool = typer.Option(True, help="Incremental evaluation for the built-in network (--no-fast: plain forward calls)."),
     threshold: Optional[float] = typer.Option(None, help="Largest difference that passes [2e-7 for float64, 1e-3 for float32]."),
     chunk_size: Optional[int] = typer.Option(None, help="Parameters per task [about 8 tasks per worker]."),
     workers: int = typer.Option(min(os.cpu_count() or 1, 4), help="Worker processes of the embedded cluster."),
@@ -91,7 +92,7 @@ def submit(
     bar = _Bar(enabled=sys.stderr.isatty() or not json_output)
     try:
         request = job.Request(model=model, forward=forward, backward=backward, case=case,
-                              layers=_parse_layers(layers), examples=examples, seed=seed, epsilon=epsilon, method=method,
+                              layers=_parse_layers(layers), examples=examples, seed=seed, epsilon=epsilon, method=method, fast=fast,
                               threshold=threshold, chunk_size=chunk_size, workers=workers, scheduler=scheduler,
                               store=store, overwrite=overwrite, resume=resume, break_lock=break_lock)
         if mode == "directional":
@@ -119,6 +120,7 @@ def submit(
 @app.command("report")
 def report_command(
     store: str = typer.Argument(..., help="A finished gradjob store."),
+    fast: bool = typer.Option(True, help="Incremental evaluation for the built-in network (--no-fast: plain forward calls)."),
     threshold: Optional[float] = typer.Option(None, help="Judge against this threshold [the job's]."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
 ) -> None:

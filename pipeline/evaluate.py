@@ -41,18 +41,39 @@ class ChunkResult:
     noise: np.ndarray       # estimated round-off of gradapproxᵢ
 
 
-def step_size(value: float, epsilon: float | None, dtype: np.dtype, method: str = "central") -> float:
-    """The step for one parameter: ``epsilon`` if fixed, else a multiple of eps^(1/3) (central) or
+Costs = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
+"""``costs(indices, values, sign)``: J at θ with θ[indices[p]] = values[p], one perturbation at a time."""
+
+
+def step_sizes(values: np.ndarray, epsilon: float | None, dtype: np.dtype, method: str = "central") -> np.ndarray:
+    """The step per parameter: ``epsilon`` if fixed, else a multiple of eps^(1/3) (central) or
     eps^(1/5) (five-point) of θ's dtype, scaled by max(1, |θᵢ|) so large parameters move too."""
+    scale = np.maximum(1.0, np.abs(np.asarray(values, dtype=np.complex128).real))
     if epsilon is not None:
-        return epsilon
+        return np.full(scale.shape, float(epsilon))
     if method == "complex-step":
-        return COMPLEX_STEP * max(1.0, abs(value))
-    real = np.finfo(dtype)
-    return STEP_SCALE * float(real.eps) ** STEP_EXPONENT[method] * max(1.0, abs(value))
+        return COMPLEX_STEP * scale
+    return STEP_SCALE * float(np.finfo(dtype).eps) ** STEP_EXPONENT[method] * scale
 
 
-def numerical_gradient(cost: Callable[[], float], theta: np.ndarray, start: int, stop: int,
+def in_place_costs(cost: Callable[[], float], theta: np.ndarray) -> Costs:
+    """The generic path: set θ[i], call the forward, restore θ[i] to its exact original value."""
+
+    def costs(indices: np.ndarray, values: np.ndarray, sign: str) -> np.ndarray:
+        out = np.empty(len(indices), dtype=np.complex128 if np.iscomplexobj(values) else np.float64)
+        for p, (i, value) in enumerate(zip(indices, values)):
+            original = theta[i]
+            theta[i] = value
+            try:
+                out[p] = _evaluate(cost, int(i), sign)
+            finally:
+                theta[i] = original
+        return out
+
+    return costs
+
+
+def numerical_gradient(costs: Costs, theta: np.ndarray, start: int, stop: int,
                        epsilon: float | None, method: str = "central") -> ChunkResult:
     """The numerical gradient for i in [start, stop) by ``method``.
 
@@ -60,40 +81,28 @@ def numerical_gradient(cost: Callable[[], float], theta: np.ndarray, start: int,
     automatic steps they divide by the step actually taken, (θᵢ+h) − (θᵢ−h) in θ's dtype.
     For complex step ``theta`` must be a complex array holding real values.
     """
-    size = stop - start
-    result = ChunkResult(*(np.empty(size) for _ in range(5)))
-    kind = theta.dtype.type
+    index = np.arange(start, stop)
+    original = theta[start:stop].copy()
+    h = step_sizes(original, epsilon, theta.dtype, method)
     eps = float(np.finfo(theta.dtype).eps)
-    for k, i in enumerate(range(start, stop)):
-        original = theta[i]
-        h = step_size(float(original.real), epsilon, theta.dtype, method)
-
-        def at(value, sign):
-            theta[i] = value
-            return _evaluate(cost, i, sign)
-
-        try:
-            if method == "complex-step":
-                j = at(original + 1j * h, "+ i·")
-                j_plus = j_minus = j.real
-                result.gradapprox[k] = j.imag / h
-                result.noise[k] = eps * abs(j.imag / h)
-            else:
-                plus, minus = kind(original + h), kind(original - h)
-                j_plus, j_minus = at(plus, "+"), at(minus, "-")
-                if epsilon is None:
-                    h = (float(plus) - float(minus)) / 2
-                if method == "central":
-                    result.gradapprox[k] = (j_plus - j_minus) / (2 * h)
-                    result.noise[k] = eps * (abs(j_plus) + abs(j_minus)) / (2 * h)
-                else:
-                    j_plus2, j_minus2 = at(kind(original + 2 * h), "+ 2×"), at(kind(original - 2 * h), "- 2×")
-                    result.gradapprox[k] = (-j_plus2 + 8 * j_plus - 8 * j_minus + j_minus2) / (12 * h)
-                    result.noise[k] = eps * (abs(j_plus2) + 8 * abs(j_plus) + 8 * abs(j_minus) + abs(j_minus2)) / (12 * h)
-        finally:
-            theta[i] = original
-        result.cost_plus[k], result.cost_minus[k], result.step[k] = j_plus, j_minus, h
-    return result
+    if method == "complex-step":
+        j = costs(index, original + 1j * h, "+ i·")
+        gradapprox = j.imag / h
+        return ChunkResult(j.real, j.real.copy(), h, gradapprox, eps * np.abs(gradapprox))
+    kind = theta.dtype.type
+    plus, minus = (original + h).astype(kind), (original - h).astype(kind)
+    j_plus, j_minus = costs(index, plus, "+"), costs(index, minus, "-")
+    if epsilon is None:
+        h = (plus.astype(np.float64) - minus.astype(np.float64)) / 2
+    if method == "central":
+        gradapprox = (j_plus - j_minus) / (2 * h)
+        noise = eps * (np.abs(j_plus) + np.abs(j_minus)) / (2 * h)
+    else:
+        j_plus2 = costs(index, (original + 2 * h).astype(kind), "+ 2×")
+        j_minus2 = costs(index, (original - 2 * h).astype(kind), "- 2×")
+        gradapprox = (-j_plus2 + 8 * j_plus - 8 * j_minus + j_minus2) / (12 * h)
+        noise = eps * (np.abs(j_plus2) + 8 * np.abs(j_plus) + 8 * np.abs(j_minus) + np.abs(j_minus2)) / (12 * h)
+    return ChunkResult(j_plus, j_minus, h, gradapprox, noise)
 
 
 def _evaluate(cost: Callable[[], float], index: int, sign: str):

@@ -21,7 +21,8 @@ from . import __version__, cluster, lock, store
 from .cases import Case, load_case
 from .errors import InputError
 from .layout import Layout
-from .evaluate import METHODS, PerturbationFailure, numerical_gradient
+from .evaluate import METHODS, PerturbationFailure, in_place_costs, numerical_gradient
+from .fastpath import FastNetwork
 from .models import BUILTIN_CASE_FOR, ModelSpec, as_cost, cost_function, load_model, model_spec
 from .plan import Chunk, default_chunk_size, plan_chunks
 from .reduce import IncompleteStore, Reduction, reduce_gradients
@@ -44,6 +45,7 @@ class Request:
     seed: int = 0
     epsilon: float | None = None
     method: str = "central"
+    fast: bool = True  # incremental evaluation where the model has it (the built-in network)
     threshold: float | None = None  # None: by θ's dtype, see DEFAULT_THRESHOLDS
     chunk_size: int | None = None
     workers: int = 2
@@ -66,6 +68,7 @@ class Prepared:
     grad: np.ndarray
     cost: float
     threshold: float
+    fast: bool
     identity: dict
     store: str
 
@@ -123,9 +126,12 @@ def prepare(request: Request) -> Prepared:
         "epsilon": request.epsilon if request.epsilon is not None else "auto",
         "method": request.method,
     }
+    fast = (request.fast and spec.is_builtin and spec.name == "network" and request.method != "complex-step"
+            and FastNetwork.supports(layout, case.X))
+    identity["evaluator"] = "incremental" if fast else "forward"
     path = request.store or default_store_path(spec, case_name, identity)
     threshold = request.threshold if request.threshold is not None else default_threshold(layout.dtype)
-    return Prepared(request, spec, case, layout, theta, grad, cost, threshold, identity, path)
+    return Prepared(request, spec, case, layout, theta, grad, cost, threshold, fast, identity, path)
 
 
 def default_threshold(dtype: str) -> float:
@@ -169,8 +175,8 @@ def check_complex_safe(model, case: Case, layout: Layout, theta: np.ndarray, pro
     """
     advice = "use --method central or five-point"
     complex_theta = theta.astype(np.result_type(theta.dtype, np.complex64))
-    complex_cost = cost_function(model, case.X, case.Y, layout.views(complex_theta))
-    real_cost = cost_function(model, case.X, case.Y, layout.views(theta))
+    complex_cost = in_place_costs(cost_function(model, case.X, case.Y, layout.views(complex_theta)), complex_theta)
+    real_cost = in_place_costs(cost_function(model, case.X, case.Y, layout.views(theta)), theta)
     for i in np.unique(np.linspace(0, theta.size - 1, min(probes, theta.size)).astype(int)):
         where = layout.describe(int(i))
         try:
@@ -241,6 +247,7 @@ def open_or_create_store(prepared: Prepared, chunk_size: int | None, n_workers: 
         "method": request.method,
         "threshold": prepared.threshold,
         "cost": prepared.cost,
+        "evaluator": prepared.identity["evaluator"],
         "model": prepared.spec.describe(),
         "case": prepared.case.description,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -271,7 +278,8 @@ def submit(request: Request, progress: Progress | None = None) -> Outcome:
     with lock.holding(prepared.store, request.break_lock) as note:
         meta, todo = open_or_create_store(prepared, request.chunk_size, request.workers)
         if todo:
-            context = TaskContext(store.location(prepared.store), prepared.spec, request.epsilon, request.method, hashlib.sha256(
+            context = TaskContext(store.location(prepared.store), prepared.spec, request.epsilon, request.method,
+                                  prepared.fast, hashlib.sha256(
                 repr(sorted(prepared.identity.items())).encode()).hexdigest())
             with cluster.dask_client(request.scheduler, request.workers) as client:
                 dashboard = cluster.dashboard_link(client)

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 
 from . import store
 from .errors import JobError
-from .evaluate import PerturbationFailure, numerical_gradient
+from .evaluate import PerturbationFailure, in_place_costs, numerical_gradient
+from .fastpath import FastNetwork
 from .layout import Layout
 from .models import ModelSpec, cost_function, load_model
 from .plan import Chunk
@@ -27,6 +28,7 @@ class TaskContext:
     model: ModelSpec
     epsilon: float | None
     method: str
+    fast: bool  # use the built-in network's incremental evaluation (decided by the client)
     token: str  # the job's identity digest: a new job never reuses a worker's cached θ
 
 
@@ -38,7 +40,11 @@ class _Workspace:
         if context.method == "complex-step":
             self.theta = self.theta.astype(np.result_type(self.theta.dtype, np.complex64))
         X, Y = store.read_case(self.group)
-        self.cost = cost_function(load_model(context.model), X, Y, self.layout.views(self.theta))
+        if context.fast:
+            self.costs = FastNetwork(self.layout, self.theta, X, Y).costs
+        else:
+            cost = cost_function(load_model(context.model), X, Y, self.layout.views(self.theta))
+            self.costs = in_place_costs(cost, self.theta)
 
 
 _local = threading.local()
@@ -55,7 +61,7 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> int:
     """Central differences for ``chunk``, written to the store; returns the chunk's index."""
     workspace = _workspace(context)
     try:
-        result = numerical_gradient(workspace.cost, workspace.theta, chunk.start, chunk.stop, context.epsilon,
+        result = numerical_gradient(workspace.costs, workspace.theta, chunk.start, chunk.stop, context.epsilon,
                                     context.method)
     except PerturbationFailure as failure:
         where = workspace.layout.describe(failure.index)

@@ -111,7 +111,7 @@ ROWS = [
     ("bad layers", lambda t, s: ["--model", "network", "--layers", "4,x,1"],
      "--layers must be comma-separated sizes such as 784,512,256,1; got '4,x,1'"),
     ("store made by another job", lambda t, s: ["--model", "network", "--case", "seed", "--epsilon", "1e-7"],
-     "store {s} was made by another job (model differ); choose another --store or pass --overwrite to start afresh"),
+     "store {s} was made by another job (model, evaluator differ); choose another --store or pass --overwrite to start afresh"),
     ("resume with another epsilon", lambda t, s: ["--case", "seed", "--epsilon", "1e-6", "--resume"],
      "store {s} was made by another job (epsilon differ); choose another --store or pass --overwrite to start afresh"),
     ("resume with another chunk size", lambda t, s: ["--case", "seed", "--epsilon", "1e-7", "--chunk-size", "5"],

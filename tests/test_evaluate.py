@@ -4,7 +4,7 @@ import numpy as np
 
 from pipeline import networks
 from pipeline.cases import seed_case
-from pipeline.evaluate import PerturbationFailure, numerical_gradient, step_size
+from pipeline.evaluate import PerturbationFailure, in_place_costs, numerical_gradient, step_sizes
 from pipeline.layout import Layout
 from pipeline.models import Model, cost_function
 
@@ -14,7 +14,7 @@ def seed_setup(forward=networks.forward_propagation_n):
     layout = Layout.of(case.parameters)
     theta = layout.flatten(case.parameters)
     cost = cost_function(Model(forward, None), case.X, case.Y, layout.views(theta))
-    return case, layout, theta, cost
+    return case, layout, theta, in_place_costs(cost, theta)
 
 
 def test_seed_loop_parity_element_by_element():
@@ -47,10 +47,10 @@ def test_chunk_results_do_not_depend_on_chunk_boundaries():
 
 def test_automatic_step_scales_with_magnitude():
     eps = np.finfo(np.float64).eps
-    assert step_size(0.5, None, np.dtype("f8")) == 4 * eps ** (1 / 3)
-    assert step_size(-8.0, None, np.dtype("f8")) == 4 * eps ** (1 / 3) * 8.0
-    assert step_size(-8.0, None, np.dtype("f8"), "five-point") == 4 * eps ** (1 / 5) * 8.0
-    assert step_size(-8.0, 1e-7, np.dtype("f8")) == 1e-7
+    steps = step_sizes(np.array([0.5, -8.0]), None, np.dtype("f8"))
+    assert steps.tolist() == [4 * eps ** (1 / 3), 4 * eps ** (1 / 3) * 8.0]
+    assert step_sizes(np.array([-8.0]), None, np.dtype("f8"), "five-point")[0] == 4 * eps ** (1 / 5) * 8.0
+    assert step_sizes(np.array([-8.0]), 1e-7, np.dtype("f8"))[0] == 1e-7
 
 
 def test_failing_forward_names_the_index_and_restores_theta():
@@ -62,7 +62,7 @@ def test_failing_forward_names_the_index_and_restores_theta():
         return float(theta.sum())
 
     try:
-        numerical_gradient(cost, theta, 0, 3, 1e-3)
+        numerical_gradient(in_place_costs(cost, theta), theta, 0, 3, 1e-3)
     except PerturbationFailure as failure:
         assert (failure.index, failure.sign, failure.detail) == (1, "+", "FloatingPointError: overflow in exp")
     else:
@@ -73,7 +73,7 @@ def test_failing_forward_names_the_index_and_restores_theta():
 def test_non_finite_cost_is_a_failure():
     theta = np.array([1.0])
     try:
-        numerical_gradient(lambda: float("nan"), theta, 0, 1, 1e-3)
+        numerical_gradient(in_place_costs(lambda: float("nan"), theta), theta, 0, 1, 1e-3)
     except PerturbationFailure as failure:
         assert failure.detail == "the cost is nan"
     else:

@@ -1,0 +1,58 @@
+"""Issue 4: the incremental evaluation equals the plain forward to round-off, on random networks."""
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline import networks
+from pipeline.cases import random_case
+from pipeline.evaluate import in_place_costs, numerical_gradient
+from pipeline.fastpath import FastNetwork
+from pipeline.layout import Layout
+from pipeline.models import Model, cost_function
+
+
+@pytest.mark.parametrize("layers, examples, seed", [
+    ([4, 5, 3, 1], 3, 0), ([7, 6, 5, 4, 1], 9, 1), ([30, 20, 1], 16, 2), ([6, 1], 5, 3), ([5, 8, 8, 8, 1], 1, 4),
+])
+def test_incremental_costs_equal_plain_forward_to_round_off(layers, examples, seed):
+    case = random_case(layers, examples, seed)
+    layout = Layout.of(case.parameters)
+    theta = layout.flatten(case.parameters)
+    fast = FastNetwork(layout, theta, case.X, case.Y)
+    plain = in_place_costs(cost_function(Model(networks.network_forward, None), case.X, case.Y,
+                                         layout.views(theta)), theta)
+    rng = np.random.default_rng(seed)
+    index = np.arange(theta.size)
+    for scale in (1e-6, 1e-2, 1.0):  # small steps, and steps that switch ReLUs on and off
+        values = theta + scale * rng.standard_normal(theta.size)
+        np.testing.assert_allclose(fast.costs(index, values), plain(index, values, "+"), rtol=1e-13, atol=0)
+    before = theta.copy()
+    a = numerical_gradient(fast.costs, theta, 0, theta.size, None).gradapprox
+    b = numerical_gradient(plain, theta, 0, theta.size, None).gradapprox
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * np.abs(b).max())
+    assert theta.tobytes() == before.tobytes()
+
+
+def test_fast_path_only_for_the_network_shape():
+    case = random_case([4, 3, 1], 2, 0)
+    assert FastNetwork.supports(Layout.of(case.parameters), case.X)
+    renamed = {"V1" if k == "W1" else k: v for k, v in case.parameters.items()}
+    assert not FastNetwork.supports(Layout.of(renamed), case.X)
+    two_outputs = random_case([4, 3, 1], 2, 0).parameters
+    two_outputs["W2"], two_outputs["b2"] = np.ones((2, 3)), np.ones((2, 1))
+    assert not FastNetwork.supports(Layout.of(two_outputs), case.X)
+
+
+def test_fast_path_results_do_not_depend_on_chunking(gradjob, cluster_address, tmp_path):
+    results = []
+    for size in (97, 1000):
+        run = gradjob("submit", "--json", "--model", "network", "--layers", "40,30,20,1", "--examples", "16",
+                      "--chunk-size", size, "--store", f"s{size}.zarr", "--scheduler", cluster_address)
+        assert run.exit_code == 0, run.stderr
+        results.append((json.loads(run.stdout), zarr.open_group(tmp_path / f"s{size}.zarr")["gradapprox"][:]))
+    (first, a), (second, b) = results
+    assert first["difference"] == second["difference"] and a.tobytes() == b.tobytes()
+    assert first["difference"] < 1e-8
