@@ -1,13 +1,14 @@
 """Where the gradient is checked: inputs X, labels Y and the parameter values.
 
-From an ``.npz`` file (loaded without pickle), from ``file.py:FUNC`` returning
-``(X, Y, parameters)``, or built in: ``seed`` (the seed's test case, drawn as the seed draws it),
+From an ``.npz`` file (loaded without pickle), a Zarr group of arrays (``case.zarr``), from
+``file.py:FUNC`` returning ``(X, Y, parameters)``, or built in: ``seed`` (the seed's test case, drawn as the seed draws it),
 ``linear`` (x=2, θ=4) and ``random`` (a random network for ``--layers``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import runpy
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,8 @@ def load_case(spec: str, layers: list[int], examples: int, seed: int) -> Case:
         return random_case(layers, examples, seed)
     if spec.endswith(".npz"):
         return _npz_case(Path(spec))
+    if spec.rstrip("/").endswith(".zarr"):
+        return _zarr_case(spec)
     if ".py:" in spec:
         path, _, function = spec.rpartition(":")
         return _python_case(Path(path), function)
@@ -105,6 +108,27 @@ def _npz_case(path: Path) -> Case:
     except Exception as exc:
         raise InputError(f"case file {path} is not a readable .npz: {exc}") from None
     return _split_case(arrays, f"{path.name} (npz)", str(path))
+
+
+def _zarr_case(path: str) -> Case:
+    """X, Y and the parameters from a Zarr group; parameter order from its ``parameters``
+    attribute, else by layer number then name (W1, b1, W2, b2, …)."""
+    import zarr
+
+    if "://" not in path and not Path(path).exists():
+        raise InputError(f"case store {path!r} does not exist")
+    try:
+        group = zarr.open_group(path, mode="r")
+        arrays = {name: array[...] for name, array in group.arrays()}
+        order = group.attrs.get("parameters")
+    except Exception as exc:
+        raise InputError(f"case store {path} is not a readable Zarr group of arrays: {exc}") from None
+    names = [n for n in arrays if n not in ("X", "Y")]
+    if order is None:
+        order = sorted(names, key=lambda n: (int(re.sub(r"\D", "", n) or 0), n))
+    elif sorted(order) != sorted(names):
+        raise InputError(f"case store {path}: its 'parameters' attribute does not list exactly its parameter arrays")
+    return _split_case({k: arrays[k] for k in ["X", "Y", *order] if k in arrays}, f"{Path(path).name} (zarr)", path)
 
 
 def _python_case(path: Path, function: str) -> Case:

@@ -5,19 +5,23 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import job, report, screen
+from . import bench, history, job, jobfile, report, screen
+from . import html as html_report
+from . import junit as junit_report
 from .errors import InputError, JobError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Prove a hand-written backpropagation correct by distributed gradient checking.")
 stderr = Console(stderr=True)
 EXIT_INTERRUPTED = 130
+DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
 
 
 @app.callback()
@@ -64,12 +68,18 @@ def _parse_layers(text: str) -> tuple[int, ...]:
         raise InputError(f"--layers must be comma-separated sizes such as 784,512,256,1; got {text!r}") from None
 
 
+SINGLE_CHECK_OPTIONS = ("model", "forward", "backward", "case", "layers", "examples", "seed", "epsilon", "method",
+                        "fast", "threshold", "chunk_size", "store", "mode", "directions")
+
+
 @app.command()
 def submit(
+    ctx: typer.Context,
+    job_file: Optional[str] = typer.Argument(None, help="A job file (jobs/*.toml) of checks to run instead of one check."),
     model: str = typer.Option("seed-buggy", help="A model file (.py) or a built-in: linear, network, seed-buggy."),
     forward: Optional[str] = typer.Option(None, help="Forward function in the model file [forward_propagation_n]."),
     backward: Optional[str] = typer.Option(None, help="Backward function in the model file [backward_propagation_n]."),
-    case: Optional[str] = typer.Option(None, help="file.npz, file.py:FUNC, or seed, linear, random [the model's own]."),
+    case: Optional[str] = typer.Option(None, help="file.npz, case.zarr, file.py:FUNC, or seed, linear, random [the model's own]."),
     layers: str = typer.Option("4,5,3,1", help="Layer sizes for --case random."),
     examples: int = typer.Option(16, help="Examples for --case random."),
     seed: int = typer.Option(0, help="Random seed for --case random."),
@@ -78,7 +88,7 @@ def submit(
     fast: bool = typer.Option(True, help="Incremental evaluation for the built-in network (--no-fast: plain forward calls)."),
     threshold: Optional[float] = typer.Option(None, help="Largest difference that passes [2e-7 for float64, 1e-3 for float32]."),
     chunk_size: Optional[int] = typer.Option(None, help="Parameters per task [about 8 tasks per worker]."),
-    workers: int = typer.Option(min(os.cpu_count() or 1, 4), help="Worker processes of the embedded cluster."),
+    workers: Optional[int] = typer.Option(None, help=f"Worker processes of the embedded cluster [{DEFAULT_WORKERS}]."),
     scheduler: Optional[str] = typer.Option(None, help="Use an existing Dask scheduler, tcp://HOST:PORT."),
     store: Optional[str] = typer.Option(None, help="Zarr store of this check [gradjob-stores/<model>-<case>-<hash>.zarr]."),
     overwrite: bool = typer.Option(False, help="Delete an existing store at --store and start afresh."),
@@ -87,14 +97,28 @@ def submit(
     mode: str = typer.Option("full", help="full: every parameter, on the cluster; directional: a quick screen on the client."),
     directions: int = typer.Option(screen.DEFAULT_DIRECTIONS, help="Random directions per tensor in directional mode."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
+    json_file: Optional[str] = typer.Option(None, help="Also write the JSON result to this file."),
+    junit: Optional[str] = typer.Option(None, help="Write JUnit XML: one test case per check and tensor."),
+    html_file: Optional[str] = typer.Option(None, "--html", help="Write a self-contained HTML page with plots."),
 ) -> None:
     """Check a backward pass against numerical derivatives of its forward, on a Dask cluster."""
     bar = _Bar(enabled=sys.stderr.isatty() or not json_output)
+    reports = {"json": json_file, "junit": junit, "html": html_file}
     try:
+        if job_file is not None:
+            given = [name for name in SINGLE_CHECK_OPTIONS
+                     if ctx.get_parameter_source(name).name == "COMMANDLINE"]
+            if given:
+                raise InputError(f"--{given[0].replace('_', '-')} describes a single check; with a job file put it "
+                                 "in the file's [[check]]")
+            jobs = jobfile.with_cluster(jobfile.load(job_file), scheduler, workers)
+            reports = {k: reports[k] or jobs.reports.get(k) for k in reports}
+            _run_job(jobs, reports, bar, json_output)
         request = job.Request(model=model, forward=forward, backward=backward, case=case,
-                              layers=_parse_layers(layers), examples=examples, seed=seed, epsilon=epsilon, method=method, fast=fast,
-                              threshold=threshold, chunk_size=chunk_size, workers=workers, scheduler=scheduler,
-                              store=store, overwrite=overwrite, resume=resume, break_lock=break_lock)
+                              layers=_parse_layers(layers), examples=examples, seed=seed, epsilon=epsilon, method=method,
+                              fast=fast, threshold=threshold, chunk_size=chunk_size,
+                              workers=workers or DEFAULT_WORKERS, scheduler=scheduler, store=store,
+                              overwrite=overwrite, resume=resume, break_lock=break_lock)
         if mode == "directional":
             if directions < 1:
                 raise InputError(f"--directions must be at least 1; got {directions}")
@@ -114,7 +138,101 @@ def submit(
     bar.stop()
     for note in outcome.notes:
         typer.echo(f"gradjob: note: {note}", err=True)
+    entry = {"check": Path(outcome.store).stem if outcome.store else "directional", "result": report.to_json(outcome)}
+    try:
+        _write_reports(reports, "gradjob check", [entry], single=True)
+    except InputError as exc:
+        _fail(exc)
+    if outcome.store is not None:
+        history.append(Path(outcome.store).parent, [_history_row(entry)])
     _print(outcome, json_output)
+
+
+def _run_job(jobs: jobfile.JobFile, reports: dict, bar: "_Bar", json_output: bool) -> None:
+    """Run every check of a job file, write its reports and history, and exit with the worst code."""
+    entries, codes = [], []
+    for check in jobs.checks:
+        try:
+            outcome = job.submit(check.request, bar)
+            bar.stop()
+            entries.append({"check": check.name, "result": report.to_json(outcome)})
+            codes.append(report.exit_code(outcome))
+            if not json_output:
+                typer.echo(f"== {check.name}\n{report.to_text(outcome)}\n")
+        except (InputError, JobError) as exc:
+            bar.stop()
+            entries.append({"check": check.name, "error": str(exc), "exit_code": exc.exit_code})
+            codes.append(exc.exit_code)
+            typer.echo(f"gradjob: error in check {check.name}: {exc}", err=True)
+    history.append(jobs.store_root, [_history_row(e) for e in entries])
+    _write_reports(reports, f"gradjob job {jobs.name}", entries, single=False)
+    passed = all(code == 0 for code in codes)
+    if json_output:
+        typer.echo(json.dumps({"job": jobs.name, "passed": passed, "checks": [_entry_json(e) for e in entries]}))
+    else:
+        failing = [e["check"] for e, code in zip(entries, codes) if code]
+        typer.echo(f"job {jobs.name}: {len(entries) - len(failing)} of {len(entries)} checks passed"
+                   + (f"; not passed: {', '.join(failing)}" if failing else ""))
+    errors = [code for code in codes if code not in (0, 1)]
+    raise typer.Exit(errors[0] if errors else max(codes))
+
+
+def _entry_json(entry: dict) -> dict:
+    if entry.get("error"):
+        return {"check": entry["check"], "passed": False, "error": entry["error"]}
+    return {"check": entry["check"], **entry["result"]}
+
+
+def _history_row(entry: dict) -> dict:
+    if entry.get("error"):
+        return {"check": entry["check"], "verdict": "error", "difference": None, "error": entry["error"]}
+    result = entry["result"]
+    return {"check": entry["check"], "verdict": "pass" if result["passed"] else "fail",
+            "difference": result["difference"], "failing": result["failing"], "store": result["store"]}
+
+
+def _write_reports(reports: dict, title: str, entries: list[dict], single: bool) -> None:
+    outputs = {
+        "json": lambda: json.dumps(_entry_json(entries[0]) if single else
+                                   {"job": title, "checks": [_entry_json(e) for e in entries]}, indent=1),
+        "junit": lambda: junit_report.to_junit(title, entries),
+        "html": lambda: html_report.to_html(title, entries),
+    }
+    for kind, path in reports.items():
+        if not path:
+            continue
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(outputs[kind]())
+        except OSError as exc:
+            raise InputError(f"cannot write the {kind} report {path}: {exc}") from None
+
+
+@app.command("history")
+def history_command(root: str = typer.Argument(..., help="A job's store root (its history.jsonl).")) -> None:
+    """Date, check, difference and verdict of every run under ROOT, newest last."""
+    rows = history.read(root)
+    if not rows:
+        _fail(InputError(f"no history under {root}: run a job with this store root first"))
+    typer.echo(history.to_text(rows))
+
+
+@app.command("bench")
+def bench_command(
+    layers: str = typer.Option("784,512,256,1", help="Layer sizes of the built-in network."),
+    examples: int = typer.Option(128, help="Examples in the random case."),
+    workers: str = typer.Option("2", help="Worker counts to run, e.g. 1,2 to measure scaling."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
+) -> None:
+    """Time a full check of the built-in network against the seed-style loop and torch gradcheck."""
+    try:
+        counts = _parse_layers(workers)
+        if min(counts) < 1:
+            raise InputError(f"--workers must be positive counts such as 1,2; got {workers!r}")
+        result = bench.benchmark(_parse_layers(layers), examples, counts)
+    except (InputError, JobError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result) if json_output else bench.to_text(result))
 
 
 @app.command("report")

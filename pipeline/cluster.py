@@ -49,9 +49,25 @@ def dashboard_link(client: Client) -> str | None:
         return None
 
 
+def peak_worker_rss(client: Client) -> int | None:
+    """The largest peak resident memory of any worker process, in bytes (Linux: ru_maxrss in KiB)."""
+    try:
+        peaks = client.run(_peak_rss)
+    except Exception:
+        return None
+    return max(peaks.values()) if peaks else None
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def run_chunks(client: Client, function: Callable, context, chunks: Sequence[Chunk],
-               on_done: Callable[[Chunk], None], describe: Callable[[int], str]) -> None:
-    """Run ``function(context, chunk)`` for every chunk; stop at the first failure.
+               on_done: Callable[[Chunk, object], None], describe: Callable[[int], str]) -> None:
+    """Run ``function(context, chunk)`` for every chunk, passing each result to ``on_done``;
+    stop at the first failure.
 
     A lost worker is handled by the scheduler, which re-runs the chunk elsewhere; a chunk that
     keeps killing workers ends the job naming its parameters.
@@ -61,7 +77,7 @@ def run_chunks(client: Client, function: Callable, context, chunks: Sequence[Chu
         for future in as_completed(futures):
             chunk = futures[future]
             try:
-                future.result()
+                result = future.result()
             except KilledWorker:
                 raise JobError(
                     f"chunk {chunk.index} (parameters {chunk.start}–{chunk.stop - 1}: {describe(chunk.start)} to "
@@ -70,6 +86,6 @@ def run_chunks(client: Client, function: Callable, context, chunks: Sequence[Chu
                 ) from None
             except FutureCancelledError:
                 raise JobError(f"chunk {chunk.index} was cancelled by the scheduler; resubmit to resume") from None
-            on_done(chunk)
+            on_done(chunk, result)
     finally:
         client.cancel(list(futures))

@@ -51,6 +51,7 @@ class Request:
     workers: int = 2
     scheduler: str | None = None
     store: str | None = None
+    store_dir: str = "gradjob-stores"  # where the default, identity-named store goes
     overwrite: bool = False
     resume: bool = False
     break_lock: bool = False
@@ -81,6 +82,8 @@ class Outcome:
     evaluated_chunks: int = 0
     dashboard: str | None = None
     notes: list[str] = field(default_factory=list)
+    task_seconds: list[float] = field(default_factory=list)  # compute time of each chunk evaluated
+    peak_worker_rss_bytes: int | None = None
 
 
 class Progress:
@@ -129,7 +132,7 @@ def prepare(request: Request) -> Prepared:
     fast = (request.fast and spec.is_builtin and spec.name == "network" and request.method != "complex-step"
             and FastNetwork.supports(layout, case.X))
     identity["evaluator"] = "incremental" if fast else "forward"
-    path = request.store or default_store_path(spec, case_name, identity)
+    path = request.store or default_store_path(spec, case_name, identity, request.store_dir)
     threshold = request.threshold if request.threshold is not None else default_threshold(layout.dtype)
     return Prepared(request, spec, case, layout, theta, grad, cost, threshold, fast, identity, path)
 
@@ -193,12 +196,13 @@ def check_complex_safe(model, case: Case, layout: Layout, theta: np.ndarray, pro
             )
 
 
-def default_store_path(spec: ModelSpec, case_name: str, identity: dict) -> str:
-    """``gradjob-stores/<model>-<case>-<hash>.zarr``: the same job always finds its own store."""
+def default_store_path(spec: ModelSpec, case_name: str, identity: dict, folder: str = "gradjob-stores") -> str:
+    """``<folder>/<model>-<case>-<hash>.zarr``: the same job always finds its own store, and a
+    job with other weights or another model never collides with it."""
     stem = Path(spec.name).stem if not spec.is_builtin else spec.name
     digest = hashlib.sha256(repr(sorted(identity.items())).encode()).hexdigest()[:10]
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}-{Path(case_name).name}")
-    return str(Path("gradjob-stores") / f"{label}-{digest}.zarr")
+    return str(Path(folder) / f"{label}-{digest}.zarr")
 
 
 def check_existing_store(prepared: Prepared) -> None:
@@ -274,7 +278,12 @@ def submit(request: Request, progress: Progress | None = None) -> Outcome:
     progress = progress or Progress()
     prepared = prepare(request)
     check_existing_store(prepared)
-    dashboard = None
+    dashboard, task_seconds, peak_rss = None, [], None
+
+    def done(chunk: Chunk, seconds: float) -> None:
+        task_seconds.append(seconds)
+        progress.advance()
+
     with lock.holding(prepared.store, request.break_lock) as note:
         meta, todo = open_or_create_store(prepared, request.chunk_size, request.workers)
         if todo:
@@ -284,11 +293,12 @@ def submit(request: Request, progress: Progress | None = None) -> Outcome:
             with cluster.dask_client(request.scheduler, request.workers) as client:
                 dashboard = cluster.dashboard_link(client)
                 progress.start(meta["n_chunks"], meta["n_chunks"] - len(todo), dashboard)
-                cluster.run_chunks(client, evaluate_chunk, context, todo, lambda _: progress.advance(),
-                                   prepared.layout.describe)
+                cluster.run_chunks(client, evaluate_chunk, context, todo, done, prepared.layout.describe)
+                peak_rss = cluster.peak_worker_rss(client)
     outcome = reduce_store(prepared.store, prepared.threshold)
     outcome.evaluated_chunks, outcome.dashboard = len(todo), dashboard
     outcome.notes += [note] if note else []
+    outcome.task_seconds, outcome.peak_worker_rss_bytes = task_seconds, peak_rss
     return outcome
 
 
