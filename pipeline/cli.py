@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import bench, history, job, jobfile, report, screen
 from . import html as html_report
+from . import store as store_module
 from . import junit as junit_report
 from .errors import InputError, JobError
 
@@ -138,13 +139,14 @@ def submit(
     bar.stop()
     for note in outcome.notes:
         typer.echo(f"gradjob: note: {note}", err=True)
-    entry = {"check": Path(outcome.store).stem if outcome.store else "directional", "result": report.to_json(outcome)}
+    entry = {"check": Path(outcome.store.rstrip("/")).stem if outcome.store else "directional",
+             "result": report.to_json(outcome)}
     try:
         _write_reports(reports, "gradjob check", [entry], single=True)
     except InputError as exc:
         _fail(exc)
     if outcome.store is not None:
-        history.append(Path(outcome.store).parent, [_history_row(entry)])
+        history.append(store_module.parent(outcome.store), [_history_row(entry)])
     _print(outcome, json_output)
 
 

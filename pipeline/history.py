@@ -7,24 +7,40 @@ import datetime
 import json
 from pathlib import Path
 
+import fsspec
+
+from . import store
+
 FILE = "history.jsonl"
 
 
-def append(root: str | Path, entries: list[dict]) -> None:
+def append(root: str, entries: list[dict]) -> None:
+    """Add entries to ``<root>/history.jsonl``; object stores have no append, so there the file
+    is rewritten (one job per store root)."""
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    text = "".join(json.dumps({"time": now, **entry}) + "\n" for entry in entries)
+    if store.is_url(str(root)):
+        fs, folder = fsspec.core.url_to_fs(str(root))
+        path = f"{folder.rstrip('/')}/{FILE}"
+        old = fs.cat_file(path).decode() if fs.exists(path) else ""
+        fs.pipe_file(path, (old + text).encode())
+        return
     path = Path(root) / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with open(path, "a") as f:
-        for entry in entries:
-            f.write(json.dumps({"time": now, **entry}) + "\n")
+        f.write(text)
 
 
-def read(root: str | Path) -> list[dict]:
-    path = Path(root) / FILE
-    if not path.is_file():
-        return []
+def read(root: str) -> list[dict]:
+    if store.is_url(str(root)):
+        fs, folder = fsspec.core.url_to_fs(str(root))
+        path = f"{folder.rstrip('/')}/{FILE}"
+        text = fs.cat_file(path).decode() if fs.exists(path) else ""
+    else:
+        path = Path(root) / FILE
+        text = path.read_text() if path.is_file() else ""
     rows = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except ValueError:

@@ -94,11 +94,15 @@ def to_html(title: str, results: list[dict]) -> str:
         body.append(f'<p class="{verdict.lower()}">{verdict}: difference {result["difference"]:.4e} '
                     f'(threshold {result["threshold"]:g}), {result["n_parameters"]:,} parameters, '
                     f'model {html.escape(result["model"])}, case {html.escape(result["case"])}</p>')
-        body.append("<table><tr><th>tensor</th><th>shape</th><th>difference</th><th>verdict</th></tr>")
+        body.append("<table><tr><th>tensor</th><th>shape</th><th>difference</th><th>at a kink</th><th>verdict</th></tr>")
         for name, t in result["tensors"].items():
             body.append(f"<tr><td>{html.escape(name)}</td><td>{'×'.join(map(str, t['shape']))}</td>"
-                        f"<td>{t['difference']:.4e}</td><td>{'ok' if t['passed'] else html.escape('FAIL ' + (t['diagnosis'] or ''))}</td></tr>")
+                        f"<td>{t['difference']:.4e}</td><td>{t['kinks']['count']}</td>"
+                        f"<td>{'ok' if t['passed'] else html.escape('FAIL ' + (t['diagnosis'] or ''))}</td></tr>")
         body.append("</table>")
+        if any(t["kinks"]["count"] for t in result["tensors"].values()):
+            body.append("<p>Elements at a kink (a ReLU switching within the step) show as bright cells in "
+                        "the heatmaps; their one-sided slopes disagree, so they are left out of the difference.</p>")
         body.append(f'<img alt="per-tensor difference of {html.escape(check)}" src="data:image/png;base64,{difference_plot(result)}">')
         group = store.open_existing(result["store"])
         layout = Layout.from_json(store.metadata(group)["layout"])

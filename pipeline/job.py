@@ -202,7 +202,7 @@ def default_store_path(spec: ModelSpec, case_name: str, identity: dict, folder: 
     stem = Path(spec.name).stem if not spec.is_builtin else spec.name
     digest = hashlib.sha256(repr(sorted(identity.items())).encode()).hexdigest()[:10]
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}-{Path(case_name).name}")
-    return str(Path(folder) / f"{label}-{digest}.zarr")
+    return store.join(folder, f"{label}-{digest}.zarr")
 
 
 def check_existing_store(prepared: Prepared) -> None:

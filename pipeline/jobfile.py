@@ -28,6 +28,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import store
 from .errors import InputError
 from .job import Request
 
@@ -48,7 +49,7 @@ class Check:
 class JobFile:
     name: str
     path: Path
-    store_root: Path
+    store_root: str
     checks: list[Check]
     reports: dict[str, str] = field(default_factory=dict)
 
@@ -74,7 +75,7 @@ def load(path: str) -> JobFile:
     if not checks:
         raise InputError(f"job file {path} has no [[check]]; add at least one")
     name = job.get("name", file.stem)
-    root = Path(job.get("store_root", f"gradjob-stores/{name}"))
+    root = str(job.get("store_root", f"gradjob-stores/{name}"))  # a path or a URL (s3://…)
     seen, result = set(), []
     for number, check in enumerate(checks, start=1):
         check_name = check.get("name")
@@ -90,7 +91,7 @@ def load(path: str) -> JobFile:
         if "layers" in options:
             options["layers"] = tuple(options["layers"])
         try:
-            request = Request(store_dir=str(root / check_name), **options, **cluster)
+            request = Request(store_dir=store.join(root, check_name), **options, **cluster)
         except TypeError as exc:
             raise InputError(f"job file {path}: check {check_name!r}: {exc}") from None
         result.append(Check(check_name, request))

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+import fsspec
 import numpy as np
 import zarr
 
@@ -35,7 +36,7 @@ def create(path: str, meta: dict, theta: np.ndarray, grad: np.ndarray, X: np.nda
     """Write a new store: metadata, θ, the gradient and the case, before any task runs."""
     try:
         group = zarr.open_group(path, mode="w")
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # local OSErrors, and whatever an fsspec backend raises
         raise InputError(f"cannot write the store at {path}: {exc}; choose another --store") from None
     n = theta.size
     block = min(n, READ_BLOCK)
@@ -62,17 +63,38 @@ def _checksum(meta: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def is_url(path: str) -> bool:
+    """Stores at URLs (s3://…, gs://…) go through fsspec; plain paths are local directories."""
+    return "://" in path
+
+
+def join(folder: str, name: str) -> str:
+    return f"{folder.rstrip('/')}/{name}" if is_url(folder) else str(Path(folder) / name)
+
+
+def parent(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[0] if is_url(path) else str(Path(path).parent)
+
+
 def location(path: str) -> str:
-    """Where workers find the store: an absolute path (their working directory is not ours)."""
-    return path if "://" in path else str(Path(path).resolve())
+    """Where workers find the store: a URL as given, or an absolute path (their working
+    directory is not ours)."""
+    return path if is_url(path) else str(Path(path).resolve())
 
 
 def exists(path: str) -> bool:
+    if is_url(path):
+        fs, root = fsspec.core.url_to_fs(path)
+        return fs.exists(root)
     return Path(path).exists()
 
 
 def remove(path: str) -> None:
-    shutil.rmtree(path)
+    if is_url(path):
+        fs, root = fsspec.core.url_to_fs(path)
+        fs.rm(root, recursive=True)
+    else:
+        shutil.rmtree(path)
 
 
 def recognised(path: str) -> bool:
