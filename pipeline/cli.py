@@ -118,7 +118,7 @@ def submit(
         request = job.Request(model=model, forward=forward, backward=backward, case=case,
                               layers=_parse_layers(layers), examples=examples, seed=seed, epsilon=epsilon, method=method,
                               fast=fast, threshold=threshold, chunk_size=chunk_size,
-                              workers=workers or DEFAULT_WORKERS, scheduler=scheduler, store=store,
+                              workers=DEFAULT_WORKERS if workers is None else workers, scheduler=scheduler, store=store,
                               overwrite=overwrite, resume=resume, break_lock=break_lock)
         if mode == "directional":
             if directions < 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .evaluate import PerturbationFailure
 from .layout import Layout
 from .networks import n_layers, relu, sigmoid
 
@@ -89,6 +90,9 @@ class FastNetwork:
             for first in range(0, inside.size, self.batch):
                 part = inside[first:first + self.batch]
                 out[part] = self._tensor_costs(tensor, indices[part] - tensor.offset, deltas[part])
+        bad = np.flatnonzero(~np.isfinite(out))
+        if bad.size:  # as the generic path does: no NaN reaches the store
+            raise PerturbationFailure(int(indices[bad[0]]), sign, f"the cost is {out[bad[0]]}")
         return out
 
     def _tensor_costs(self, tensor, local: np.ndarray, deltas: np.ndarray) -> np.ndarray:

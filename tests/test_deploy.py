@@ -5,7 +5,6 @@ systemd units pass ``systemd-analyze verify``."""
 import configparser
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys

@@ -8,7 +8,7 @@ import zarr
 
 from pipeline import networks
 from pipeline.cases import random_case
-from pipeline.evaluate import in_place_costs, numerical_gradient
+from pipeline.evaluate import PerturbationFailure, in_place_costs, numerical_gradient
 from pipeline.fastpath import FastNetwork
 from pipeline.layout import Layout
 from pipeline.models import Model, cost_function
@@ -56,3 +56,15 @@ def test_fast_path_results_do_not_depend_on_chunking(gradjob, cluster_address, t
     (first, a), (second, b) = results
     assert first["difference"] == second["difference"] and a.tobytes() == b.tobytes()
     assert first["difference"] < 1e-8
+
+
+def test_non_finite_cost_in_the_fast_path_names_the_parameter():
+    case = random_case([3, 2, 1], 4, 0)
+    case.parameters["b2"][:] = 800.0  # the sigmoid saturates to exactly 1: 0 · log(1 - A) is nan
+    layout = Layout.of(case.parameters)
+    theta = layout.flatten(case.parameters)
+    fast = FastNetwork(layout, theta, case.X, case.Y)
+    with pytest.raises(PerturbationFailure) as info:
+        with np.errstate(all="ignore"):
+            numerical_gradient(fast.costs, theta, 0, theta.size, None)
+    assert (info.value.index, info.value.sign, info.value.detail) == (0, "+", "the cost is nan")
