@@ -128,7 +128,13 @@ def done_mask(group: zarr.Group) -> np.ndarray:
 
 
 def read_vector(group: zarr.Group, name: str) -> np.ndarray:
-    return group[name][:]
+    """A whole vector, read block by block into one array: peak memory is the vector plus a
+    block, not two vectors (zarr assembles a full read in a buffer of its own)."""
+    array = group[name]
+    out = np.empty(array.shape, dtype=array.dtype)
+    for start in range(0, array.shape[0], READ_BLOCK):
+        out[start:start + READ_BLOCK] = array[start:start + READ_BLOCK]
+    return out
 
 
 def read_case(group: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
