@@ -62,11 +62,11 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-def _parse_layers(text: str) -> tuple[int, ...]:
+def _parse_sizes(text: str, option: str = "--layers", example: str = "784,512,256,1") -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise InputError(f"--layers must be comma-separated sizes such as 784,512,256,1; got {text!r}") from None
+        raise InputError(f"{option} must be comma-separated sizes such as {example}; got {text!r}") from None
 
 
 SINGLE_CHECK_OPTIONS = ("model", "forward", "backward", "case", "layers", "examples", "seed", "epsilon", "method",
@@ -116,7 +116,7 @@ def submit(
             reports = {k: reports[k] or jobs.reports.get(k) for k in reports}
             _run_job(jobs, reports, bar, json_output)
         request = job.Request(model=model, forward=forward, backward=backward, case=case,
-                              layers=_parse_layers(layers), examples=examples, seed=seed, epsilon=epsilon, method=method,
+                              layers=_parse_sizes(layers), examples=examples, seed=seed, epsilon=epsilon, method=method,
                               fast=fast, threshold=threshold, chunk_size=chunk_size,
                               workers=DEFAULT_WORKERS if workers is None else workers, scheduler=scheduler, store=store,
                               overwrite=overwrite, resume=resume, break_lock=break_lock)
@@ -135,7 +135,7 @@ def submit(
         bar.stop()
         typer.echo("gradjob: interrupted; finished chunks are kept in the store: submit the same job again to resume",
                    err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     bar.stop()
     for note in outcome.notes:
         typer.echo(f"gradjob: note: {note}", err=True)
@@ -228,10 +228,10 @@ def bench_command(
 ) -> None:
     """Time a full check of the built-in network against the seed-style loop and torch gradcheck."""
     try:
-        counts = _parse_layers(workers)
+        counts = _parse_sizes(workers, "--workers", "1,2")
         if min(counts) < 1:
             raise InputError(f"--workers must be positive counts such as 1,2; got {workers!r}")
-        result = bench.benchmark(_parse_layers(layers), examples, counts)
+        result = bench.benchmark(_parse_sizes(layers), examples, counts)
     except (InputError, JobError) as exc:
         _fail(exc)
     typer.echo(json.dumps(result) if json_output else bench.to_text(result))

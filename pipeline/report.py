@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .job import Outcome
 
 EXIT_PASSED, EXIT_FAILED = 0, 1
@@ -59,9 +61,7 @@ def to_text(outcome: Outcome) -> str:
     lines.append(f"  {'tensor':<{name_width}}  {'shape':<12} {'size':>9}  {'difference':>12}  verdict")
     for t in r.tensors:
         shape = "×".join(map(str, t.shape)) or "scalar"
-        size = 1
-        for s in t.shape:
-            size *= s
+        size = math.prod(t.shape)
         if not t.passed:
             verdict = f"FAIL  {t.diagnosis}"
         elif t.kinks:
