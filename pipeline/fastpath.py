@@ -32,15 +32,20 @@ class FastNetwork:
         self.L = n_layers(self.params)
         self.m = X.shape[1]
         self.tensors = {t.name: t for t in layout.tensors}
-        # the unperturbed pass: Z_l and A_l for every layer (A_0 = X)
-        self.Z, self.A = [None], [X]
+        # The unperturbed pass. Only Z_l is kept per layer (and the output): rows of A_l are
+        # recomputed from Z_l when needed (elementwise, so bit-identical), which keeps a worker's
+        # memory at θ plus one array per layer.
+        self.Z = [None]
+        A = X
         for layer in range(1, self.L + 1):
-            Z = np.dot(self.params[f"W{layer}"], self.A[-1]) + self.params[f"b{layer}"]
+            Z = np.dot(self.params[f"W{layer}"], A)
+            Z += self.params[f"b{layer}"]
             self.Z.append(Z)
-            self.A.append(self._act(layer, Z))
+            A = self._act(layer, Z)
+        self.A_out = A
         width = max(t.shape[0] for t in layout.tensors)
         self.batch = max(1, BATCH_BYTES // (8 * width * self.m))
-        self.example_loss = self._loss(self.A[-1], self.Y)  # per example: unchanged columns keep theirs
+        self.example_loss = self._loss(self.A_out, self.Y)  # per example: unchanged columns keep theirs
         # One block buffer for the life of the worker: Dask workers run with MALLOC_TRIM_THRESHOLD_
         # set, so a fresh 2 MiB array per block is an mmap with page faults (measured 2.5× slower).
         self._block = np.empty(ROW_BLOCK_ELEMENTS)
@@ -63,6 +68,10 @@ class FastNetwork:
 
     def _act(self, layer: int, Z: np.ndarray) -> np.ndarray:
         return relu(Z) if layer < self.L else sigmoid(Z)
+
+    def _activation_rows(self, layer: int, rows: np.ndarray) -> np.ndarray:
+        """Rows of A_layer (A_0 = X), recomputed from the stored Z_layer."""
+        return self.X[rows, :] if layer == 0 else self._act(layer, self.Z[layer][rows, :])
 
     def _act_in_place(self, layer: int, Z: np.ndarray) -> np.ndarray:
         """The same values as ``_act``, without a temporary the size of Z."""
@@ -99,16 +108,16 @@ class FastNetwork:
         layer = int(tensor.name[1:])
         if tensor.name[0] == "W":
             rows, cols = np.unravel_index(local, tensor.shape)
-            dZ = deltas[:, None] * self.A[layer - 1][cols, :]          # (B, m)
+            dZ = deltas[:, None] * self._activation_rows(layer - 1, cols)  # (B, m)
         else:
             rows = local
             dZ = np.repeat(deltas[:, None], self.m, axis=1)
         row_new = self._act(layer, self.Z[layer][rows, :] + dZ)      # (B, m): the real nonlinearity
         if layer == self.L:
-            A = np.repeat(self.A[layer][None], len(rows), axis=0)
+            A = np.repeat(self.A_out[None], len(rows), axis=0)
             A[np.arange(len(rows)), rows, :] = row_new
             return self._cost(A)
-        dA = row_new - self.A[layer][rows, :]                        # (B, m)
+        dA = row_new - self._activation_rows(layer, rows)             # (B, m)
         out = np.empty(len(rows))
         for row in np.unique(rows):
             same = np.flatnonzero(rows == row)
