@@ -107,16 +107,14 @@ def generic_overhead(examples: int, calls: int = 400, repeats: int = 5) -> dict:
     def generic_calls():
         numerical_gradient(costs, theta, 0, calls // 2, None)
 
-    def best(run) -> float:
+    def timed(run) -> float:
+        started = time.perf_counter()
         run()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - started)
-        return min(times)
+        return time.perf_counter() - started
 
-    bare, generic = best(bare_calls), best(generic_calls)
+    bare_calls(), generic_calls()  # warm-up
+    times = [(timed(bare_calls), timed(generic_calls)) for _ in range(repeats)]  # interleaved: same drift
+    bare, generic = min(t[0] for t in times), min(t[1] for t in times)
     return {"model": str(USER_MODEL.relative_to(USER_MODEL.parents[2])), "forward_calls": calls,
             "bare_seconds": bare, "generic_seconds": generic, "overhead": generic / bare - 1}
 
@@ -140,6 +138,7 @@ def run_pipeline(layers, examples: int, workers: int) -> dict:
 
 
 def benchmark(layers, examples: int, worker_counts) -> dict:
+    generic = generic_overhead(examples)  # first, on a quiet process: no cluster, no torch threads
     runs = [run_pipeline(layers, examples, w) for w in worker_counts]
     main = runs[-1]
     seed = seed_loop_seconds_per_parameter(layers, examples)
@@ -151,7 +150,7 @@ def benchmark(layers, examples: int, worker_counts) -> dict:
         "speedup_vs_seed_loop": main["params_per_second"] * seed,
         "speedup_vs_torch": (main["params_per_second"] * torch_seconds) if torch_seconds else None,
         "baselines_timed_on": f"{SUBSET} fixed random elements, scaled per element, one core",
-        "generic_path": generic_overhead(examples),
+        "generic_path": generic,
     }
     if len(runs) > 1:
         result["scaling"] = runs[-1]["params_per_second"] / runs[0]["params_per_second"]

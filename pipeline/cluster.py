@@ -83,8 +83,8 @@ def run_chunks(client: Client, function: Callable, context, chunks: Sequence[Chu
     """
     futures = {client.submit(function, context, chunk, pure=False): chunk for chunk in chunks}
     try:
-        for future in as_completed(futures):
-            chunk = futures[future]
+        for future in as_completed(list(futures)):
+            chunk = futures.pop(future)  # released once done: workers forget finished tasks
             try:
                 result = future.result()
             except KilledWorker:
@@ -96,5 +96,6 @@ def run_chunks(client: Client, function: Callable, context, chunks: Sequence[Chu
             except FutureCancelledError:
                 raise JobError(f"chunk {chunk.index} was cancelled by the scheduler; resubmit to resume") from None
             on_done(chunk, result)
+            del future
     finally:
         client.cancel(list(futures))

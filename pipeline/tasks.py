@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
-from dataclasses import asdict, dataclass
 
 from . import store
 from .errors import JobError
@@ -54,6 +54,7 @@ _local = threading.local()
 def _workspace(context: TaskContext) -> _Workspace:
     cached = getattr(_local, "workspace", None)
     if cached is None or cached[0] != context:
+        _local.workspace = None  # free the previous job's θ before reading this one's
         _local.workspace = (context, _Workspace(context))
     return _local.workspace[1]
 
