@@ -89,7 +89,7 @@ def torch_seconds_per_parameter(layers, examples: int) -> float | None:
     return (time.perf_counter() - started) / picked.numel()
 
 
-def generic_overhead(examples: int, calls: int = 400, repeats: int = 15) -> dict:
+def generic_overhead(examples: int, calls: int = 2000, repeats: int = 7) -> dict:
     """Time of the generic path over the same number of bare forward calls, on the user model file
     ``USER_MODEL``; each side best of ``repeats`` after a warm-up."""
     spec = model_spec(str(USER_MODEL))
