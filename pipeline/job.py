@@ -79,7 +79,6 @@ class Outcome:
     meta: dict
     store: str
     evaluated_chunks: int = 0
-    dashboard: str | None = None
     notes: list[str] = field(default_factory=list)
     task_seconds: list[float] = field(default_factory=list)  # compute time of each chunk evaluated
     peak_worker_rss_bytes: int | None = None
@@ -277,7 +276,7 @@ def submit(request: Request, progress: Progress | None = None) -> Outcome:
     progress = progress or Progress()
     prepared = prepare(request)
     check_existing_store(prepared)
-    dashboard, task_seconds, peak_rss = None, [], None
+    task_seconds, peak_rss = [], None
 
     def done(chunk: Chunk, seconds: float) -> None:
         task_seconds.append(seconds)
@@ -290,12 +289,11 @@ def submit(request: Request, progress: Progress | None = None) -> Outcome:
                                   prepared.fast, hashlib.sha256(
                 repr(sorted(prepared.identity.items())).encode()).hexdigest())
             with cluster.dask_client(request.scheduler, request.workers) as client:
-                dashboard = cluster.dashboard_link(client)
-                progress.start(meta["n_chunks"], meta["n_chunks"] - len(todo), dashboard)
+                progress.start(meta["n_chunks"], meta["n_chunks"] - len(todo), cluster.dashboard_link(client))
                 cluster.run_chunks(client, evaluate_chunk, context, todo, done, prepared.layout.describe)
                 peak_rss = cluster.peak_worker_rss(client)
     outcome = reduce_store(prepared.store, prepared.threshold)
-    outcome.evaluated_chunks, outcome.dashboard = len(todo), dashboard
+    outcome.evaluated_chunks = len(todo)
     outcome.notes += [note] if note else []
     outcome.task_seconds, outcome.peak_worker_rss_bytes = task_seconds, peak_rss
     return outcome
