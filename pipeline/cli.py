@@ -139,15 +139,16 @@ def submit(
     bar.stop()
     for note in outcome.notes:
         typer.echo(f"gradjob: note: {note}", err=True)
-    entry = {"check": Path(outcome.store.rstrip("/")).stem if outcome.store else "directional",
-             "result": report.to_json(outcome)}
+    result = report.to_json(outcome)
+    entry = {"check": Path(outcome.store.rstrip("/")).stem if outcome.store else "directional", "result": result}
     try:
         _write_reports(reports, "gradjob check", [entry], single=True)
     except InputError as exc:
         _fail(exc)
     if outcome.store is not None:
         history.append(store_module.parent(outcome.store), [_history_row(entry)])
-    _print(outcome, json_output)
+    typer.echo(json.dumps(result) if json_output else report.to_text(outcome))
+    raise typer.Exit(report.exit_code(outcome))
 
 
 def _run_job(jobs: jobfile.JobFile, reports: dict, bar: "_Bar", json_output: bool) -> None:

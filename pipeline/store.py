@@ -151,10 +151,6 @@ def write_chunk(group: zarr.Group, chunk: Chunk, results: dict[str, np.ndarray])
     group["done"][chunk.index] = 1
 
 
-def read_range(group: zarr.Group, name: str, start: int, stop: int) -> np.ndarray:
-    return np.asarray(group[name][start:stop], dtype=np.float64)
-
-
 def iter_blocks(group: zarr.Group, start: int, stop: int,
                 names: tuple[str, ...] = ("grad",) + RESULT_ARRAYS) -> Iterator[dict[str, np.ndarray]]:
     """[start, stop) of the named vectors, READ_BLOCK elements at a time."""
