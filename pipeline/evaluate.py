@@ -73,23 +73,23 @@ def in_place_costs(cost: Callable[[], float], theta: np.ndarray) -> Costs:
     return costs
 
 
-def numerical_gradient(costs: Costs, theta: np.ndarray, start: int, stop: int,
+def numerical_gradient(costs: Costs, original: np.ndarray, start: int,
                        epsilon: float | None, method: str = "central") -> ChunkResult:
-    """The numerical gradient for i in [start, stop) by ``method``.
+    """The numerical gradient for i in [start, start + len(original)) by ``method``, where
+    ``original`` is θ[start:stop] (a copy: only the chunk, never all of θ, is needed here).
 
     With a fixed ``epsilon``, central differences divide by 2ε exactly as the seed does; with
     automatic steps they divide by the step actually taken, (θᵢ+h) − (θᵢ−h) in θ's dtype.
-    For complex step ``theta`` must be a complex array holding real values.
+    For complex step θ must be a complex array holding real values.
     """
-    index = np.arange(start, stop)
-    original = theta[start:stop].copy()
-    h = step_sizes(original, epsilon, theta.dtype, method)
-    eps = float(np.finfo(theta.dtype).eps)
+    index = np.arange(start, start + len(original))
+    h = step_sizes(original, epsilon, original.dtype, method)
+    eps = float(np.finfo(original.dtype).eps)
     if method == "complex-step":
         j = costs(index, original + 1j * h, "+ i·")
         gradapprox = j.imag / h
         return ChunkResult(j.real, j.real.copy(), h, gradapprox, eps * np.abs(gradapprox))
-    kind = theta.dtype.type
+    kind = original.dtype.type
     plus, minus = (original + h).astype(kind), (original - h).astype(kind)
     j_plus, j_minus = costs(index, plus, "+"), costs(index, minus, "-")
     if epsilon is None:

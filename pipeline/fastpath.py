@@ -9,11 +9,13 @@ The results equal the plain forward's to round-off (tests check it on random net
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from .evaluate import PerturbationFailure
 from .layout import Layout
-from .networks import n_layers, relu, sigmoid
+from .networks import relu, sigmoid
 
 # Elements of one (width, perturbations, examples) block of the rank-one update: 2 MiB stays in a
 # core's L2 cache, so two workers on two cores do not compete for memory bandwidth. Measured on the
@@ -23,35 +25,74 @@ ROW_BLOCK_ELEMENTS = 1 << 18
 BATCH_BYTES = 32 << 20  # the largest (batch, layer width) arrays of row updates a call builds
 
 
-class FastNetwork:
-    """Costs of single-element perturbations of θ for ``networks.network_forward``."""
+Reader = Callable[[int, int], np.ndarray]
+"""``read(start, stop)``: θ[start:stop] as a new array (from the store, on a worker)."""
 
-    def __init__(self, layout: Layout, theta: np.ndarray, X: np.ndarray, Y: np.ndarray):
-        self.layout, self.theta, self.X, self.Y = layout, theta, X, Y
-        self.params = layout.views(theta)
-        self.L = n_layers(self.params)
+
+class FastNetwork:
+    """Costs of single-element perturbations of θ for ``networks.network_forward``.
+
+    θ is not held whole. W1 is needed only for the unperturbed pass (Z1 = W1·X, streamed in
+    row blocks) and for the unperturbed values of the W1 elements a call perturbs (read per
+    call); every later tensor is needed by every perturbation of an earlier layer and is held.
+    On the usual network, where W1 dominates, a worker's memory is a fraction of θ.
+    """
+
+    def __init__(self, layout: Layout, read: Reader, X: np.ndarray, Y: np.ndarray):
+        self.layout, self.read, self.X, self.Y = layout, read, X, Y
+        first, bias = layout.tensors[0], layout.tensors[1]  # W1, b1 (``supports`` checked the names)
+        self.first, self.held_from = first, bias.offset
+        self.held = read(bias.offset, layout.n_parameters)  # b1, W2, b2, …, bL
+        self.params = {t.name: self.held[t.offset - bias.offset:t.stop - bias.offset].reshape(t.shape)
+                       for t in layout.tensors[1:]}
+        self.L = len(layout.tensors) // 2
         self.m = X.shape[1]
-        self.tensors = {t.name: t for t in layout.tensors}
         # The unperturbed pass. Only Z_l is kept per layer (and the output): rows of A_l are
         # recomputed from Z_l when needed (elementwise, so bit-identical), which keeps a worker's
-        # memory at θ plus one array per layer.
+        # memory at the held tensors plus one array per layer.
         # One block buffer for the life of the worker: Dask workers run with MALLOC_TRIM_THRESHOLD_
         # set, so a fresh 2 MiB array per block is an mmap with page faults (measured 2.5× slower).
         self._block = np.empty(ROW_BLOCK_ELEMENTS)
-        self.Z = [None]
-        A = X
-        for layer in range(1, self.L + 1):
+        self.Z = [None, self._first_layer()]
+        A = self._act(1, self.Z[1]) if self.L == 1 else self._hidden(self.Z[1])
+        for layer in range(2, self.L + 1):
             Z = np.dot(self.params[f"W{layer}"], A)
             Z += self.params[f"b{layer}"]
             self.Z.append(Z)
-            if layer < self.L and Z.size <= self._block.size:  # A_l only feeds the next product
-                A = np.maximum(Z, 0, out=self._block[:Z.size].reshape(Z.shape))
-            else:
-                A = self._act(layer, Z)
+            A = self._hidden(Z) if layer < self.L else self._act(layer, Z)
         self.A_out = A
         width = max(t.shape[0] for t in layout.tensors)
         self.batch = max(1, BATCH_BYTES // (8 * width * self.m))
         self.example_loss = self._loss(self.A_out, self.Y)  # per example: unchanged columns keep theirs
+
+    def _first_layer(self) -> np.ndarray:
+        """Z1 = W1·X + b1, reading W1 a block of rows at a time; one block when W1 is small."""
+        rows, cols = self.first.shape
+        Z = np.empty((rows, self.m), dtype=np.result_type(self.held.dtype, self.X.dtype))
+        step = max(1, ROW_BLOCK_ELEMENTS // cols)
+        for r in range(0, rows, step):
+            s = min(rows, r + step)
+            W = self.read(self.first.offset + r * cols, self.first.offset + s * cols).reshape(s - r, cols)
+            Z[r:s] = np.dot(W, self.X)
+        Z += self.params["b1"]
+        return Z
+
+    def _hidden(self, Z: np.ndarray) -> np.ndarray:
+        """ReLU of a hidden layer's Z, in the block buffer when it fits: A_l only feeds the next product."""
+        if Z.size <= self._block.size:
+            return np.maximum(Z, 0, out=self._block[:Z.size].reshape(Z.shape))
+        return relu(Z)
+
+    def _unperturbed(self, indices: np.ndarray) -> np.ndarray:
+        """θ[indices]: held tensors from memory, W1 elements read once per call (a chunk's range)."""
+        out = np.empty(len(indices), dtype=self.held.dtype)
+        held = indices >= self.held_from
+        out[held] = self.held[indices[held] - self.held_from]
+        if not held.all():
+            w1 = indices[~held]
+            lo, hi = int(w1.min()), int(w1.max()) + 1
+            out[~held] = self.read(lo, hi)[w1 - lo]
+        return out
 
     @staticmethod
     def supports(layout: Layout, X: np.ndarray) -> bool:
@@ -96,7 +137,7 @@ class FastNetwork:
     def costs(self, indices: np.ndarray, values: np.ndarray, sign: str = "") -> np.ndarray:
         """J at θ with θ[indices[p]] = values[p], for each p separately."""
         out = np.empty(len(indices))
-        deltas = values.astype(np.float64) - self.theta[indices].astype(np.float64)
+        deltas = values.astype(np.float64) - self._unperturbed(indices).astype(np.float64)
         for tensor in self.layout.tensors:
             inside = np.flatnonzero((indices >= tensor.offset) & (indices < tensor.stop))
             for first in range(0, inside.size, self.batch):

@@ -181,12 +181,12 @@ def check_complex_safe(model, case: Case, layout: Layout, theta: np.ndarray, pro
     for i in np.unique(np.linspace(0, theta.size - 1, min(probes, theta.size)).astype(int)):
         where = layout.describe(int(i))
         try:
-            by_complex = numerical_gradient(complex_cost, complex_theta, i, i + 1, None, "complex-step").gradapprox[0]
+            by_complex = numerical_gradient(complex_cost, complex_theta[i:i + 1].copy(), i, None, "complex-step").gradapprox[0]
         except PerturbationFailure as failure:
             raise InputError(f"the forward is not complex-safe: with a complex {where} it failed ({failure.detail}); {advice}") from None
         except InputError as exc:
             raise InputError(f"the forward is not complex-safe: with a complex {where}, {exc}; {advice}") from None
-        by_central = numerical_gradient(real_cost, theta, i, i + 1, None, "central").gradapprox[0]
+        by_central = numerical_gradient(real_cost, theta[i:i + 1].copy(), i, None, "central").gradapprox[0]
         if abs(by_complex - by_central) > 1e-5 * (abs(by_complex) + abs(by_central)) + 1e-9:
             raise InputError(
                 f"the forward is not complex-safe: at {where} complex step gives {by_complex:.6g} but central "

@@ -128,12 +128,18 @@ def done_mask(group: zarr.Group) -> np.ndarray:
 
 
 def read_vector(group: zarr.Group, name: str) -> np.ndarray:
-    """A whole vector, read block by block into one array: peak memory is the vector plus a
-    block, not two vectors (zarr assembles a full read in a buffer of its own)."""
+    """A whole vector; see ``read_range``."""
+    return read_range(group, name, 0, group[name].shape[0])
+
+
+def read_range(group: zarr.Group, name: str, start: int, stop: int) -> np.ndarray:
+    """[start, stop) of a vector, read block by block into one array: peak memory is the range
+    plus a block, not twice the range (zarr assembles a read in a buffer of its own)."""
     array = group[name]
-    out = np.empty(array.shape, dtype=array.dtype)
-    for start in range(0, array.shape[0], READ_BLOCK):
-        out[start:start + READ_BLOCK] = array[start:start + READ_BLOCK]
+    out = np.empty(stop - start, dtype=array.dtype)
+    for first in range(start, stop, READ_BLOCK):
+        last = min(stop, first + READ_BLOCK)
+        out[first - start:last - start] = array[first:last]
     return out
 
 

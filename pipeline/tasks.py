@@ -1,7 +1,8 @@
 """The unit of work that runs on a Dask worker: evaluate one chunk and write it to the store.
 
 Everything a task needs besides its chunk (θ, X, Y, the model) is read once per worker thread and
-kept: tasks carry only small arguments, and each thread perturbs its own copy of θ.
+kept: tasks carry only small arguments. The generic path holds θ and perturbs its own copy in
+place; the built-in network's fast path holds only the tensors after W1 (see ``fastpath``).
 """
 
 from __future__ import annotations
@@ -37,15 +38,25 @@ class _Workspace:
     def __init__(self, context: TaskContext):
         self.group = store.open_existing(context.store, mode="r+")
         self.layout = Layout.from_json(store.metadata(self.group)["layout"])
+        X, Y = store.read_case(self.group)
+        if context.fast:  # the built-in network holds b1…bL and streams W1 from the store
+            self.theta = None
+            self.costs = FastNetwork(self.layout, self._read_theta, X, Y).costs
+            return
         self.theta = store.read_vector(self.group, "theta")  # this thread's own, writable copy
         if context.method == "complex-step":
             self.theta = self.theta.astype(np.result_type(self.theta.dtype, np.complex64))
-        X, Y = store.read_case(self.group)
-        if context.fast:
-            self.costs = FastNetwork(self.layout, self.theta, X, Y).costs
-        else:
-            cost = cost_function(load_model(context.model), X, Y, self.layout.views(self.theta))
-            self.costs = in_place_costs(cost, self.theta)
+        cost = cost_function(load_model(context.model), X, Y, self.layout.views(self.theta))
+        self.costs = in_place_costs(cost, self.theta)
+
+    def _read_theta(self, start: int, stop: int) -> np.ndarray:
+        return store.read_range(self.group, "theta", start, stop)
+
+    def original(self, chunk: Chunk) -> np.ndarray:
+        """θ over the chunk, unperturbed: from memory when θ is held, else from the store."""
+        if self.theta is None:
+            return self._read_theta(chunk.start, chunk.stop)
+        return self.theta[chunk.start:chunk.stop].copy()
 
 
 _local = threading.local()
@@ -64,7 +75,7 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> float:
     started = time.perf_counter()
     workspace = _workspace(context)
     try:
-        result = numerical_gradient(workspace.costs, workspace.theta, chunk.start, chunk.stop, context.epsilon,
+        result = numerical_gradient(workspace.costs, workspace.original(chunk), chunk.start, context.epsilon,
                                     context.method)
     except PerturbationFailure as failure:
         where = workspace.layout.describe(failure.index)

@@ -6,12 +6,21 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline import networks
+from pipeline import fastpath, networks
 from pipeline.cases import random_case
 from pipeline.evaluate import PerturbationFailure, in_place_costs, numerical_gradient
 from pipeline.fastpath import FastNetwork
 from pipeline.layout import Layout
 from pipeline.models import Model, cost_function
+
+
+def reader(theta, reads=None):
+    """θ[start:stop] as the store gives it on a worker: a new array; ``reads`` records each range."""
+    def read(start, stop):
+        if reads is not None:
+            reads.append((start, stop))
+        return theta[start:stop].copy()
+    return read
 
 
 @pytest.mark.parametrize("layers, examples, seed", [
@@ -21,7 +30,7 @@ def test_incremental_costs_equal_plain_forward_to_round_off(layers, examples, se
     case = random_case(layers, examples, seed)
     layout = Layout.of(case.parameters)
     theta = layout.flatten(case.parameters)
-    fast = FastNetwork(layout, theta, case.X, case.Y)
+    fast = FastNetwork(layout, reader(theta), case.X, case.Y)
     plain = in_place_costs(cost_function(Model(networks.network_forward, None), case.X, case.Y,
                                          layout.views(theta)), theta)
     rng = np.random.default_rng(seed)
@@ -30,8 +39,8 @@ def test_incremental_costs_equal_plain_forward_to_round_off(layers, examples, se
         values = theta + scale * rng.standard_normal(theta.size)
         np.testing.assert_allclose(fast.costs(index, values), plain(index, values, "+"), rtol=1e-13, atol=0)
     before = theta.copy()
-    a = numerical_gradient(fast.costs, theta, 0, theta.size, None).gradapprox
-    b = numerical_gradient(plain, theta, 0, theta.size, None).gradapprox
+    a = numerical_gradient(fast.costs, theta.copy(), 0, None).gradapprox
+    b = numerical_gradient(plain, theta.copy(), 0, None).gradapprox
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * np.abs(b).max())
     assert theta.tobytes() == before.tobytes()
 
@@ -63,8 +72,27 @@ def test_non_finite_cost_in_the_fast_path_names_the_parameter():
     case.parameters["b2"][:] = 800.0  # the sigmoid saturates to exactly 1: 0 · log(1 - A) is nan
     layout = Layout.of(case.parameters)
     theta = layout.flatten(case.parameters)
-    fast = FastNetwork(layout, theta, case.X, case.Y)
+    fast = FastNetwork(layout, reader(theta), case.X, case.Y)
     with pytest.raises(PerturbationFailure) as info:
         with np.errstate(all="ignore"):
-            numerical_gradient(fast.costs, theta, 0, theta.size, None)
+            numerical_gradient(fast.costs, theta.copy(), 0, None)
     assert (info.value.index, info.value.sign, info.value.detail) == (0, "+", "the cost is nan")
+
+
+def test_fast_path_holds_the_tensors_after_w1_and_streams_w1(monkeypatch):
+    monkeypatch.setattr(fastpath, "ROW_BLOCK_ELEMENTS", 3000)  # W1 (40×300) spans four row blocks
+    case = random_case([300, 40, 20, 1], 8, 5)
+    layout = Layout.of(case.parameters)
+    theta = layout.flatten(case.parameters)
+    reads = []
+    fast = FastNetwork(layout, reader(theta, reads), case.X, case.Y)
+    assert reads == [(12000, theta.size), (0, 3000), (3000, 6000), (6000, 9000), (9000, 12000)]
+    assert fast.held.size == theta.size - 12000
+    reads.clear()
+    chunk = slice(5000, 5100)  # inside W1: the call reads exactly the chunk's unperturbed values
+    values = theta[chunk] + 1e-3
+    plain = in_place_costs(cost_function(Model(networks.network_forward, None), case.X, case.Y,
+                                         layout.views(theta)), theta)
+    index = np.arange(chunk.start, chunk.stop)
+    np.testing.assert_allclose(fast.costs(index, values), plain(index, values, "+"), rtol=1e-13, atol=0)
+    assert reads == [(5000, 5100)]
