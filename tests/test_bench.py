@@ -1,0 +1,61 @@
+"""Issue 4: `gradjob bench` runs the real pipeline and both baselines in one process and reports
+the figures the issue names; bad options are refused in one line."""
+
+import importlib.util
+import json
+
+import pytest
+
+from pipeline import bench
+
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def test_bench_json_has_the_figures_and_a_passing_check(gradjob):
+    run = gradjob("bench", "--layers", "20,10,1", "--examples", "8", "--workers", "1,2", "--json")
+    assert run.exit_code == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["n_parameters"] == 20 * 10 + 10 + 10 + 1
+    assert [r["workers"] for r in result["runs"]] == [1, 2] and result["workers"] == 2
+    for r in result["runs"]:
+        assert r["passed"] and r["difference"] < 1e-7
+        assert r["n_tasks"] * r["chunk_size"] >= 221 > (r["n_tasks"] - 1) * r["chunk_size"]
+        assert r["peak_worker_rss_bytes"] > 20 * 2**20  # a real worker process, read from its VmHWM
+        assert r["params_per_second"] == pytest.approx(221 / r["wall_seconds"])
+    assert result["scaling"] == pytest.approx(result["runs"][1]["params_per_second"] / result["runs"][0]["params_per_second"])
+    assert result["seed_loop_params_per_second"] > 0
+    assert result["speedup_vs_seed_loop"] == pytest.approx(result["params_per_second"] / result["seed_loop_params_per_second"])
+    if HAVE_TORCH:
+        assert result["torch_params_per_second"] > 0
+    else:
+        assert result["torch_params_per_second"] is None and result["speedup_vs_torch"] is None
+    generic = result["generic_path"]
+    assert generic["model"] == "jobs/models/fraud_network.py" and generic["forward_calls"] == 2000
+    assert generic["overhead"] == pytest.approx(generic["generic_seconds"] / generic["bare_seconds"] - 1)
+
+    text = bench.to_text(result).splitlines()
+    assert text[0] == "network 20,10,1, 8 examples: 221 parameters"
+    assert text[3] == f"  scaling 1 → 2 workers: {result['scaling']:.2f}×"
+    if not HAVE_TORCH:
+        assert text[5] == "  torch.autograd.gradcheck, full mode: n/a (torch not installed: pip install 'gradjob[torch]')"
+
+
+def test_baseline_subset_is_fixed_and_spread_over_the_tensors():
+    from pipeline.cases import random_case
+    from pipeline.layout import Layout
+
+    layout = Layout.of(random_case([30, 20, 1], 4, 0).parameters)
+    picked = bench.subset(layout)
+    assert picked.tolist() == bench.subset(layout).tolist() and len(set(picked.tolist())) == bench.SUBSET
+    assert {layout.describe(int(i)).split("[")[0] for i in picked} >= {"W1", "W2"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--workers", "0"), "--workers must be positive counts such as 1,2; got '0'"),
+    (("--workers", "two"), "--workers must be comma-separated sizes such as 1,2; got 'two'"),
+    (("--layers", "3,x"), "--layers must be comma-separated sizes such as 784,512,256,1; got '3,x'"),
+    (("--examples", "0"), "--examples must be at least 1; got 0"),
+])
+def test_bench_bad_options_are_refused_in_one_line(gradjob, args, message):
+    run = gradjob("bench", *args)
+    assert (run.exit_code, run.stdout, run.stderr) == (2, "", f"gradjob: error: {message}\n")
