@@ -156,7 +156,10 @@ def _run_job(jobs: jobfile.JobFile, reports: dict, bar: "_Bar", json_output: boo
     entries, codes = [], []
     for check in jobs.checks:
         try:
-            outcome = job.submit(check.request, bar)
+            if check.mode == "directional":
+                outcome = screen.screen(job.prepare(check.request), check.directions, check.request.seed)
+            else:
+                outcome = job.submit(check.request, bar)
             bar.stop()
             entries.append({"check": check.name, "result": report.to_json(outcome)})
             codes.append(report.exit_code(outcome))
@@ -201,12 +204,12 @@ def _write_reports(reports: dict, title: str, entries: list[dict], single: bool)
         "junit": lambda: junit_report.to_junit(title, entries),
         "html": lambda: html_report.to_html(title, entries),
     }
-    for kind, path in reports.items():
-        if not path:
-            continue
+    rendered = {kind: outputs[kind]() for kind, path in reports.items() if path}  # all, before writing any
+    for kind, text in rendered.items():
+        path = reports[kind]
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(outputs[kind]())
+            Path(path).write_text(text)
         except OSError as exc:
             raise InputError(f"cannot write the {kind} report {path}: {exc}") from None
 

@@ -105,6 +105,9 @@ def to_html(title: str, results: list[dict]) -> str:
             body.append("<p>Elements at a kink (a ReLU switching within the step) show as bright cells in "
                         "the heatmaps; their one-sided slopes disagree, so they are left out of the difference.</p>")
         body.append(f'<img alt="per-tensor difference of {html.escape(check)}" src="data:image/png;base64,{difference_plot(result)}">')
+        if result["store"] is None:  # a directional screen keeps no per-element values
+            body.append(f"<p>{html.escape(result['method'])}: no per-element heatmaps; run a full check for them.</p>")
+            continue
         group = store.open_existing(result["store"])
         layout = Layout.from_json(store.metadata(group)["layout"])
         for tensor in layout.tensors:

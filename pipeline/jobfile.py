@@ -19,7 +19,8 @@
     model = "models/fraud_network.py"       # model and case files: relative to the job file
     case = "random"                          # any --case: file.npz, file.py:FUNC, store.zarr, seed, …
     layers = [64, 128, 64, 1]
-    # also: forward, backward, examples, seed, epsilon, method, threshold, chunk_size, fast
+    # also: forward, backward, examples, seed, epsilon, method, threshold, chunk_size, fast,
+    # mode = "directional" with directions = 3 (a quick screen on the client: no store, no cluster)
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from pathlib import Path
 from . import store
 from .errors import InputError
 from .job import Request
+from .screen import DEFAULT_DIRECTIONS
 
 CHECK_KEYS = {"name", "model", "forward", "backward", "case", "layers", "examples", "seed", "epsilon", "method",
-              "threshold", "chunk_size", "fast"}
+              "threshold", "chunk_size", "fast", "mode", "directions"}
+MODES = ("full", "directional")
 SECTIONS = {"job": {"name", "store_root"}, "cluster": {"scheduler", "workers"},
             "reports": {"json", "junit", "html"}, "check": CHECK_KEYS}
 BUILTIN_NAMES = {"seed", "linear", "random", "seed-buggy", "network"}
@@ -43,6 +46,8 @@ BUILTIN_NAMES = {"seed", "linear", "random", "seed-buggy", "network"}
 class Check:
     name: str
     request: Request
+    mode: str = "full"              # or "directional": a quick screen on the client, no store
+    directions: int = DEFAULT_DIRECTIONS
 
 
 @dataclass
@@ -84,7 +89,13 @@ def load(path: str) -> JobFile:
         if check_name in seen:
             raise InputError(f"job file {path}: two checks are named {check_name!r}")
         seen.add(check_name)
-        options = {k: v for k, v in check.items() if k != "name"}
+        options = {k: v for k, v in check.items() if k not in ("name", "mode", "directions")}
+        mode, directions = check.get("mode", "full"), check.get("directions", DEFAULT_DIRECTIONS)
+        if mode not in MODES:
+            raise InputError(f"job file {path}: check {check_name!r}: mode must be full or directional; got {mode!r}")
+        if isinstance(directions, bool) or not isinstance(directions, int) or directions < 1:
+            raise InputError(f"job file {path}: check {check_name!r}: directions must be a whole number of at least 1; "
+                             f"got {directions!r}")
         for key in ("model", "case"):
             if key in options:
                 options[key] = _beside(file, options[key])
@@ -94,7 +105,7 @@ def load(path: str) -> JobFile:
             request = Request(store_dir=store.join(root, check_name), **options, **cluster)
         except TypeError as exc:
             raise InputError(f"job file {path}: check {check_name!r}: {exc}") from None
-        result.append(Check(check_name, request))
+        result.append(Check(check_name, request, mode, directions))
     return JobFile(name, file, root, result, dict(data.get("reports", {})))
 
 
@@ -110,4 +121,4 @@ def _beside(job_file: Path, value: str) -> str:
 def with_cluster(jobfile: JobFile, scheduler: str | None, workers: int | None) -> JobFile:
     """Command-line cluster options override the file's."""
     overrides = {k: v for k, v in (("scheduler", scheduler), ("workers", workers)) if v is not None}
-    return replace(jobfile, checks=[Check(c.name, replace(c.request, **overrides)) for c in jobfile.checks])
+    return replace(jobfile, checks=[replace(c, request=replace(c.request, **overrides)) for c in jobfile.checks])

@@ -133,6 +133,37 @@ case = "seed"
     assert [e.get("message") for e in errors] == ["case file 'tonight.npz' does not exist"]
 
 
+def test_a_directional_screen_beside_a_full_check(gradjob, tmp_path, cluster_address):
+    """A job can screen a model cheaply (no store) and check another in full; reports cover both."""
+    (tmp_path / "job.toml").write_text('''
+[[check]]
+name = "screen-seed-buggy"
+model = "seed-buggy"
+mode = "directional"
+directions = 4
+[[check]]
+name = "full-seed"
+model = "network"
+case = "seed"
+''')
+    run = gradjob("submit", "job.toml", "--scheduler", cluster_address, "--json", "--junit", "junit.xml",
+                  "--html", "page.html")
+    assert run.exit_code == 1, run.stderr
+    screened, full = json.loads(run.stdout)["checks"]
+    assert (screened["passed"], screened["failing"], screened["store"]) == (False, ["b1", "W2"], None)
+    assert screened["method"] == "directional, 4 random directions per tensor"
+    assert screened["tensors"]["W2"]["diagnosis"] == "dW2 is 2.00× the numerical gradient"
+    assert full["passed"] and full["store"].endswith(".zarr")
+    assert not (tmp_path / "gradjob-stores/job/screen-seed-buggy").exists()
+    failures = ET.parse(tmp_path / "junit.xml").getroot().findall(".//failure")
+    assert len(failures) == 3  # overall, W2 and b1 of the screen
+    page = (tmp_path / "page.html").read_text()
+    assert "directional, 4 random directions per tensor: no per-element heatmaps" in page
+    assert 'alt="heatmap of |grad − gradapprox| for W2"' in page  # from the full check's store
+    history = gradjob("history", "gradjob-stores/job")
+    assert history.exit_code == 0 and "screen-seed-buggy" in history.stdout
+
+
 @pytest.mark.parametrize("text, message", [
     ("[[check]]\nname = 'a'\nmodle = 'network'\n", "job file {f}: unknown key(s) modle in [check]"),
     ("[jobs]\nname = 'x'\n", "job file {f}: unknown section [jobs]; use check, cluster, job, reports"),
@@ -140,6 +171,11 @@ case = "seed"
     ("[[check]]\nmodel = 'network'\n", "job file {f}: check 1 has no name"),
     ("[[check]]\nname = 'a'\n[[check]]\nname = 'a'\n", "job file {f}: two checks are named 'a'"),
     ("[[check]\n", "job file {f} is not valid TOML: "),
+    ("[[check]]\nname = 'a'\nmode = 'quick'\n", "job file {f}: check 'a': mode must be full or directional; got 'quick'"),
+    ("[[check]]\nname = 'a'\nmode = 'directional'\ndirections = 0\n",
+     "job file {f}: check 'a': directions must be a whole number of at least 1; got 0"),
+    ("[[check]]\nname = 'a'\ndirections = 2.5\n",
+     "job file {f}: check 'a': directions must be a whole number of at least 1; got 2.5"),
 ])
 def test_bad_job_files(gradjob, tmp_path, text, message):
     (tmp_path / "bad.toml").write_text(text)
@@ -155,3 +191,11 @@ def test_single_check_options_with_a_job_file_are_refused(gradjob, jobs):
         2, "gradjob: error: --epsilon describes a single check; with a job file put it in the file's [[check]]\n")
     missing = gradjob("submit", "absent.toml")
     assert (missing.exit_code, missing.stderr) == (2, "gradjob: error: job file 'absent.toml' does not exist\n")
+
+
+def test_single_directional_screen_writes_its_reports(gradjob, tmp_path):
+    run = gradjob("submit", "--mode", "directional", "--html", "screen.html", "--junit", "screen.xml")
+    assert run.exit_code == 1, run.stderr  # the seed's planted bugs, found by the screen
+    page = (tmp_path / "screen.html").read_text()
+    assert "FAIL" in page and "no per-element heatmaps" in page
+    assert len(ET.parse(tmp_path / "screen.xml").getroot().findall(".//failure")) == 3
