@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import job
-from .cases import random_case
+from .cases import check_network_shape, random_case
 from .evaluate import in_place_costs, numerical_gradient
 from .layout import Layout
 from .models import cost_function, load_model, model_spec
@@ -137,10 +137,20 @@ def run_pipeline(layers, examples: int, workers: int) -> dict:
             "difference": outcome.reduction.difference, "passed": outcome.reduction.passed}
 
 
-def benchmark(layers, examples: int, worker_counts) -> dict:
+def benchmark(layers, examples: int, worker_counts, growth_layers=None) -> dict:
+    """The figures of ``gradjob bench``; with ``growth_layers``, also the pipeline alone on that
+    (larger) network with the last worker count, and how peak worker memory grew."""
+    check_network_shape(layers, examples)
+    if growth_layers:
+        check_network_shape(growth_layers, examples, "--growth-layers")
     generic = generic_overhead(examples)  # first, on a quiet process: no cluster, no torch threads
     runs = [run_pipeline(layers, examples, w) for w in worker_counts]
     main = runs[-1]
+    growth = None
+    if growth_layers:
+        larger = run_pipeline(growth_layers, examples, worker_counts[-1])
+        growth = {"layers": list(growth_layers), **larger,
+                  "growth": larger["peak_worker_rss_bytes"] / main["peak_worker_rss_bytes"] - 1}
     seed = seed_loop_seconds_per_parameter(layers, examples)
     torch_seconds = torch_seconds_per_parameter(layers, examples)
     result = {
@@ -152,6 +162,8 @@ def benchmark(layers, examples: int, worker_counts) -> dict:
         "baselines_timed_on": f"{SUBSET} fixed random elements, scaled per element, one core",
         "generic_path": generic,
     }
+    if growth:
+        result["memory_growth"] = growth
     if len(runs) > 1:
         result["scaling"] = runs[-1]["params_per_second"] / runs[0]["params_per_second"]
     return result
@@ -181,4 +193,11 @@ def to_text(result: dict) -> str:
     g = result["generic_path"]
     lines.append(f"  generic path on {g['model']}: {100 * g['overhead']:+.1f}% over {g['forward_calls']} bare forward calls "
                  f"({g['generic_seconds']:.3f} s vs {g['bare_seconds']:.3f} s)")
+    if "memory_growth" in result:
+        larger = result["memory_growth"]
+        lines.append(
+            f"  memory: peak worker RSS {result['peak_worker_rss_bytes'] / 2**20:.1f} MiB at {result['n_parameters']:,} "
+            f"parameters → {larger['peak_worker_rss_bytes'] / 2**20:.1f} MiB at {larger['n_parameters']:,} "
+            f"({','.join(map(str, larger['layers']))}, {larger['wall_seconds']:.1f} s, {larger['n_tasks']} tasks): "
+            f"{100 * larger['growth']:+.1f}%")
     return "\n".join(lines)

@@ -55,14 +55,20 @@ def linear_case() -> Case:
     return Case(np.array(2.0), np.array(0.0), {"theta": np.array(4.0)}, "linear (x=2, θ=4)")
 
 
-def random_case(layers: list[int], examples: int, seed: int) -> Case:
-    """A random network and data set: He-scaled weights, small biases, 0/1 labels."""
+def check_network_shape(layers, examples: int, option: str = "--layers") -> None:
+    """``InputError`` unless ``layers`` and ``examples`` describe a built-in network and data set."""
+    shown = ",".join(map(str, layers))
     if len(layers) < 2 or min(layers) < 1:
-        raise InputError(f"--layers needs at least two positive sizes, e.g. 784,512,256,1; got {layers}")
+        raise InputError(f"{option} needs at least two positive sizes, e.g. 784,512,256,1; got {shown}")
     if layers[-1] != 1:
-        raise InputError(f"--layers must end in 1 (one sigmoid output); got {','.join(map(str, layers))}")
+        raise InputError(f"{option} must end in 1 (one sigmoid output); got {shown}")
     if examples < 1:
         raise InputError(f"--examples must be at least 1; got {examples}")
+
+
+def random_case(layers: list[int], examples: int, seed: int) -> Case:
+    """A random network and data set: He-scaled weights, small biases, 0/1 labels."""
+    check_network_shape(layers, examples)
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((layers[0], examples))
     Y = rng.integers(0, 2, size=(1, examples)).astype(np.float64)

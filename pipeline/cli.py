@@ -228,6 +228,9 @@ def bench_command(
     layers: str = typer.Option("784,512,256,1", help="Layer sizes of the built-in network."),
     examples: int = typer.Option(128, help="Examples in the random case."),
     workers: str = typer.Option("2", help="Worker counts to run, e.g. 1,2 to measure scaling."),
+    growth_layers: Optional[str] = typer.Option(
+        None, help="Also run the pipeline alone on this larger network (e.g. 784,2048,256,1) and report how peak "
+                   "worker memory grows."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
 ) -> None:
     """Time a full check of the built-in network against the seed-style loop and torch gradcheck."""
@@ -235,7 +238,8 @@ def bench_command(
         counts = _parse_sizes(workers, "--workers", "1,2")
         if min(counts) < 1:
             raise InputError(f"--workers must be positive counts such as 1,2; got {workers!r}")
-        result = bench.benchmark(_parse_sizes(layers), examples, counts)
+        larger = _parse_sizes(growth_layers, "--growth-layers") if growth_layers else None
+        result = bench.benchmark(_parse_sizes(layers), examples, counts, larger)
     except (InputError, JobError) as exc:
         _fail(exc)
     typer.echo(json.dumps(result) if json_output else bench.to_text(result))

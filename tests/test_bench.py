@@ -12,7 +12,8 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def test_bench_json_has_the_figures_and_a_passing_check(gradjob):
-    run = gradjob("bench", "--layers", "20,10,1", "--examples", "8", "--workers", "1,2", "--json")
+    run = gradjob("bench", "--layers", "20,10,1", "--examples", "8", "--workers", "1,2", "--growth-layers", "40,30,1",
+                  "--json")
     assert run.exit_code == 0, run.stderr
     result = json.loads(run.stdout)
     assert result["n_parameters"] == 20 * 10 + 10 + 10 + 1
@@ -33,9 +34,15 @@ def test_bench_json_has_the_figures_and_a_passing_check(gradjob):
     assert generic["model"] == "jobs/models/fraud_network.py" and generic["forward_calls"] == 2000
     assert generic["overhead"] == pytest.approx(generic["generic_seconds"] / generic["bare_seconds"] - 1)
 
+    larger = result["memory_growth"]
+    assert (larger["layers"], larger["n_parameters"], larger["workers"], larger["passed"]) == ([40, 30, 1], 1261, 2, True)
+    assert larger["growth"] == pytest.approx(larger["peak_worker_rss_bytes"] / result["peak_worker_rss_bytes"] - 1)
+
     text = bench.to_text(result).splitlines()
     assert text[0] == "network 20,10,1, 8 examples: 221 parameters"
     assert text[3] == f"  scaling 1 → 2 workers: {result['scaling']:.2f}×"
+    assert text[-1].startswith("  memory: peak worker RSS ") and text[-1].endswith(f"{100 * larger['growth']:+.1f}%")
+    assert "MiB at 1,261 (40,30,1, " in text[-1]
     if not HAVE_TORCH:
         assert text[5] == "  torch.autograd.gradcheck, full mode: n/a (torch not installed: pip install 'gradjob[torch]')"
 
@@ -55,6 +62,9 @@ def test_baseline_subset_is_fixed_and_spread_over_the_tensors():
     (("--workers", "two"), "--workers must be comma-separated sizes such as 1,2; got 'two'"),
     (("--layers", "3,x"), "--layers must be comma-separated sizes such as 784,512,256,1; got '3,x'"),
     (("--examples", "0"), "--examples must be at least 1; got 0"),
+    (("--layers", "5"), "--layers needs at least two positive sizes, e.g. 784,512,256,1; got 5"),
+    (("--growth-layers", "784,10"), "--growth-layers must end in 1 (one sigmoid output); got 784,10"),
+    (("--growth-layers", "7,,1"), "--growth-layers must be comma-separated sizes such as 784,512,256,1; got '7,,1'"),
 ])
 def test_bench_bad_options_are_refused_in_one_line(gradjob, args, message):
     run = gradjob("bench", *args)
