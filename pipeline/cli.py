@@ -120,14 +120,11 @@ def submit(
                               fast=fast, threshold=threshold, chunk_size=chunk_size,
                               workers=DEFAULT_WORKERS if workers is None else workers, scheduler=scheduler, store=store,
                               overwrite=overwrite, resume=resume, break_lock=break_lock)
-        if mode == "directional":
-            if directions < 1:
-                raise InputError(f"--directions must be at least 1; got {directions}")
-            outcome = screen.screen(job.prepare(request), directions, seed)
-        elif mode == "full":
-            outcome = job.submit(request, bar)
-        else:
+        if mode not in ("full", "directional"):
             raise InputError(f"--mode must be full or directional; got {mode!r}")
+        if mode == "directional" and directions < 1:
+            raise InputError(f"--directions must be at least 1; got {directions}")
+        outcome = _run_check(request, mode, directions, bar)
     except (InputError, JobError) as exc:
         bar.stop()
         _fail(exc)
@@ -151,15 +148,19 @@ def submit(
     raise typer.Exit(report.exit_code(outcome))
 
 
+def _run_check(request: job.Request, mode: str, directions: int, bar: "_Bar") -> job.Outcome:
+    """One check: the full pipeline on the cluster, or the directional screen on the client."""
+    if mode == "directional":
+        return screen.screen(job.prepare(request), directions, request.seed)
+    return job.submit(request, bar)
+
+
 def _run_job(jobs: jobfile.JobFile, reports: dict, bar: "_Bar", json_output: bool) -> None:
     """Run every check of a job file, write its reports and history, and exit with the worst code."""
     entries, codes = [], []
     for check in jobs.checks:
         try:
-            if check.mode == "directional":
-                outcome = screen.screen(job.prepare(check.request), check.directions, check.request.seed)
-            else:
-                outcome = job.submit(check.request, bar)
+            outcome = _run_check(check.request, check.mode, check.directions, bar)
             bar.stop()
             entries.append({"check": check.name, "result": report.to_json(outcome)})
             codes.append(report.exit_code(outcome))

@@ -43,6 +43,7 @@ class FastNetwork:
         first, bias = layout.tensors[0], layout.tensors[1]  # W1, b1 (``supports`` checked the names)
         self.first, self.held_from = first, bias.offset
         self.held = read(bias.offset, layout.n_parameters)  # b1, W2, b2, …, bL
+        self._w1_range, self._w1_values = (0, 0), None     # the last range of W1 read (see ``unperturbed``)
         self.params = {t.name: self.held[t.offset - bias.offset:t.stop - bias.offset].reshape(t.shape)
                        for t in layout.tensors[1:]}
         self.L = len(layout.tensors) // 2
@@ -83,15 +84,18 @@ class FastNetwork:
             return np.maximum(Z, 0, out=self._block[:Z.size].reshape(Z.shape))
         return relu(Z)
 
-    def _unperturbed(self, indices: np.ndarray) -> np.ndarray:
-        """θ[indices]: held tensors from memory, W1 elements read once per call (a chunk's range)."""
+    def unperturbed(self, indices: np.ndarray) -> np.ndarray:
+        """θ[indices]: held tensors from memory; W1 elements from the store, one range per chunk,
+        kept so that the task and each of its ± calls read it once between them."""
         out = np.empty(len(indices), dtype=self.held.dtype)
         held = indices >= self.held_from
         out[held] = self.held[indices[held] - self.held_from]
         if not held.all():
             w1 = indices[~held]
             lo, hi = int(w1.min()), int(w1.max()) + 1
-            out[~held] = self.read(lo, hi)[w1 - lo]
+            if not (self._w1_range[0] <= lo and hi <= self._w1_range[1]):
+                self._w1_range, self._w1_values = (lo, hi), self.read(lo, hi)
+            out[~held] = self._w1_values[w1 - self._w1_range[0]]
         return out
 
     @staticmethod
@@ -137,7 +141,7 @@ class FastNetwork:
     def costs(self, indices: np.ndarray, values: np.ndarray, sign: str = "") -> np.ndarray:
         """J at θ with θ[indices[p]] = values[p], for each p separately."""
         out = np.empty(len(indices))
-        deltas = values.astype(np.float64) - self._unperturbed(indices).astype(np.float64)
+        deltas = values.astype(np.float64) - self.unperturbed(indices).astype(np.float64)
         for tensor in self.layout.tensors:
             inside = np.flatnonzero((indices >= tensor.offset) & (indices < tensor.stop))
             for first in range(0, inside.size, self.batch):

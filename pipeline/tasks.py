@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 
@@ -39,9 +40,10 @@ class _Workspace:
         self.group = store.open_existing(context.store, mode="r+")
         self.layout = Layout.from_json(store.metadata(self.group)["layout"])
         X, Y = store.read_case(self.group)
+        self.fast = None
         if context.fast:  # the built-in network holds b1…bL and streams W1 from the store
-            self.theta = None
-            self.costs = FastNetwork(self.layout, self._read_theta, X, Y).costs
+            self.fast = FastNetwork(self.layout, partial(store.read_range, self.group, "theta"), X, Y)
+            self.costs = self.fast.costs
             return
         self.theta = store.read_vector(self.group, "theta")  # this thread's own, writable copy
         if context.method == "complex-step":
@@ -49,13 +51,10 @@ class _Workspace:
         cost = cost_function(load_model(context.model), X, Y, self.layout.views(self.theta))
         self.costs = in_place_costs(cost, self.theta)
 
-    def _read_theta(self, start: int, stop: int) -> np.ndarray:
-        return store.read_range(self.group, "theta", start, stop)
-
     def original(self, chunk: Chunk) -> np.ndarray:
-        """θ over the chunk, unperturbed: from memory when θ is held, else from the store."""
-        if self.theta is None:
-            return self._read_theta(chunk.start, chunk.stop)
+        """θ over the chunk, unperturbed: from the held θ, or through the fast path's reader."""
+        if self.fast is not None:
+            return self.fast.unperturbed(np.arange(chunk.start, chunk.stop))
         return self.theta[chunk.start:chunk.stop].copy()
 
 
