@@ -4,6 +4,7 @@ submission of chunk tasks with progress, worker-loss handling and clear failures
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
@@ -83,27 +84,82 @@ def _peak_rss() -> int:
 
 def run_chunks(client: Client, function: Callable, context, chunks: Sequence[Chunk],
                on_done: Callable[[Chunk, object], None], describe: Callable[[int], str]) -> None:
-    """Run ``function(context, chunk)`` for every chunk, passing each result to ``on_done``;
-    stop at the first failure.
+    """Run ``function(context, chunk)`` for every chunk, passing each result to ``on_done``.
 
-    A lost worker is handled by the scheduler, which re-runs the chunk elsewhere; a chunk that
-    keeps killing workers ends the job naming its parameters.
+    A lost worker is handled by the scheduler, which re-runs its chunks elsewhere. A chunk Dask
+    gives up on (KilledWorker) is only a suspect: every task queued or running on a dying worker
+    is charged with its death. So the job stops, waits until no task is running, and re-runs each
+    suspect alone. The one that still kills workers ends the job, named; the others are kept and
+    the job goes on with the rest.
     """
+    remaining = list(chunks)
+    while remaining:  # each round finishes or names at least one suspect, so this ends
+        suspects, remaining = _run_until_a_chunk_is_killed(client, function, context, remaining, on_done)
+        if suspects:
+            _wait_until_idle(client)
+        for chunk in suspects:
+            result = _result(client.submit(function, context, chunk, pure=False), chunk, describe)
+            on_done(chunk, result)
+
+
+def _run_until_a_chunk_is_killed(client: Client, function: Callable, context, chunks: Sequence[Chunk],
+                                 on_done: Callable[[Chunk, object], None]) -> tuple[list[Chunk], list[Chunk]]:
+    """Run the chunks until all finish or one fails with KilledWorker; then return every chunk
+    that failed that way (the suspects) and the chunks still to run, whose tasks are cancelled."""
     futures = {client.submit(function, context, chunk, pure=False): chunk for chunk in chunks}
+    suspects = []
     try:
         for future in as_completed(list(futures)):
             chunk = futures.pop(future)  # released once done: workers forget finished tasks
             try:
-                result = future.result()
+                result = _result(future, chunk, describe=None)
             except KilledWorker:
-                raise JobError(
-                    f"chunk {chunk.index} (parameters {chunk.start}–{chunk.stop - 1}: {describe(chunk.start)} to "
-                    f"{describe(chunk.stop - 1)}) killed the workers that ran it; its forward may crash the "
-                    "process. Finished chunks are kept in the store"
-                ) from None
-            except FutureCancelledError:
-                raise JobError(f"chunk {chunk.index} was cancelled by the scheduler; resubmit to resume") from None
+                suspects.append(chunk)
+                break
             on_done(chunk, result)
             del future
+        for future, chunk in list(futures.items()):  # what else settled while the first was reported
+            if future.status == "finished":
+                on_done(chunk, future.result())
+            elif future.status == "error" and isinstance(future.exception(), KilledWorker):
+                suspects.append(chunk)
+            else:
+                continue
+            del futures[future]
     finally:
         client.cancel(list(futures))
+    return suspects, list(futures.values())
+
+
+def _result(future, chunk: Chunk, describe: Callable[[int], str] | None):
+    """The future's result. KilledWorker is raised as is when ``describe`` is None (the chunk is
+    only a suspect) and as the job's error, naming the chunk, otherwise."""
+    try:
+        return future.result()
+    except KilledWorker:
+        if describe is None:
+            raise
+        raise JobError(
+            f"chunk {chunk.index} (parameters {chunk.start}–{chunk.stop - 1}: {describe(chunk.start)} to "
+            f"{describe(chunk.stop - 1)}) killed the workers that ran it, also when run alone; its forward may "
+            "crash the process. Finished chunks are kept in the store"
+        ) from None
+    except FutureCancelledError:
+        raise JobError(f"chunk {chunk.index} was cancelled by the scheduler; resubmit to resume") from None
+
+
+def _wait_until_idle(client: Client, poll_seconds: float = 0.1) -> None:
+    """Until no worker runs a task: a cancelled task runs on to its end, and a suspect re-run
+    beside it would be charged again if it crashed its worker."""
+    while True:
+        try:
+            running = client.run(_running_tasks)
+        except Exception:  # a worker died while being asked
+            running = {"": 1}
+        if not any(running.values()):
+            return
+        time.sleep(poll_seconds)
+
+
+def _running_tasks(dask_worker) -> int:
+    return len(dask_worker.state.all_running_tasks)
