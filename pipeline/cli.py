@@ -52,6 +52,10 @@ class _Bar(job.Progress):
         if self.bar is not None:
             self.bar.advance(self.task)
 
+    def note(self, text: str) -> None:
+        if self.enabled:
+            stderr.print(text, soft_wrap=True, markup=False, highlight=False)  # above the bar while it runs
+
     def stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()

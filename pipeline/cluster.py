@@ -83,7 +83,8 @@ def _peak_rss() -> int:
 
 
 def run_chunks(client: Client, function: Callable, context, chunks: Sequence[Chunk],
-               on_done: Callable[[Chunk, object], None], describe: Callable[[int], str]) -> None:
+               on_done: Callable[[Chunk, object], None], describe: Callable[[int], str],
+               note: Callable[[str], None] = lambda text: None) -> None:
     """Run ``function(context, chunk)`` for every chunk, passing each result to ``on_done``.
 
     A lost worker is handled by the scheduler, which re-runs its chunks elsewhere. A chunk Dask
@@ -95,7 +96,11 @@ def run_chunks(client: Client, function: Callable, context, chunks: Sequence[Chu
     remaining = list(chunks)
     while remaining:  # each round finishes or names at least one suspect, so this ends
         suspects, remaining = _run_until_a_chunk_is_killed(client, function, context, remaining, on_done)
+        suspects.sort(key=lambda chunk: chunk.index)
         if suspects:
+            note(f"workers kept dying while running chunk{'s' if len(suspects) > 1 else ''} "
+                 f"{', '.join(str(chunk.index) for chunk in suspects)}; "
+                 "re-running each alone to find the one that crashes")
             _wait_until_idle(client)
         for chunk in suspects:
             result = _result(client.submit(function, context, chunk, pure=False), chunk, describe)

@@ -91,6 +91,8 @@ class Progress:
 
     def advance(self) -> None: ...
 
+    def note(self, text: str) -> None: ...
+
 
 def check_options(request: Request) -> None:
     if request.epsilon is not None and not (math.isfinite(request.epsilon) and request.epsilon > 0):
@@ -290,7 +292,8 @@ def submit(request: Request, progress: Progress | None = None) -> Outcome:
                 repr(sorted(prepared.identity.items())).encode()).hexdigest())
             with cluster.dask_client(request.scheduler, request.workers) as client:
                 progress.start(meta["n_chunks"], meta["n_chunks"] - len(todo), cluster.dashboard_link(client))
-                cluster.run_chunks(client, evaluate_chunk, context, todo, done, prepared.layout.describe)
+                cluster.run_chunks(client, evaluate_chunk, context, todo, done, prepared.layout.describe,
+                                   progress.note)
                 peak_rss = cluster.peak_worker_rss(client)
     outcome = reduce_store(prepared.store, prepared.threshold)
     outcome.evaluated_chunks = len(todo)

@@ -7,6 +7,7 @@ GRADJOB_TEST_CALLS), so "not evaluated again" is a count, not a hope.
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,6 +83,13 @@ backward = network_backward
 CRASH_MESSAGE = ("\ngradjob: error: chunk 10 (parameters 30–32: W2[1, 0] to W2[1, 2]) killed the workers that "
                  "ran it, also when run alone; its forward may crash the process. Finished chunks are kept in "
                  "the store\n")
+
+
+def suspects(stderr):
+    """The chunks the job said it re-runs alone, from its progress note."""
+    note = re.search(r"\nworkers kept dying while running chunks? ([0-9, ]+); re-running each alone to find the "
+                     r"one that crashes\n", stderr)
+    return [int(k) for k in note.group(1).split(", ")] if note else []
 
 
 def model_args(path, forward="forward"):
@@ -180,6 +188,7 @@ def test_chunk_that_kills_its_workers_is_named_and_finished_chunks_stay(tmp_path
         run = gradjob("submit", "--store", store, "--workers", "2", *model_args(model, "crash_forward"))
     assert run.exit_code == 3
     assert run.stderr.endswith(CRASH_MESSAGE)  # after the progress bar, one line
+    assert 10 in suspects(run.stderr)
     finished = done(store)
     assert not finished[10]
     reference = gradjob("submit", "--json", "--store", tmp_path / "ref.zarr", "--workers", "1",
@@ -208,6 +217,7 @@ def test_chunks_running_beside_a_crash_are_not_blamed_for_it(tmp_path, write_mod
                       *model_args(model, "crash_forward"))
     assert run.exit_code == 3
     assert run.stderr.endswith(CRASH_MESSAGE)
+    assert 10 in suspects(run.stderr)
     finished = done(store)
     assert not finished[10] and finished.sum() >= 1
     reference = gradjob("submit", "--json", "--store", tmp_path / "ref.zarr", "--workers", "1",
