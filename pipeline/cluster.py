@@ -89,29 +89,31 @@ def run_chunks(client: Client, function: Callable, context, chunks: Sequence[Chu
 
     A lost worker is handled by the scheduler, which re-runs its chunks elsewhere. A chunk Dask
     gives up on (KilledWorker) is only a suspect: every task queued or running on a dying worker
-    is charged with its death. So the job stops, waits until no task is running, and re-runs each
+    is charged with its death. So the job stops, waits until none of its tasks runs, and re-runs each
     suspect alone. The one that still kills workers ends the job, named; the others are kept and
     the job goes on with the rest.
     """
     remaining = list(chunks)
     while remaining:  # each round finishes or names at least one suspect, so this ends
-        suspects, remaining = _run_until_a_chunk_is_killed(client, function, context, remaining, on_done)
+        futures = {client.submit(function, context, chunk, pure=False): chunk for chunk in remaining}
+        keys = {future.key for future in futures}
+        suspects, remaining = _run_until_a_chunk_is_killed(client, futures, on_done)
         suspects.sort(key=lambda chunk: chunk.index)
         if suspects:
             note(f"workers kept dying while running chunk{'s' if len(suspects) > 1 else ''} "
                  f"{', '.join(str(chunk.index) for chunk in suspects)}; "
                  "re-running each alone to find the one that crashes")
-            _wait_until_idle(client)
+            _wait_until_finished(client, keys)
         for chunk in suspects:
             result = _result(client.submit(function, context, chunk, pure=False), chunk, describe)
             on_done(chunk, result)
 
 
-def _run_until_a_chunk_is_killed(client: Client, function: Callable, context, chunks: Sequence[Chunk],
-                                 on_done: Callable[[Chunk, object], None]) -> tuple[list[Chunk], list[Chunk]]:
-    """Run the chunks until all finish or one fails with KilledWorker; then return every chunk
-    that failed that way (the suspects) and the chunks still to run, whose tasks are cancelled."""
-    futures = {client.submit(function, context, chunk, pure=False): chunk for chunk in chunks}
+def _run_until_a_chunk_is_killed(client: Client, futures: dict, on_done: Callable[[Chunk, object], None]
+                                 ) -> tuple[list[Chunk], list[Chunk]]:
+    """Wait for the chunks' futures until all finish or one fails with KilledWorker; then return
+    every chunk that failed that way (the suspects) and the chunks still to run, whose tasks are
+    cancelled."""
     suspects = []
     try:
         for future in as_completed(list(futures)):
@@ -153,18 +155,19 @@ def _result(future, chunk: Chunk, describe: Callable[[int], str] | None):
         raise JobError(f"chunk {chunk.index} was cancelled by the scheduler; resubmit to resume") from None
 
 
-def _wait_until_idle(client: Client, poll_seconds: float = 0.1) -> None:
-    """Until no worker runs a task: a cancelled task runs on to its end, and a suspect re-run
-    beside it would be charged again if it crashed its worker."""
+def _wait_until_finished(client: Client, keys: set) -> None:
+    """Until no worker runs any of these tasks: a cancelled task runs on to its end, and a suspect
+    re-run beside it would be charged again if it crashed its worker. Other clients' tasks on a
+    shared cluster are not waited for."""
     while True:
         try:
-            running = client.run(_running_tasks)
+            running = client.run(_running_tasks, keys)
         except Exception:  # a worker died while being asked
             running = {"": 1}
         if not any(running.values()):
             return
-        time.sleep(poll_seconds)
+        time.sleep(0.1)
 
 
-def _running_tasks(dask_worker) -> int:
-    return len(dask_worker.state.all_running_tasks)
+def _running_tasks(keys: set, dask_worker) -> int:
+    return sum(task.key in keys for task in dask_worker.state.all_running_tasks)

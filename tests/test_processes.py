@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def dask_processes(tmp_path, free_port):
                                        "--no-dashboard"], cwd=workdir, env=env, stderr=subprocess.PIPE, text=True)
             processes.append(worker)
             wait_for_line(worker, "Registered to")
+        for process in processes:  # keep reading their logs: a full pipe would block a process mid-job
+            threading.Thread(target=process.stderr.read, daemon=True).start()
         yield address
     finally:
         for process in reversed(processes):
