@@ -72,10 +72,9 @@ def test_non_finite_cost_in_the_fast_path_names_the_parameter():
     case.parameters["b2"][:] = 800.0  # the sigmoid saturates to exactly 1: 0 · log(1 - A) is nan
     layout = Layout.of(case.parameters)
     theta = layout.flatten(case.parameters)
-    fast = FastNetwork(layout, reader(theta), case.X, case.Y)
-    with pytest.raises(PerturbationFailure) as info:
-        with np.errstate(all="ignore"):
-            numerical_gradient(fast.costs, theta.copy(), 0, None)
+    with pytest.raises(PerturbationFailure) as info, np.errstate(all="ignore"):  # log(0) is expected here
+        fast = FastNetwork(layout, reader(theta), case.X, case.Y)
+        numerical_gradient(fast.costs, theta.copy(), 0, None)
     assert (info.value.index, info.value.sign, info.value.detail) == (0, "+", "the cost is nan")
 
 
