@@ -105,7 +105,14 @@ def run_chunks(client: Client, function: Callable, context, chunks: Sequence[Chu
                  "re-running each alone to find the one that crashes")
             _wait_until_finished(client, keys)
         for chunk in suspects:
-            result = _result(client.submit(function, context, chunk, pure=False), chunk, describe)
+            try:
+                result = _result(client.submit(function, context, chunk, pure=False), chunk)
+            except KilledWorker:
+                raise JobError(
+                    f"chunk {chunk.index} (parameters {chunk.start}–{chunk.stop - 1}: {describe(chunk.start)} to "
+                    f"{describe(chunk.stop - 1)}) killed the workers that ran it, also when run alone; its forward "
+                    "may crash the process. Finished chunks are kept in the store"
+                ) from None
             on_done(chunk, result)
 
 
@@ -119,7 +126,7 @@ def _run_until_a_chunk_is_killed(client: Client, futures: dict, on_done: Callabl
         for future in as_completed(list(futures)):
             chunk = futures.pop(future)  # released once done: workers forget finished tasks
             try:
-                result = _result(future, chunk, describe=None)
+                result = _result(future, chunk)
             except KilledWorker:
                 suspects.append(chunk)
                 break
@@ -131,26 +138,17 @@ def _run_until_a_chunk_is_killed(client: Client, futures: dict, on_done: Callabl
             elif future.status == "error" and isinstance(future.exception(), KilledWorker):
                 suspects.append(chunk)
             else:
-                continue
+                continue  # still running, or failed otherwise (it fails again when re-run)
             del futures[future]
     finally:
         client.cancel(list(futures))
     return suspects, list(futures.values())
 
 
-def _result(future, chunk: Chunk, describe: Callable[[int], str] | None):
-    """The future's result. KilledWorker is raised as is when ``describe`` is None (the chunk is
-    only a suspect) and as the job's error, naming the chunk, otherwise."""
+def _result(future, chunk: Chunk):
+    """The future's result; KilledWorker passes through, a chunk the scheduler cancelled ends the job."""
     try:
         return future.result()
-    except KilledWorker:
-        if describe is None:
-            raise
-        raise JobError(
-            f"chunk {chunk.index} (parameters {chunk.start}–{chunk.stop - 1}: {describe(chunk.start)} to "
-            f"{describe(chunk.stop - 1)}) killed the workers that ran it, also when run alone; its forward may "
-            "crash the process. Finished chunks are kept in the store"
-        ) from None
     except FutureCancelledError:
         raise JobError(f"chunk {chunk.index} was cancelled by the scheduler; resubmit to resume") from None
 
