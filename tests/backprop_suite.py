@@ -7,7 +7,7 @@ backwards whose broken tensors are listed in ``BROKEN``.
 
 import numpy as np
 
-from pipeline.networks import network_backward, network_forward, sigmoid
+from gradjob.networks import network_backward, network_forward, sigmoid
 
 LAMBD = 0.7
 

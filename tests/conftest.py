@@ -20,7 +20,7 @@ import pytest
 from distributed import LocalCluster
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from gradjob.cli import app
 
 SEED_BUGGY_DIFFERENCE = 0.2850931567761623
 SEED_CORRECT_DIFFERENCE = 1.1890913024229996e-07

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline import job
+from gradjob import job
 
 from conftest import store_fingerprint
 
@@ -21,12 +21,12 @@ def finished_store(tmp_path_factory, cluster_address):
 
 
 GOOD_MODEL = '''
-from pipeline.networks import network_forward as forward, network_backward as backward
+from gradjob.networks import network_forward as forward, network_backward as backward
 '''
 
 BAD_GRADIENTS = '''
 import numpy as np
-from pipeline.networks import network_forward as forward, network_backward
+from gradjob.networks import network_forward as forward, network_backward
 
 
 def missing(X, Y, cache):
@@ -60,7 +60,7 @@ def npz(tmp_path, name, **arrays):
 
 
 def seed_arrays():
-    from pipeline.cases import seed_case
+    from gradjob.cases import seed_case
 
     case = seed_case()
     return {"X": case.X, "Y": case.Y, **case.parameters}

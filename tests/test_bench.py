@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline import bench
+from gradjob import bench
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -48,8 +48,8 @@ def test_bench_json_has_the_figures_and_a_passing_check(gradjob):
 
 
 def test_baseline_subset_is_fixed_and_spread_over_the_tensors():
-    from pipeline.cases import random_case
-    from pipeline.layout import Layout
+    from gradjob.cases import random_case
+    from gradjob.layout import Layout
 
     layout = Layout.of(random_case([30, 20, 1], 4, 0).parameters)
     picked = bench.subset(layout)

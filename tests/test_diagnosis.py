@@ -63,7 +63,7 @@ def test_other_methods_on_the_seed(method, below, gradjob, cluster_address):
 def test_complex_step_refuses_a_forward_that_is_not_complex_safe(gradjob, write_model):
     model = write_model('''
 import numpy as np
-from pipeline.networks import network_forward, network_backward as backward
+from gradjob.networks import network_forward, network_backward as backward
 
 
 def forward(X, Y, parameters):

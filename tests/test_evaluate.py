@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from pipeline import networks
-from pipeline.cases import seed_case
-from pipeline.evaluate import PerturbationFailure, in_place_costs, numerical_gradient, step_sizes
-from pipeline.layout import Layout
-from pipeline.models import Model, cost_function
+from gradjob import networks
+from gradjob.cases import seed_case
+from gradjob.evaluate import PerturbationFailure, in_place_costs, numerical_gradient, step_sizes
+from gradjob.layout import Layout
+from gradjob.models import Model, cost_function
 
 
 def seed_setup(forward=networks.forward_propagation_n):

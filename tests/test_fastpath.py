@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline import fastpath, networks
-from pipeline.cases import random_case
-from pipeline.evaluate import PerturbationFailure, in_place_costs, numerical_gradient
-from pipeline.fastpath import FastNetwork
-from pipeline.layout import Layout
-from pipeline.models import Model, cost_function
+from gradjob import fastpath, networks
+from gradjob.cases import random_case
+from gradjob.evaluate import PerturbationFailure, in_place_costs, numerical_gradient
+from gradjob.fastpath import FastNetwork
+from gradjob.layout import Layout
+from gradjob.models import Model, cost_function
 
 
 def reader(theta, reads=None):

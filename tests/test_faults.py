@@ -19,14 +19,14 @@ import pytest
 import zarr
 from distributed import Client, LocalCluster
 
-GRADJOB = [sys.executable, "-c", "from pipeline.cli import app; app(prog_name='gradjob')"]
+GRADJOB = [sys.executable, "-c", "from gradjob.cli import app; app(prog_name='gradjob')"]
 
 COUNTING_MODEL = '''
 import os
 import time
 
 import numpy as np
-from pipeline.networks import network_forward, network_backward
+from gradjob.networks import network_forward, network_backward
 
 
 def forward(X, Y, parameters):
@@ -47,8 +47,8 @@ import math
 import os
 import time
 
-from pipeline.networks import network_forward, network_backward
-from pipeline.cases import random_case
+from gradjob.networks import network_forward, network_backward
+from gradjob.cases import random_case
 
 BASE = random_case([4, 5, 3, 1], 16, 0).parameters
 

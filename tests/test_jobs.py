@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import zarr
 
-from pipeline.cases import random_case
+from gradjob.cases import random_case
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 PNG = b"\x89PNG\r\n\x1a\n"

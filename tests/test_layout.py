@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.layout import Layout
+from gradjob.errors import InputError
+from gradjob.layout import Layout
 
 
 def parameters():

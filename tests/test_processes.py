@@ -14,7 +14,7 @@ import pytest
 
 from conftest import SEED_BUGGY_DIFFERENCE
 
-GRADJOB = [sys.executable, "-c", "from pipeline.cli import app; app(prog_name='gradjob')"]
+GRADJOB = [sys.executable, "-c", "from gradjob.cli import app; app(prog_name='gradjob')"]
 
 
 def test_embedded_default_cluster_in_a_real_process(tmp_path):

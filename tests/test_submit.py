@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline import job
+from gradjob import job
 
 from conftest import SEED_BUGGY_DIFFERENCE, SEED_CORRECT_DIFFERENCE
 
@@ -102,7 +102,7 @@ def test_identical_results_for_chunk_sizes_and_worker_counts(tmp_path, cluster_a
 
 
 SCALED_MODEL = '''
-from pipeline.networks import network_forward, network_backward
+from gradjob.networks import network_forward, network_backward
 
 
 def backward_scaled(X, Y, cache):
