@@ -1,6 +1,6 @@
 """``gradjob bench``: the pipeline's speed and memory, against baselines timed in the same run.
 
-- the pipeline: a full check of the built-in network through ``job.submit`` (real cluster, real
+- the pipeline: a full check of the built-in network through ``check.run`` (real cluster, real
   store), once per requested worker count;
 - the seed-style loop: per parameter copy θ, rebuild the dict, run the full forward (±), as the
   seed's ``gradient_check_n`` does, on one core;
@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import job
+from . import check
 from .cases import check_network_shape, random_case
 from .evaluate import in_place_costs, numerical_gradient
 from .layout import Layout
 from .models import cost_function, load_model, model_spec
 from .networks import network_forward
+from .types import Request
 
 SUBSET = 64  # elements timed for each baseline; spread over every tensor, fixed seed
 USER_MODEL = Path(__file__).resolve().parents[1] / "jobs" / "models" / "fraud_network.py"
@@ -104,8 +105,10 @@ def generic_overhead(examples: int, calls: int = 2000, repeats: int = 7) -> dict
         for _ in range(calls):
             forward(case.X, case.Y, parameters)
 
+    steps, noise = np.full(calls // 2, 1e-6), np.zeros(calls // 2)
+
     def generic_calls():
-        numerical_gradient(costs, theta[:calls // 2].copy(), 0, None)
+        numerical_gradient(costs, theta[:calls // 2].copy(), 0, steps, noise)
 
     def timed(run) -> float:
         started = time.perf_counter()
@@ -121,15 +124,15 @@ def generic_overhead(examples: int, calls: int = 2000, repeats: int = 7) -> dict
 
 def run_pipeline(layers, examples: int, workers: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="gradjob-bench-") as folder:
-        request = job.Request(model="network", case="random", layers=tuple(layers), examples=examples,
-                              workers=workers, store=os.path.join(folder, "bench.zarr"))
+        request = Request(model="network", case="random", layers=tuple(layers), examples=examples,
+                          workers=workers, store=os.path.join(folder, "bench.zarr"))
         started = time.perf_counter()
-        outcome = job.submit(request)
+        outcome = check.run(request)
         wall = time.perf_counter() - started
     n = outcome.reduction.n_parameters
     busy = sum(outcome.task_seconds)
     return {"workers": workers, "n_parameters": n, "wall_seconds": wall, "params_per_second": n / wall,
-            "n_tasks": len(outcome.task_seconds), "chunk_size": outcome.meta["chunk_size"],
+            "n_tasks": len(outcome.task_seconds), "chunk_size": outcome.meta.chunk_size,
             "mean_task_seconds": busy / max(1, len(outcome.task_seconds)),
             # wall-clock share the workers were not computing: start-up, scheduling, store, reduce
             "overhead_fraction": max(0.0, 1 - busy / (wall * workers)),

@@ -1,64 +1,45 @@
-"""The ``gradjob`` command: parse, call the job, print. No numerics here."""
+"""The ``gradjob`` command: parse, call, print. No numerics here."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import bench, history, job, jobfile, report, screen
-from . import html as html_report
-from . import store as store_module
-from . import junit as junit_report
+from . import __version__, bench, check, history, jobfile, outputs, report
 from .errors import InputError, JobError
+from .options import AtLeast, OneLineErrors, OneOf, PositiveNumber, Sizes
+from .outputs import Entry, ReportFiles
+from .progress import LogLines, Progress, for_stream
+from .types import DEFAULT_DIRECTIONS, METHODS, MODES, PRECISIONS, Request
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="Prove a hand-written backpropagation correct by distributed gradient checking.")
-stderr = Console(stderr=True)
-EXIT_INTERRUPTED = 130
+EXIT_CODES = ("exit codes: 0 the check passes; 1 backprop disagrees with the numerical gradient; 2 bad input "
+              "(nothing stored is changed); 3 the job could not finish; 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP "
+              "(finished chunks are kept: submit again to resume)")
 DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
+SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+app = typer.Typer(cls=OneLineErrors, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+                  help="Prove a hand-written backpropagation correct by distributed gradient checking.\n\n" + EXIT_CODES)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gradjob {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
-def main() -> None:
-    """gradjob: numerical gradient checks as a Dask batch job (exit 0 pass, 1 backprop wrong, 2 bad input, 3 job failed)."""
-
-
-class _Bar(job.Progress):
-    """A rich progress bar on stderr, so stdout stays clean for --json."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.bar, self.task = enabled, None, None
-
-    def start(self, total: int, already_done: int, dashboard: str | None) -> None:
-        if not self.enabled:
-            return
-        if dashboard:
-            stderr.print(f"Dask dashboard: {dashboard}")
-        if already_done:
-            stderr.print(f"resuming: {already_done} of {total} chunks already in the store")
-        self.bar = Progress(TextColumn("chunks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=stderr, transient=False)
-        self.task = self.bar.add_task("chunks", total=total, completed=already_done)
-        self.bar.start()
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
-
-    def note(self, text: str) -> None:
-        if self.enabled:
-            stderr.print(text, soft_wrap=True, markup=False, highlight=False)  # above the bar while it runs
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print gradjob's version and exit.")) -> None:
+    """gradjob: numerical gradient checks as a Dask batch job."""
 
 
 def _fail(exc: Exception) -> None:
@@ -66,18 +47,43 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-def _parse_sizes(text: str, option: str = "--layers", example: str = "784,512,256,1") -> tuple[int, ...]:
+class Stopped(Exception):
+    """A stop signal (SIGTERM from Kubernetes, Slurm or systemd; SIGHUP) while a check runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals():
+    """SIGTERM and SIGHUP stop the check as SIGINT does: the store's lock is released and the
+    cluster shut down on the way out, finished chunks stay, the exit code is 128 + the signal."""
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise InputError(f"{option} must be comma-separated sizes such as {example}; got {text!r}") from None
+        yield
+    except KeyboardInterrupt:
+        raise Stopped(signal.SIGINT) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-SINGLE_CHECK_OPTIONS = ("model", "forward", "backward", "case", "layers", "examples", "seed", "epsilon", "method",
-                        "fast", "threshold", "chunk_size", "store", "mode", "directions")
+def _stopped(exc: Stopped, progress: Progress | None = None) -> None:
+    if progress is not None:
+        progress.finish()
+    typer.echo(f"gradjob: stopped by {SIGNALS.get(exc.signum, exc.signum)}; finished chunks are kept in the store: "
+               "submit the same job again to resume", err=True)
+    raise typer.Exit(128 + exc.signum)
 
 
-@app.command()
+SINGLE_CHECK_OPTIONS = tuple(name for name in jobfile.Check.model_fields if name != "name") + ("store",)
+
+
+@app.command(short_help="Run one check, or every check of a job file.")
 def submit(
     ctx: typer.Context,
     job_file: Optional[str] = typer.Argument(None, help="A job file (jobs/*.toml) of checks to run instead of one check."),
@@ -85,141 +91,143 @@ def submit(
     forward: Optional[str] = typer.Option(None, help="Forward function in the model file [forward_propagation_n]."),
     backward: Optional[str] = typer.Option(None, help="Backward function in the model file [backward_propagation_n]."),
     case: Optional[str] = typer.Option(None, help="file.npz, case.zarr, file.py:FUNC, or seed, linear, random [the model's own]."),
-    layers: str = typer.Option("4,5,3,1", help="Layer sizes for --case random."),
-    examples: int = typer.Option(16, help="Examples for --case random."),
+    layers: str = typer.Option("4,5,3,1", parser=Sizes("--layers"), help="Layer sizes for --case random."),
+    examples: int = typer.Option(16, parser=AtLeast("--examples"), help="Examples for --case random."),
     seed: int = typer.Option(0, help="Random seed for --case random."),
-    epsilon: Optional[float] = typer.Option(None, help="Fixed step for every parameter [automatic per parameter]."),
-    method: str = typer.Option("central", help="central, five-point or complex-step (complex-safe forwards only)."),
-    fast: bool = typer.Option(True, help="Incremental evaluation for the built-in network (--no-fast: plain forward calls)."),
-    threshold: Optional[float] = typer.Option(None, help="Largest difference that passes [2e-7 for float64, 1e-3 for float32]."),
-    chunk_size: Optional[int] = typer.Option(None, help="Parameters per task [about 8 tasks per worker]."),
-    workers: Optional[int] = typer.Option(None, help=f"Worker processes of the embedded cluster [{DEFAULT_WORKERS}]."),
-    scheduler: Optional[str] = typer.Option(None, help="Use an existing Dask scheduler, tcp://HOST:PORT."),
+    epsilon: Optional[float] = typer.Option(None, parser=PositiveNumber("--epsilon"),
+                                            help="Fixed step for every parameter [automatic, from the measured noise]."),
+    method: str = typer.Option("central", parser=OneOf("--method", METHODS), help="central, five-point or complex-step (complex-safe forwards only)."),
+    fast: bool = typer.Option(True, help="Incremental evaluation: the built-in network's, a traced replay of a model file's forward (--no-fast: one forward call per evaluation)."),
+    precision: str = typer.Option("float64", parser=OneOf("--precision", PRECISIONS), help="float64: check float32/float16 models in float64 where their code allows; model: in their own dtype."),
+    threshold: Optional[float] = typer.Option(None, parser=PositiveNumber("--threshold"), help="Largest difference that passes [2e-7 for float64, 1e-3 for float32]."),
+    chunk_size: Optional[int] = typer.Option(None, parser=AtLeast("--chunk-size"), help="Parameters per task [about 8 tasks per worker]."),
+    workers: Optional[int] = typer.Option(None, parser=AtLeast("--workers"), help=f"Worker processes of the embedded cluster [{DEFAULT_WORKERS}]."),
+    scheduler: Optional[str] = typer.Option(None, envvar="DASK_SCHEDULER_ADDRESS", help="Use an existing Dask scheduler, tcp://HOST:PORT [DASK_SCHEDULER_ADDRESS]."),
     store: Optional[str] = typer.Option(None, help="Zarr store of this check [gradjob-stores/<model>-<case>-<hash>.zarr]."),
     overwrite: bool = typer.Option(False, help="Delete an existing store at --store and start afresh."),
     resume: bool = typer.Option(False, help="Require an existing store and compute only its missing chunks."),
     break_lock: bool = typer.Option(False, help="Take over the store's lock even if held from another host."),
-    mode: str = typer.Option("full", help="full: every parameter, on the cluster; directional: a quick screen on the client."),
-    directions: int = typer.Option(screen.DEFAULT_DIRECTIONS, help="Random directions per tensor in directional mode."),
+    mode: str = typer.Option("full", parser=OneOf("--mode", MODES), help="full: every parameter, on the cluster; directional: a quick screen on the client."),
+    directions: int = typer.Option(DEFAULT_DIRECTIONS, parser=AtLeast("--directions"), help="Random directions per tensor in directional mode."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (chunks, steps, memory, store) and stop: no store, no cluster."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
     json_file: Optional[str] = typer.Option(None, help="Also write the JSON result to this file."),
     junit: Optional[str] = typer.Option(None, help="Write JUnit XML: one test case per check and tensor."),
     html_file: Optional[str] = typer.Option(None, "--html", help="Write a self-contained HTML page with plots."),
 ) -> None:
     """Check a backward pass against numerical derivatives of its forward, on a Dask cluster."""
-    bar = _Bar(enabled=sys.stderr.isatty() or not json_output)
-    reports = {"json": json_file, "junit": junit, "html": html_file}
+    files = ReportFiles(json_file, junit, html_file)
+    scheduler_given = ctx.get_parameter_source("scheduler").name == "COMMANDLINE"
     try:
+        if workers is not None and scheduler_given:
+            raise InputError("--workers sizes the embedded cluster; with --scheduler the cluster's own workers run "
+                             "the job: drop one of them")
         if job_file is not None:
-            given = [name for name in SINGLE_CHECK_OPTIONS
-                     if ctx.get_parameter_source(name).name == "COMMANDLINE"]
+            given = [name for name in SINGLE_CHECK_OPTIONS if ctx.get_parameter_source(name).name == "COMMANDLINE"]
             if given:
                 raise InputError(f"--{given[0].replace('_', '-')} describes a single check; with a job file put it "
                                  "in the file's [[check]]")
-            jobs = jobfile.with_cluster(jobfile.load(job_file), scheduler, workers)
-            reports = {k: reports[k] or jobs.reports.get(k) for k in reports}
-            _run_job(jobs, reports, bar, json_output)
-        request = job.Request(model=model, forward=forward, backward=backward, case=case,
-                              layers=_parse_sizes(layers), examples=examples, seed=seed, epsilon=epsilon, method=method,
-                              fast=fast, threshold=threshold, chunk_size=chunk_size,
-                              workers=DEFAULT_WORKERS if workers is None else workers, scheduler=scheduler, store=store,
-                              overwrite=overwrite, resume=resume, break_lock=break_lock)
-        if mode not in ("full", "directional"):
-            raise InputError(f"--mode must be full or directional; got {mode!r}")
-        if mode == "directional" and directions < 1:
-            raise InputError(f"--directions must be at least 1; got {directions}")
-        outcome = _run_check(request, mode, directions, bar)
+            _submit_job_file(job_file, scheduler, workers, files, json_output, dry_run)
+        request = Request(model=model, forward=forward, backward=backward, case=case, layers=layers,
+                          examples=examples, seed=seed, epsilon=epsilon, method=method, fast=fast, precision=precision,
+                          threshold=threshold, mode=mode, directions=directions, chunk_size=chunk_size,
+                          workers=DEFAULT_WORKERS if workers is None else workers, scheduler=scheduler, store=store,
+                          overwrite=overwrite, resume=resume, break_lock=break_lock)
+        if dry_run:
+            _print_plan(request)
+        progress = _progress(json_output)
+        try:
+            with _stop_on_signals():
+                outcome = jobfile.run_check(request, progress)
+        finally:
+            progress.finish()
+        entry = Entry.of(Path(outcome.store.rstrip("/")).stem if outcome.store else "directional", outcome)
+        outputs.write(files, "gradjob check", [entry], single=True)
+        if outcome.store is not None:
+            outputs.record(outputs.history_root(outcome), [entry])
     except (InputError, JobError) as exc:
-        bar.stop()
         _fail(exc)
-    except KeyboardInterrupt:
-        bar.stop()
-        typer.echo("gradjob: interrupted; finished chunks are kept in the store: submit the same job again to resume",
-                   err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    bar.stop()
+    except Stopped as exc:
+        _stopped(exc)
     for note in outcome.notes:
         typer.echo(f"gradjob: note: {note}", err=True)
-    result = report.to_json(outcome)
-    entry = {"check": Path(outcome.store.rstrip("/")).stem if outcome.store else "directional", "result": result}
-    try:
-        _write_reports(reports, "gradjob check", [entry], single=True)
-    except InputError as exc:
-        _fail(exc)
-    if outcome.store is not None:
-        history.append(store_module.parent(outcome.store), [_history_row(entry)])
-    typer.echo(json.dumps(result) if json_output else report.to_text(outcome))
+    typer.echo(json.dumps(report.to_json(outcome)) if json_output else report.to_text(outcome))
     raise typer.Exit(report.exit_code(outcome))
 
 
-def _run_check(request: job.Request, mode: str, directions: int, bar: "_Bar") -> job.Outcome:
-    """One check: the full pipeline on the cluster, or the directional screen on the client."""
-    if mode == "directional":
-        return screen.screen(job.prepare(request), directions, request.seed)
-    return job.submit(request, bar)
+def _progress(json_output: bool) -> Progress:
+    """A bar on a terminal; plain lines in a log (also with --json: they go to stderr)."""
+    return for_stream(sys.stderr)
 
 
-def _run_job(jobs: jobfile.JobFile, reports: dict, bar: "_Bar", json_output: bool) -> None:
-    """Run every check of a job file, write its reports and history, and exit with the worst code."""
-    entries, codes = [], []
-    for check in jobs.checks:
-        try:
-            outcome = _run_check(check.request, check.mode, check.directions, bar)
-            bar.stop()
-            entries.append({"check": check.name, "result": report.to_json(outcome)})
-            codes.append(report.exit_code(outcome))
-            if not json_output:
-                typer.echo(f"== {check.name}\n{report.to_text(outcome)}\n")
-        except (InputError, JobError) as exc:
-            bar.stop()
-            entries.append({"check": check.name, "error": str(exc), "exit_code": exc.exit_code})
-            codes.append(exc.exit_code)
-            typer.echo(f"gradjob: error in check {check.name}: {exc}", err=True)
-    history.append(jobs.store_root, [_history_row(e) for e in entries])
-    _write_reports(reports, f"gradjob job {jobs.name}", entries, single=False)
-    passed = all(code == 0 for code in codes)
+def _print_plan(request: Request) -> None:
+    if request.mode == "directional":
+        typer.echo(f"plan    a directional screen on the client: {request.directions} random directions per tensor; "
+                   "no store, no cluster")
+        raise typer.Exit(0)
+    prepared, notes = check.prepare(request)
+    for note in notes:
+        typer.echo(f"gradjob: note: {note}", err=True)
+    typer.echo(check.plan_of(prepared).to_text())
+    typer.echo(f"  precision {prepared.precision.describe()}; threshold {prepared.threshold:g}")
+    raise typer.Exit(0)
+
+
+def _submit_job_file(path: str, scheduler: str | None, workers: int | None, files: ReportFiles, json_output: bool,
+                     dry_run: bool) -> None:
+    jobs = jobfile.with_cluster(jobfile.load(path), scheduler, workers)
+    if dry_run:
+        for named in jobs.checks:
+            typer.echo(f"== {named.name}")
+            try:
+                _print_plan(named.request)
+            except typer.Exit:
+                pass
+        raise typer.Exit(0)
+
+    def on_error(name: str, exc: Exception) -> None:
+        typer.echo(f"gradjob: error in check {name}: {exc}", err=True)
+
+    try:
+        with _stop_on_signals():
+            entries, code = jobfile.run(jobs, files, lambda: _progress(json_output), on_error)
+    except Stopped as exc:
+        _stopped(exc)
     if json_output:
-        typer.echo(json.dumps({"job": jobs.name, "passed": passed, "checks": [_entry_json(e) for e in entries]}))
+        typer.echo(json.dumps({"job": jobs.name, "passed": code == 0, "checks": [e.to_json() for e in entries]}))
     else:
-        failing = [e["check"] for e, code in zip(entries, codes) if code]
+        for entry in entries:
+            if entry.outcome is not None:
+                for note in entry.outcome.notes:
+                    typer.echo(f"gradjob: note: {entry.check}: {note}", err=True)
+                typer.echo(f"== {entry.check}\n{report.to_text(entry.outcome)}\n")
+        failing = [e.check for e in entries if e.exit_code]
         typer.echo(f"job {jobs.name}: {len(entries) - len(failing)} of {len(entries)} checks passed"
                    + (f"; not passed: {', '.join(failing)}" if failing else ""))
-    errors = [code for code in codes if code not in (0, 1)]
-    raise typer.Exit(errors[0] if errors else max(codes))
+    raise typer.Exit(code)
 
 
-def _entry_json(entry: dict) -> dict:
-    if entry.get("error"):
-        return {"check": entry["check"], "passed": False, "error": entry["error"]}
-    return {"check": entry["check"], **entry["result"]}
+@app.command("report", short_help="Print (and write) the verdict of a finished store.")
+def report_command(
+    store: str = typer.Argument(..., help="A finished gradjob store."),
+    threshold: Optional[float] = typer.Option(None, parser=PositiveNumber("--threshold"), help="Judge against this threshold [the job's]."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
+    json_file: Optional[str] = typer.Option(None, help="Also write the JSON result to this file."),
+    junit: Optional[str] = typer.Option(None, help="Write JUnit XML: one test case per check and tensor."),
+    html_file: Optional[str] = typer.Option(None, "--html", help="Write a self-contained HTML page with plots."),
+) -> None:
+    """Print the verdict of a finished store, exactly as submit printed it; write report files."""
+    try:
+        outcome = check.reduce_store(store, threshold)
+        outputs.write(ReportFiles(json_file, junit, html_file), "gradjob check",
+                      [Entry.of(Path(store.rstrip("/")).stem, outcome)], single=True)
+    except (InputError, JobError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(report.to_json(outcome)) if json_output else report.to_text(outcome))
+    raise typer.Exit(report.exit_code(outcome))
 
 
-def _history_row(entry: dict) -> dict:
-    if entry.get("error"):
-        return {"check": entry["check"], "verdict": "error", "difference": None, "error": entry["error"]}
-    result = entry["result"]
-    return {"check": entry["check"], "verdict": "pass" if result["passed"] else "fail",
-            "difference": result["difference"], "failing": result["failing"], "store": result["store"]}
-
-
-def _write_reports(reports: dict, title: str, entries: list[dict], single: bool) -> None:
-    outputs = {
-        "json": lambda: json.dumps(_entry_json(entries[0]) if single else
-                                   {"job": title, "checks": [_entry_json(e) for e in entries]}, indent=1),
-        "junit": lambda: junit_report.to_junit(title, entries),
-        "html": lambda: html_report.to_html(title, entries),
-    }
-    rendered = {kind: outputs[kind]() for kind, path in reports.items() if path}  # all, before writing any
-    for kind, text in rendered.items():
-        path = reports[kind]
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text)
-        except OSError as exc:
-            raise InputError(f"cannot write the {kind} report {path}: {exc}") from None
-
-
-@app.command("history")
+@app.command("history", short_help="Every run under a job's store root, newest last.")
 def history_command(root: str = typer.Argument(..., help="A job's store root (its history.jsonl).")) -> None:
     """Date, check, difference and verdict of every run under ROOT, newest last."""
     rows = history.read(root)
@@ -228,48 +236,19 @@ def history_command(root: str = typer.Argument(..., help="A job's store root (it
     typer.echo(history.to_text(rows))
 
 
-@app.command("bench")
+@app.command("bench", short_help="Speed and memory against baselines run in the same process.")
 def bench_command(
-    layers: str = typer.Option("784,512,256,1", help="Layer sizes of the built-in network."),
-    examples: int = typer.Option(128, help="Examples in the random case."),
-    workers: str = typer.Option("2", help="Worker counts to run, e.g. 1,2 to measure scaling."),
+    layers: str = typer.Option("784,512,256,1", parser=Sizes("--layers"), help="Layer sizes of the built-in network."),
+    examples: int = typer.Option(128, parser=AtLeast("--examples"), help="Examples in the random case."),
+    workers: List[int] = typer.Option([2], parser=AtLeast("--workers"), help="Worker processes; repeat to measure scaling (--workers 1 --workers 2)."),
     growth_layers: Optional[str] = typer.Option(
-        None, help="Also run the pipeline alone on this larger network (e.g. 784,2048,256,1) and report how peak "
-                   "worker memory grows."),
+        None, parser=Sizes("--growth-layers"), help="Also run the pipeline alone on this larger network (e.g. 784,2048,256,1) and "
+                                       "report how peak worker memory grows."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
 ) -> None:
     """Time a full check of the built-in network against the seed-style loop and torch gradcheck."""
     try:
-        counts = _parse_sizes(workers, "--workers", "1,2")
-        if min(counts) < 1:
-            raise InputError(f"--workers must be positive counts such as 1,2; got {workers!r}")
-        larger = _parse_sizes(growth_layers, "--growth-layers") if growth_layers else None
-        result = bench.benchmark(_parse_sizes(layers), examples, counts, larger)
+        result = bench.benchmark(layers, examples, tuple(workers), growth_layers)
     except (InputError, JobError) as exc:
         _fail(exc)
     typer.echo(json.dumps(result) if json_output else bench.to_text(result))
-
-
-@app.command("report")
-def report_command(
-    store: str = typer.Argument(..., help="A finished gradjob store."),
-    fast: bool = typer.Option(True, help="Incremental evaluation for the built-in network (--no-fast: plain forward calls)."),
-    threshold: Optional[float] = typer.Option(None, help="Judge against this threshold [the job's]."),
-    json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
-) -> None:
-    """Print the verdict of a finished store, exactly as submit printed it."""
-    try:
-        if threshold is not None and not threshold > 0:
-            raise InputError(f"--threshold must be a positive finite number; got {threshold}")
-        outcome = job.reduce_store(store, threshold)
-    except (InputError, JobError) as exc:
-        _fail(exc)
-    _print(outcome, json_output)
-
-
-def _print(outcome: job.Outcome, json_output: bool) -> None:
-    if json_output:
-        typer.echo(json.dumps(report.to_json(outcome)))
-    else:
-        typer.echo(report.to_text(outcome))
-    raise typer.Exit(report.exit_code(outcome))

@@ -1,5 +1,7 @@
 """The Dask edge: an embedded LocalCluster on 127.0.0.1 or an existing scheduler, and the
-submission of chunk tasks with progress, worker-loss handling and clear failures."""
+submission of chunk tasks with progress, worker-loss handling and clear failures.
+
+``DaskExecutor`` has the shape of ``serial.SerialExecutor``: a check runs on either."""
 
 from __future__ import annotations
 
@@ -49,6 +51,40 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
                                dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
         with cluster, Client(cluster) as client:
             yield client
+
+
+class DaskExecutor:
+    """An embedded cluster of ``workers`` processes, or the existing one at ``scheduler``."""
+
+    def __init__(self, scheduler: str | None, workers: int):
+        self._context = dask_client(scheduler, workers)
+        self.client: Client | None = None
+        self.dashboard: str | None = None
+
+    def __enter__(self) -> "DaskExecutor":
+        self.client = self._context.__enter__()
+        self.dashboard = dashboard_link(self.client)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._context.__exit__(*exc)
+
+    def run_chunks(self, function: Callable, context, chunks: Sequence[Chunk],
+                   on_done: Callable[[Chunk, object], None], describe: Callable[[int], str],
+                   note: Callable[[str], None] = lambda text: None) -> None:
+        run_chunks(self.client, function, context, chunks, on_done, describe, note)
+
+    def map(self, function: Callable, context, batches: Sequence[tuple]) -> list:
+        """``function(context, *batch)`` for every batch, results in order."""
+        futures = [self.client.submit(function, context, *batch, pure=False) for batch in batches]
+        try:
+            return self.client.gather(futures)
+        except KilledWorker:
+            raise JobError("a worker died while re-verifying suspects on smaller steps; its forward may crash the "
+                           "process. Finished chunks are kept in the store: resubmit to retry") from None
+
+    def peak_worker_rss(self) -> int | None:
+        return peak_worker_rss(self.client)
 
 
 def dashboard_link(client: Client) -> str | None:

@@ -5,24 +5,20 @@ forward reads it through views (see ``layout.Layout.views``), so nothing is copi
 
 Methods: ``central`` (J⁺ − J⁻)/2h; ``five-point`` (−J(+2h) + 8J(+h) − 8J(−h) + J(−2h))/12h,
 fourth order; ``complex-step`` Im J(θ + ih)/h, free of cancellation but only for forwards that
-are complex-safe. Each element also gets an estimate of its unavoidable round-off (``noise``),
-so the verdict can tell noise from a bug whatever the method.
+are complex-safe. Steps and each element's error bound (``noise``) come from the forward's
+measured noise (see ``noise``), so the verdict can tell noise from a bug whatever the method.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-METHODS = ("central", "five-point", "complex-step")
-STEP_EXPONENT = {"central": 1 / 3, "five-point": 1 / 5}
-# The optimal step balances truncation against the forward's round-off, which for a sum over a
-# batch is several machine epsilons, not one: 4·cbrt(eps) measured best on the seed network.
-STEP_SCALE = 4.0
-COMPLEX_STEP = 1e-20
-
+from .layout import Layout
+from .types import Calibration
 
 class PerturbationFailure(Exception):
     """The forward raised, or gave a non-finite cost, at θ[index] ± step."""
@@ -45,15 +41,24 @@ Costs = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 """``costs(indices, values, sign)``: J at θ with θ[indices[p]] = values[p], one perturbation at a time."""
 
 
-def step_sizes(values: np.ndarray, epsilon: float | None, dtype: np.dtype, method: str = "central") -> np.ndarray:
-    """The step per parameter: ``epsilon`` if fixed, else a multiple of eps^(1/3) (central) or
-    eps^(1/5) (five-point) of θ's dtype, scaled by max(1, |θᵢ|) so large parameters move too."""
-    scale = np.maximum(1.0, np.abs(np.asarray(values, dtype=np.complex128).real))
+def step_sizes(values: np.ndarray, layout: Layout, start: int, calibration: Calibration,
+               epsilon: float | None) -> np.ndarray:
+    """The step of each θᵢ from ``start``: ``epsilon`` if fixed, else its tensor's calibrated
+    scale times max(1, |θᵢ|), so large parameters move in proportion."""
     if epsilon is not None:
-        return np.full(scale.shape, float(epsilon))
-    if method == "complex-step":
-        return COMPLEX_STEP * scale
-    return STEP_SCALE * float(np.finfo(dtype).eps) ** STEP_EXPONENT[method] * scale
+        return np.full(len(values), float(epsilon))
+    scales = per_element(layout, start, len(values), [t.step_scale for t in calibration.tensors])
+    return scales * np.maximum(1.0, np.abs(np.asarray(values, dtype=np.complex128).real))
+
+
+def per_element(layout: Layout, start: int, count: int, per_tensor) -> np.ndarray:
+    """A per-tensor value spread over θ[start:start+count]."""
+    out = np.empty(count)
+    for t, value in zip(layout.tensors, per_tensor):
+        lo, hi = max(t.offset, start), min(t.stop, start + count)
+        if lo < hi:
+            out[lo - start:hi - start] = value
+    return out
 
 
 def in_place_costs(cost: Callable[[], float], theta: np.ndarray) -> Costs:
@@ -73,35 +78,40 @@ def in_place_costs(cost: Callable[[], float], theta: np.ndarray) -> Costs:
     return costs
 
 
-def numerical_gradient(costs: Costs, original: np.ndarray, start: int,
-                       epsilon: float | None, method: str = "central") -> ChunkResult:
+def numerical_gradient(costs: Costs, original: np.ndarray, start: int, steps: np.ndarray,
+                       cost_noise: np.ndarray, method: str = "central", fixed: bool = False,
+                       curvature: np.ndarray | float = 0.0) -> ChunkResult:
     """The numerical gradient for i in [start, start + len(original)) by ``method``, where
-    ``original`` is θ[start:stop] (a copy: only the chunk, never all of θ, is needed here).
+    ``original`` is θ[start:stop] (a copy: only the chunk, never all of θ, is needed here),
+    ``steps`` the step of each element and ``cost_noise`` the measured noise ε_f of J there.
 
-    With a fixed ``epsilon``, central differences divide by 2ε exactly as the seed does; with
+    With a ``fixed`` step, central differences divide by 2ε exactly as the seed does; with
     automatic steps they divide by the step actually taken, (θᵢ+h) − (θᵢ−h) in θ's dtype.
     For complex step θ must be a complex array holding real values.
+
+    ``noise`` bounds each element's error: twice the noise of the difference quotient, plus the
+    truncation ``curvature``·h²/6 of central differences (``curvature`` is |J‴|, see ``noise``).
     """
     index = np.arange(start, start + len(original))
-    h = step_sizes(original, epsilon, original.dtype, method)
-    eps = float(np.finfo(original.dtype).eps)
+    h = np.asarray(steps, dtype=np.float64)
     if method == "complex-step":
         j = costs(index, original + 1j * h, "+ i·")
         gradapprox = j.imag / h
+        eps = float(np.finfo(original.dtype).eps)
         return ChunkResult(j.real, j.real.copy(), h, gradapprox, eps * np.abs(gradapprox))
     kind = original.dtype.type
     plus, minus = (original + h).astype(kind), (original - h).astype(kind)
     j_plus, j_minus = costs(index, plus, "+"), costs(index, minus, "-")
-    if epsilon is None:
+    if not fixed:
         h = (plus.astype(np.float64) - minus.astype(np.float64)) / 2
     if method == "central":
         gradapprox = (j_plus - j_minus) / (2 * h)
-        noise = eps * (np.abs(j_plus) + np.abs(j_minus)) / (2 * h)
+        noise = 2 * cost_noise / (math.sqrt(2) * h) + curvature * h * h / 6
     else:
         j_plus2 = costs(index, (original + 2 * h).astype(kind), "+ 2×")
         j_minus2 = costs(index, (original - 2 * h).astype(kind), "- 2×")
         gradapprox = (-j_plus2 + 8 * j_plus - 8 * j_minus + j_minus2) / (12 * h)
-        noise = eps * (np.abs(j_plus2) + 8 * np.abs(j_plus) + 8 * np.abs(j_minus) + np.abs(j_minus2)) / (12 * h)
+        noise = 2 * cost_noise * math.sqrt(130) / (12 * h)
     return ChunkResult(j_plus, j_minus, h, gradapprox, noise)
 
 

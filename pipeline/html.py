@@ -109,7 +109,7 @@ def to_html(title: str, results: list[dict]) -> str:
             body.append(f"<p>{html.escape(result['method'])}: no per-element heatmaps; run a full check for them.</p>")
             continue
         group = store.open_existing(result["store"])
-        layout = Layout.from_json(store.metadata(group)["layout"])
+        layout = store.metadata(group).layout
         for tensor in layout.tensors:
             if len(tensor.shape) == 2 and min(tensor.shape) > 1:
                 image = heatmap(pooled_error(group, layout, tensor.name), tensor.name, tensor.shape)

@@ -8,6 +8,7 @@
 
     [cluster]                               # optional; command-line options override it
     scheduler = "tcp://127.0.0.1:8786"      # or: workers = 2
+                                            # (neither: DASK_SCHEDULER_ADDRESS if set, else an embedded cluster)
 
     [reports]                               # optional; --json-file/--junit/--html override it
     json = "reports/nightly.json"
@@ -19,44 +20,98 @@
     model = "models/fraud_network.py"       # model and case files: relative to the job file
     case = "random"                          # any --case: file.npz, file.py:FUNC, store.zarr, seed, …
     layers = [64, 128, 64, 1]
-    # also: forward, backward, examples, seed, epsilon, method, threshold, chunk_size, fast,
-    # mode = "directional" with directions = 3 (a quick screen on the client: no store, no cluster)
+    # also: forward, backward, examples, seed, epsilon, method, precision, threshold, chunk_size,
+    # fast, mode = "directional" with directions = 3 (a quick screen on the client: no store, no cluster)
+
+Every key is typed by the schema below (``Check``): a wrong type or value is one line naming the
+file, the check, the key, what was expected and what was found, and exit code 2.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
-from . import store
-from .errors import InputError
-from .job import Request
-from .screen import DEFAULT_DIRECTIONS
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-CHECK_KEYS = {"name", "model", "forward", "backward", "case", "layers", "examples", "seed", "epsilon", "method",
-              "threshold", "chunk_size", "fast", "mode", "directions"}
-MODES = ("full", "directional")
-SECTIONS = {"job": {"name", "store_root"}, "cluster": {"scheduler", "workers"},
-            "reports": {"json", "junit", "html"}, "check": CHECK_KEYS}
-BUILTIN_NAMES = {"seed", "linear", "random", "seed-buggy", "network"}
+from . import cases, check, models, outputs, report, screen, store
+from .errors import InputError, JobError
+from .outputs import Entry, ReportFiles
+from .preflight import check_options
+from .progress import Progress
+from .types import DEFAULT_DIRECTIONS, Method, Mode, Outcome, PrecisionChoice, Request
+
+Positive = Annotated[int, Field(ge=1)]
+PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # "greater than 0"
+BUILTIN_NAMES = set(models.BUILTIN_MODELS) | set(cases.BUILTIN_CASES)
 
 
-@dataclass
-class Check:
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Check(_Strict):
+    name: str
+    model: str = "seed-buggy"
+    forward: str | None = None
+    backward: str | None = None
+    case: str | None = None
+    layers: list[Positive] | None = None
+    examples: Positive = 16
+    seed: int = 0
+    epsilon: PositiveNumber | None = None
+    method: Method = "central"
+    precision: PrecisionChoice = "float64"
+    threshold: PositiveNumber | None = None
+    chunk_size: Positive | None = None
+    fast: bool = True
+    mode: Mode = "full"
+    directions: Positive = DEFAULT_DIRECTIONS
+
+
+class Job(_Strict):
+    name: str | None = None
+    store_root: str | None = None
+
+
+class Cluster(_Strict):
+    scheduler: str | None = None
+    workers: Positive | None = None
+
+
+class Reports(_Strict):
+    json_: str | None = Field(None, alias="json")
+    junit: str | None = None
+    html: str | None = None
+
+
+class Schema(_Strict):
+    job: Job = Job()
+    cluster: Cluster = Cluster()
+    reports: Reports = Reports()
+    check: list[Check] = []
+
+
+@dataclass(frozen=True)
+class NamedCheck:
     name: str
     request: Request
-    mode: str = "full"              # or "directional": a quick screen on the client, no store
-    directions: int = DEFAULT_DIRECTIONS
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobFile:
     name: str
     path: Path
     store_root: str
-    checks: list[Check]
-    reports: dict[str, str] = field(default_factory=dict)
+    checks: tuple[NamedCheck, ...]
+    reports: ReportFiles = field(default_factory=ReportFiles)
+
+
+EXPECTED = {"int_type": "a whole number", "float_type": "a number", "bool_type": "true or false",
+            "string_type": "a string", "list_type": "a list", "finite_number": "a finite number",
+            "model_type": "a table", "dict_type": "a table"}
 
 
 def load(path: str) -> JobFile:
@@ -68,57 +123,112 @@ def load(path: str) -> JobFile:
         data = tomllib.loads(file.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"job file {path} is not valid TOML: {exc}") from None
-    for section, value in data.items():
-        if section not in SECTIONS:
-            raise InputError(f"job file {path}: unknown section [{section}]; use {', '.join(sorted(SECTIONS))}")
-        for table in (value if isinstance(value, list) else [value]):
-            unknown = set(table) - SECTIONS[section]
-            if unknown:
-                raise InputError(f"job file {path}: unknown key(s) {', '.join(sorted(unknown))} in [{section}]")
-    job, cluster = data.get("job", {}), data.get("cluster", {})
-    checks = data.get("check", [])
-    if not checks:
+    try:
+        schema = Schema.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_message(path, data, exc.errors()[0])) from None
+    if not schema.check:
         raise InputError(f"job file {path} has no [[check]]; add at least one")
-    name = job.get("name", file.stem)
-    root = str(job.get("store_root", f"gradjob-stores/{name}"))  # a path or a URL (s3://…)
-    seen, result = set(), []
-    for number, check in enumerate(checks, start=1):
-        check_name = check.get("name")
-        if not check_name or not isinstance(check_name, str):
-            raise InputError(f"job file {path}: check {number} has no name")
-        if check_name in seen:
-            raise InputError(f"job file {path}: two checks are named {check_name!r}")
-        seen.add(check_name)
-        options = {k: v for k, v in check.items() if k not in ("name", "mode", "directions")}
-        mode, directions = check.get("mode", "full"), check.get("directions", DEFAULT_DIRECTIONS)
-        if mode not in MODES:
-            raise InputError(f"job file {path}: check {check_name!r}: mode must be full or directional; got {mode!r}")
-        if isinstance(directions, bool) or not isinstance(directions, int) or directions < 1:
-            raise InputError(f"job file {path}: check {check_name!r}: directions must be a whole number of at least 1; "
-                             f"got {directions!r}")
+    seen = set()
+    for spec in schema.check:
+        if spec.name in seen:
+            raise InputError(f"job file {path}: two checks are named {spec.name!r}")
+        seen.add(spec.name)
+    name = schema.job.name or file.stem
+    root = schema.job.store_root or f"gradjob-stores/{name}"  # a path or a URL (s3://…)
+    checks = []
+    for spec in schema.check:
+        options = spec.model_dump(exclude={"name"}, exclude_none=True)
         for key in ("model", "case"):
             if key in options:
                 options[key] = _beside(file, options[key])
         if "layers" in options:
             options["layers"] = tuple(options["layers"])
+        cluster = schema.cluster.model_dump(exclude_none=True)
+        request = Request(store_dir=store.join(root, spec.name), **options, **cluster)
         try:
-            request = Request(store_dir=store.join(root, check_name), **options, **cluster)
-        except TypeError as exc:
-            raise InputError(f"job file {path}: check {check_name!r}: {exc}") from None
-        result.append(Check(check_name, request, mode, directions))
-    return JobFile(name, file, root, result, dict(data.get("reports", {})))
+            check_options(request)
+        except InputError as exc:
+            raise InputError(f"job file {path}: check {spec.name!r}: {exc}") from None
+        checks.append(NamedCheck(spec.name, request))
+    reports = schema.reports
+    return JobFile(name, file, root, tuple(checks), ReportFiles(reports.json_, reports.junit, reports.html))
+
+
+def _message(path: str, data: dict, error: dict) -> str:
+    """One line from pydantic's first error: where, what was expected, what was found."""
+    loc, kind = error["loc"], error["type"]
+    if kind == "extra_forbidden" and len(loc) == 1:
+        return f"job file {path}: unknown section [{loc[0]}]; use check, cluster, job, reports"
+    if loc and loc[0] == "check" and len(loc) >= 2 and isinstance(loc[1], int):
+        entry = data["check"][loc[1]] if isinstance(data.get("check"), list) else {}
+        where = f"check {entry['name']!r}" if isinstance(entry, dict) and isinstance(entry.get("name"), str) \
+            else f"check {loc[1] + 1}"
+        key = loc[2:]
+        section = "check"
+    else:
+        where, key, section = f"[{loc[0]}]" if loc else "the file", loc[1:], loc[0] if loc else ""
+    name = "".join(f"[{k}]" if isinstance(k, int) else (f".{k}" if i else str(k)) for i, k in enumerate(key))
+    if kind == "extra_forbidden":
+        return f"job file {path}: unknown key(s) {key[-1]} in [{section}]"
+    if kind == "missing":
+        return f"job file {path}: {where} has no {name}"
+    ctx = error.get("ctx") or {}
+    if kind in EXPECTED:
+        expected = EXPECTED[kind]
+    elif kind == "literal_error":
+        expected = f"one of {ctx['expected']}"
+    elif kind == "greater_than":
+        expected = f"greater than {ctx['gt']:g}"
+    elif kind == "greater_than_equal":
+        expected = f"at least {ctx['ge']}"
+    else:
+        expected = error["msg"].removeprefix("Input should be ")
+    return f"job file {path}: {where}: {name} must be {expected}; got {error['input']!r}"
 
 
 def _beside(job_file: Path, value: str) -> str:
     """Model and case files are named relative to the job file; built-in names stay as they are."""
-    if value in BUILTIN_NAMES:
+    if value in BUILTIN_NAMES or store.is_url(value):
         return value
     path, colon, function = value.partition(":") if ".py:" in value else (value, "", "")
     resolved = path if Path(path).is_absolute() else str(job_file.parent / path)
     return resolved + colon + function
 
 
-def with_cluster(jobfile: JobFile, scheduler: str | None, workers: int | None) -> JobFile:
+def with_cluster(jobs: JobFile, scheduler: str | None, workers: int | None) -> JobFile:
     """Command-line cluster options override the file's."""
     overrides = {k: v for k, v in (("scheduler", scheduler), ("workers", workers)) if v is not None}
-    return replace(jobfile, checks=[replace(c, request=replace(c.request, **overrides)) for c in jobfile.checks])
+    if not overrides:
+        return jobs
+    return JobFile(jobs.name, jobs.path, jobs.store_root,
+                   tuple(NamedCheck(c.name, c.request.replace(**overrides)) for c in jobs.checks), jobs.reports)
+
+
+def run_check(request: Request, progress: Progress | None = None) -> Outcome:
+    """One check: the full pipeline on the cluster, or the directional screen on the client."""
+    if request.mode == "directional":
+        prepared, _ = check.prepare(request)
+        return screen.screen(prepared, request.directions, request.seed)
+    return check.run(request, progress)
+
+
+def run(jobs: JobFile, files: ReportFiles, progress_for, on_error) -> tuple[list[Entry], int]:
+    """Every check of a job file in order (an error in one is reported and the others still run);
+    then its reports and history. Returns the entries and the job's exit code: the first error's,
+    else 1 if any check failed, else 0."""
+    entries = []
+    for named in jobs.checks:
+        progress = progress_for()
+        try:
+            entries.append(Entry.of(named.name, run_check(named.request, progress)))
+        except (InputError, JobError) as exc:
+            on_error(named.name, exc)
+            entries.append(Entry(named.name, None, str(exc), exc.exit_code))
+        finally:
+            progress.finish()
+    outputs.record(jobs.store_root, entries)
+    outputs.write(files.merged(jobs.reports), f"job {jobs.name}", entries, single=False)
+    codes = [e.exit_code for e in entries]
+    errors = [c for c in codes if c not in (report.EXIT_PASSED, report.EXIT_FAILED)]
+    return entries, errors[0] if errors else max(codes)

@@ -97,6 +97,11 @@ class Layout:
             grad[t.offset : t.stop] = array.reshape(-1)
         return grad
 
+    def gradient_dtypes(self, gradients) -> list[np.dtype]:
+        """The dtypes of the backward's arrays for these parameters (scalars: none)."""
+        arrays = (gradients.get(f"d{t.name}") for t in self.tensors)
+        return [a.dtype for a in arrays if isinstance(a, (np.ndarray, np.generic))]
+
     def locate(self, i: int) -> tuple[str, tuple[int, ...]]:
         """The tensor name and index within that tensor of θ[i]."""
         for t in self.tensors:

@@ -119,6 +119,12 @@ def cost_function(model: Model, X, Y, parameters) -> Callable[[], float]:
     return cost
 
 
+def cost_dtype(result) -> np.dtype | None:
+    """The dtype the forward computed its cost in, when it says (a NumPy scalar or array)."""
+    cost = result[0] if isinstance(result, tuple) else result
+    return cost.dtype if isinstance(cost, (np.ndarray, np.generic)) else None
+
+
 def as_cost(result) -> float | complex:
     """The cost from a forward's ``cost`` or ``(cost, cache)``; complex only under complex step."""
     cost = result[0] if isinstance(result, tuple) else result

@@ -40,3 +40,39 @@ def plan_chunks(n_parameters: int, chunk_size: int) -> tuple[Chunk, ...]:
 def default_chunk_size(n_parameters: int, workers: int) -> int:
     """About eight tasks per worker (balance, small resume loss), at most 8192 parameters each."""
     return max(1, min(MAX_DEFAULT_CHUNK, math.ceil(n_parameters / (max(1, workers) * TASKS_PER_WORKER))))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a check will do, before it does it: printable (``gradjob submit --dry-run``) and
+    testable without a store or a cluster."""
+
+    n_parameters: int
+    chunk_size: int
+    chunks: tuple[Chunk, ...]
+    todo: tuple[Chunk, ...]      # the chunks not yet done in the store
+    store: str
+    evaluator: str
+    steps: str                   # how steps are chosen
+    worker_bytes: int            # data a worker holds for this job, besides Python and Dask
+
+    def to_text(self) -> str:
+        done = len(self.chunks) - len(self.todo)
+        return "\n".join([
+            f"plan    {self.n_parameters:,} parameters in {len(self.chunks)} chunks of {self.chunk_size}"
+            + (f" ({done} already done in the store)" if done else ""),
+            f"  store     {self.store}",
+            f"  evaluator {self.evaluator}",
+            f"  steps     {self.steps}",
+            f"  memory    about {self.worker_bytes / 2**20:.1f} MiB of data per worker",
+        ])
+
+
+def make_plan(n_parameters: int, workers: int, chunk_size: int | None, done=None, *, store: str, evaluator: str,
+              steps: str, worker_bytes: int) -> Plan:
+    """Chunks for a new store (``chunk_size`` or about eight tasks per worker), or for the chunks
+    of an existing one that ``done`` says are still missing."""
+    size = chunk_size or default_chunk_size(n_parameters, workers)
+    chunks = plan_chunks(n_parameters, size)
+    todo = chunks if done is None else tuple(c for c in chunks if not done[c.index])
+    return Plan(n_parameters, size, chunks, todo, store, evaluator, steps, worker_bytes)

@@ -9,6 +9,8 @@ Layout of the group::
                          whole chunks that no other task touches
     done                 one uint8 per job chunk (Zarr chunk of 1), set after its data is written
     case/X, case/Y       the inputs, so workers read them once from the store
+    verify/…             the re-verified suspects (see ``verify``): index, class, estimate,
+                         tolerance and their ladders; written once by the client, sealed
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ import zarr
 
 from .errors import InputError
 from .plan import Chunk
+from .types import StoreMeta
+from .verify import Verdict
 
-FORMAT = 1
+FORMAT = 2
 RESULT_ARRAYS = ("gradapprox", "cost_plus", "cost_minus", "step", "noise")
 READ_BLOCK = 1 << 16  # elements per read when streaming; fixed, so results never depend on chunking
 
 
-def create(path: str, meta: dict, theta: np.ndarray, grad: np.ndarray, X: np.ndarray, Y: np.ndarray,
-           chunk_size: int, n_chunks: int) -> None:
+def create(path: str, meta: StoreMeta, theta: np.ndarray, grad: np.ndarray, X: np.ndarray, Y: np.ndarray,
+) -> None:
     """Write a new store: metadata, θ, the gradient and the case, before any task runs."""
     try:
         group = zarr.open_group(path, mode="w")
@@ -44,13 +48,13 @@ def create(path: str, meta: dict, theta: np.ndarray, grad: np.ndarray, X: np.nda
         group.create_array(name, shape=(n,), chunks=(block,), dtype=vector.dtype, fill_value=np.nan)
         group[name][:] = vector
     for name in RESULT_ARRAYS:
-        group.create_array(name, shape=(n,), chunks=(chunk_size,), dtype="f8", fill_value=np.nan,
+        group.create_array(name, shape=(n,), chunks=(meta.chunk_size,), dtype="f8", fill_value=np.nan,
                            config={"write_empty_chunks": True})
-    group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="u1", fill_value=0)
+    group.create_array("done", shape=(meta.n_chunks,), chunks=(1,), dtype="u1", fill_value=0)
     case = group.create_group("case")
     case.create_array("X", data=np.asarray(X))
     case.create_array("Y", data=np.asarray(Y))
-    group.attrs["gradjob"] = sealed(meta)
+    group.attrs["gradjob"] = sealed(meta.to_json())
 
 
 def sealed(meta: dict) -> dict:
@@ -114,13 +118,16 @@ def open_existing(path: str, mode: str = "r") -> zarr.Group:
     meta = group.attrs.get("gradjob")
     if not isinstance(meta, dict) or "checksum" not in meta:
         raise InputError(f"{path} is a Zarr group but not a gradjob store (no gradjob metadata)")
-    if meta.get("format") != FORMAT or meta["checksum"] != _checksum(meta):
+    if meta.get("format") != FORMAT:
+        raise InputError(f"store {path} was written by another version of gradjob (store format {meta.get('format')}, "
+                         f"this one reads {FORMAT}); resubmit with --overwrite")
+    if meta["checksum"] != _checksum(meta):
         raise InputError(f"store {path} is corrupted: its gradjob metadata was edited; resubmit with --overwrite")
     return group
 
 
-def metadata(group: zarr.Group) -> dict:
-    return dict(group.attrs["gradjob"])
+def metadata(group: zarr.Group) -> StoreMeta:
+    return StoreMeta.from_json(dict(group.attrs["gradjob"]))
 
 
 def done_mask(group: zarr.Group) -> np.ndarray:
@@ -158,9 +165,42 @@ def write_chunk(group: zarr.Group, chunk: Chunk, results: dict[str, np.ndarray])
 
 
 def iter_blocks(group: zarr.Group, start: int, stop: int,
-                names: tuple[str, ...] = ("grad",) + RESULT_ARRAYS) -> Iterator[dict[str, np.ndarray]]:
+                names: tuple[str, ...] = ("theta", "grad") + RESULT_ARRAYS) -> Iterator[dict[str, np.ndarray]]:
     """[start, stop) of the named vectors, READ_BLOCK elements at a time."""
     arrays = {name: group[name] for name in names}
     for block_start in range(start, stop, READ_BLOCK):
         block_stop = min(stop, block_start + READ_BLOCK)
         yield {name: np.asarray(a[block_start:block_stop], dtype=np.float64) for name, a in arrays.items()}
+
+
+VERIFY_ARRAYS = ("index", "klass", "estimate", "tolerance", "cost", "cost_plus", "cost_minus", "step_plus",
+                 "step_minus")
+
+
+def write_verification(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None:
+    """The verified suspects and their ladders, once, from the client; sealed by a checksum."""
+    folder = group.require_group("verify")
+    for name in VERIFY_ARRAYS:
+        folder.create_array(name, data=np.ascontiguousarray(arrays[name]), overwrite=True)
+    folder.attrs["checksum"] = _arrays_checksum(arrays)
+
+
+def read_verification(group: zarr.Group, path: str) -> dict[int, Verdict] | None:
+    """The stored verdicts by θ index, or None if this store was never verified."""
+    if "verify" not in group or "checksum" not in group["verify"].attrs:
+        return None
+    folder = group["verify"]
+    arrays = {name: folder[name][...] for name in VERIFY_ARRAYS}
+    if folder.attrs["checksum"] != _arrays_checksum(arrays):
+        raise InputError(f"store {path} is corrupted: its verified suspects were edited; resubmit with --overwrite")
+    return {int(i): Verdict(int(k), float(e), float(t))
+            for i, k, e, t in zip(arrays["index"], arrays["klass"], arrays["estimate"], arrays["tolerance"])}
+
+
+def _arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in VERIFY_ARRAYS:
+        array = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}{array.dtype.str}{array.shape}".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()

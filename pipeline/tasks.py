@@ -1,8 +1,10 @@
-"""The unit of work that runs on a Dask worker: evaluate one chunk and write it to the store.
+"""The units of work that run on a worker: evaluate one chunk and write it to the store; evaluate
+the ladders of a batch of suspects.
 
 Everything a task needs besides its chunk (θ, X, Y, the model) is read once per worker thread and
-kept: tasks carry only small arguments. The generic path holds θ and perturbs its own copy in
-place; the built-in network's fast path holds only the tensors after W1 (see ``fastpath``).
+kept: tasks carry only small arguments. A traced model's chunk is also checked against the real
+forward at two of its elements; on a mismatch the chunk is evaluated by the forward instead and
+the task says why.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from functools import partial
 
 import numpy as np
 
-from . import store
+from . import evaluators, store, verify
 from .errors import JobError
-from .evaluate import PerturbationFailure, in_place_costs, numerical_gradient
-from .fastpath import FastNetwork
+from .evaluate import PerturbationFailure, numerical_gradient, per_element, step_sizes
 from .layout import Layout
-from .models import ModelSpec, cost_function, load_model
+from .models import ModelSpec, load_model
 from .plan import Chunk
+from .types import Calibration
 
 
 @dataclass(frozen=True)
@@ -29,33 +31,51 @@ class TaskContext:
 
     store: str
     model: ModelSpec
-    epsilon: float | None
+    evaluator: str
     method: str
-    fast: bool  # use the built-in network's incremental evaluation (decided by the client)
+    epsilon: float | None
+    calibration: Calibration
+    computed_dtype: str
     token: str  # the job's identity digest: a new job never reuses a worker's cached θ
+
+
+@dataclass(frozen=True)
+class ChunkReport:
+    seconds: float
+    note: str | None = None  # a traced chunk that fell back to the forward, and why
 
 
 class _Workspace:
     def __init__(self, context: TaskContext):
+        self.context = context
         self.group = store.open_existing(context.store, mode="r+")
-        self.layout = Layout.from_json(store.metadata(self.group)["layout"])
-        X, Y = store.read_case(self.group)
-        self.fast = None
-        if context.fast:  # the built-in network holds b1…bL and streams W1 from the store
-            self.fast = FastNetwork(self.layout, partial(store.read_range, self.group, "theta"), X, Y)
-            self.costs = self.fast.costs
+        self.meta = store.metadata(self.group)
+        self.layout: Layout = self.meta.layout
+        self.X, self.Y = store.read_case(self.group)
+        self.model = load_model(context.model)
+        self._forward = None
+        if context.evaluator == "incremental":  # the built-in network holds b1…bL and streams W1
+            self.costs = evaluators.build("incremental", self.model, self.layout, self.X, self.Y, None,
+                                          read=partial(store.read_range, self.group, "theta"))
+            self.fast = self.costs.__self__
             return
+        self.fast = None
         self.theta = store.read_vector(self.group, "theta")  # this thread's own, writable copy
         if context.method == "complex-step":
             self.theta = self.theta.astype(np.result_type(self.theta.dtype, np.complex64))
-        cost = cost_function(load_model(context.model), X, Y, self.layout.views(self.theta))
-        self.costs = in_place_costs(cost, self.theta)
+        self.costs = evaluators.build(context.evaluator, self.model, self.layout, self.X, self.Y, self.theta)
 
-    def original(self, chunk: Chunk) -> np.ndarray:
-        """θ over the chunk, unperturbed: from the held θ, or through the fast path's reader."""
+    def forward_costs(self):
+        """The plain forward evaluator, for checking a traced chunk (built once, on first use)."""
+        if self._forward is None:
+            self._forward = evaluators.build("forward", self.model, self.layout, self.X, self.Y, self.theta.copy())
+        return self._forward
+
+    def original(self, start: int, stop: int) -> np.ndarray:
+        """θ[start:stop], unperturbed."""
         if self.fast is not None:
-            return self.fast.unperturbed(np.arange(chunk.start, chunk.stop))
-        return self.theta[chunk.start:chunk.stop].copy()
+            return self.fast.unperturbed(np.arange(start, stop))
+        return self.theta[start:stop].copy()
 
 
 _local = threading.local()
@@ -69,18 +89,55 @@ def _workspace(context: TaskContext) -> _Workspace:
     return _local.workspace[1]
 
 
-def evaluate_chunk(context: TaskContext, chunk: Chunk) -> float:
-    """The numerical gradient of ``chunk``, written to the store; returns the seconds it took."""
+def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
+    """The numerical gradient of ``chunk``, written to the store."""
     started = time.perf_counter()
     workspace = _workspace(context)
+    layout = workspace.layout
+    original = workspace.original(chunk.start, chunk.stop)
+    steps = step_sizes(original, layout, chunk.start, context.calibration, context.epsilon)
+    tensors = context.calibration.tensors
+    noise = per_element(layout, chunk.start, chunk.size, [t.noise for t in tensors])
+    curvature = per_element(layout, chunk.start, chunk.size, [t.curvature for t in tensors])
+    note = None
     try:
-        result = numerical_gradient(workspace.costs, workspace.original(chunk), chunk.start, context.epsilon,
-                                    context.method)
+        if context.evaluator == "traced":
+            problem = evaluators.mismatch(workspace.costs, workspace.model, layout, workspace.X, workspace.Y,
+                                          workspace.theta, workspace.meta.cost, context.computed_dtype,
+                                          np.arange(chunk.start, chunk.stop), samples=2)
+            costs = workspace.costs
+            if problem:
+                note = f"chunk {chunk.index}: the traced fast path disagreed with the forward ({problem}); evaluated by the forward"
+                costs = workspace.forward_costs()
+        else:
+            costs = workspace.costs
+        result = numerical_gradient(costs, original, chunk.start, steps, noise, context.method,
+                                    fixed=context.epsilon is not None, curvature=curvature)
     except PerturbationFailure as failure:
-        where = workspace.layout.describe(failure.index)
+        where = layout.describe(failure.index)
         raise JobError(
             f"the forward failed at {where} {failure.sign} step (parameter {failure.index}, chunk "
             f"{chunk.index}): {failure.detail}; finished chunks are kept in the store"
         ) from None
     store.write_chunk(workspace.group, chunk, asdict(result))
-    return time.perf_counter() - started
+    return ChunkReport(time.perf_counter() - started, note)
+
+
+def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps: tuple[float, ...]) -> dict:
+    """J at θ and at θᵢ ± hᵢ·10⁻ᵏ (see ``verify.ladder``) for a batch of suspects."""
+    workspace = _workspace(context)
+    index = np.asarray(indices, dtype=np.int64)
+    original = np.concatenate([workspace.original(int(i), int(i) + 1) for i in index])
+    plus, minus, step_plus, step_minus = verify.ladder(original, np.asarray(first_steps, dtype=np.float64))
+    rungs = plus.shape[1]
+    repeated = np.repeat(index, rungs)
+    costs = workspace.costs
+    try:
+        cost = costs(index, original, "")
+        cost_plus = costs(repeated, plus.ravel(), "+").reshape(-1, rungs)
+        cost_minus = costs(repeated, minus.ravel(), "-").reshape(-1, rungs)
+    except PerturbationFailure as failure:
+        raise JobError(f"the forward failed at {workspace.layout.describe(failure.index)} while re-verifying it "
+                       f"on smaller steps: {failure.detail}") from None
+    return {"index": index, "cost": cost, "cost_plus": cost_plus, "cost_minus": cost_minus,
+            "step_plus": step_plus, "step_minus": step_minus}

@@ -12,7 +12,7 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def test_bench_json_has_the_figures_and_a_passing_check(gradjob):
-    run = gradjob("bench", "--layers", "20,10,1", "--examples", "8", "--workers", "1,2", "--growth-layers", "40,30,1",
+    run = gradjob("bench", "--layers", "20,10,1", "--examples", "8", "--workers", "1", "--workers", "2", "--growth-layers", "40,30,1",
                   "--json")
     assert run.exit_code == 0, run.stderr
     result = json.loads(run.stdout)
@@ -58,8 +58,8 @@ def test_baseline_subset_is_fixed_and_spread_over_the_tensors():
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--workers", "0"), "--workers must be positive counts such as 1,2; got '0'"),
-    (("--workers", "two"), "--workers must be comma-separated sizes such as 1,2; got 'two'"),
+    (("--workers", "0"), "--workers must be at least 1; got 0"),
+    (("--workers", "two"), "--workers must be a whole number; got 'two'"),
     (("--layers", "3,x"), "--layers must be comma-separated sizes such as 784,512,256,1; got '3,x'"),
     (("--examples", "0"), "--examples must be at least 1; got 0"),
     (("--layers", "5"), "--layers needs at least two positive sizes, e.g. 784,512,256,1; got 5"),

@@ -39,8 +39,9 @@ def test_incremental_costs_equal_plain_forward_to_round_off(layers, examples, se
         values = theta + scale * rng.standard_normal(theta.size)
         np.testing.assert_allclose(fast.costs(index, values), plain(index, values, "+"), rtol=1e-13, atol=0)
     before = theta.copy()
-    a = numerical_gradient(fast.costs, theta.copy(), 0, None).gradapprox
-    b = numerical_gradient(plain, theta.copy(), 0, None).gradapprox
+    steps, noise = 2.4e-5 * np.maximum(1.0, np.abs(theta)), np.zeros(theta.size)
+    a = numerical_gradient(fast.costs, theta.copy(), 0, steps, noise).gradapprox
+    b = numerical_gradient(plain, theta.copy(), 0, steps, noise).gradapprox
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * np.abs(b).max())
     assert theta.tobytes() == before.tobytes()
 
@@ -74,7 +75,7 @@ def test_non_finite_cost_in_the_fast_path_names_the_parameter():
     theta = layout.flatten(case.parameters)
     with pytest.raises(PerturbationFailure) as info, np.errstate(all="ignore"):  # log(0) is expected here
         fast = FastNetwork(layout, reader(theta), case.X, case.Y)
-        numerical_gradient(fast.costs, theta.copy(), 0, None)
+        numerical_gradient(fast.costs, theta.copy(), 0, np.full(theta.size, 1e-5), np.zeros(theta.size))
     assert (info.value.index, info.value.sign, info.value.detail) == (0, "+", "the cost is nan")
 
 

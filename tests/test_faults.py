@@ -19,6 +19,8 @@ import pytest
 import zarr
 from distributed import Client, LocalCluster
 
+from gradjob.verify import RUNGS
+
 GRADJOB = [sys.executable, "-c", "from gradjob.cli import app; app(prog_name='gradjob')"]
 
 COUNTING_MODEL = '''
@@ -103,8 +105,10 @@ def assert_finished_chunks_as_without_the_crash(store, finished, tmp_path, write
 
 
 def model_args(path, forward="forward"):
+    """One forward call per evaluation (--no-fast), so the model's own call count is the count of
+    evaluations; the traced replay would evaluate without calling it."""
     return ["--model", str(path), "--forward", forward, "--backward", "backward", "--case", "random",
-            "--layers", "4,5,3,1", "--chunk-size", "3"]
+            "--layers", "4,5,3,1", "--chunk-size", "3", "--no-fast"]
 
 
 def gradapprox(store):
@@ -151,7 +155,8 @@ def test_client_interrupted_then_resubmitted(tmp_path, clean_run):
     client.send_signal(signal.SIGINT)
     _, stderr = client.communicate(timeout=120)
     assert client.returncode == 130, stderr
-    assert "interrupted; finished chunks are kept in the store" in stderr
+    assert stderr.endswith("gradjob: stopped by SIGINT; finished chunks are kept in the store: submit the same job "
+                           "again to resume\n")
     finished = done(store)
     assert 3 <= finished.sum() < finished.size
     sizes = np.array([min(3, 47 - start) for start in range(0, 47, 3)])
@@ -160,8 +165,10 @@ def test_client_interrupted_then_resubmitted(tmp_path, clean_run):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads(resumed.stdout)
-    # two forward calls on the client (the determinism check) plus two per parameter not yet done
-    assert len(calls.read_text().splitlines()) == 2 + 2 * int(sizes[~finished].sum())
+    # two forward calls on the client (the determinism check), two per parameter not yet done, and the
+    # ladders of the suspects re-verified at the end (J at θ and 2 per rung)
+    ladders = zarr.open_group(store, mode="r")["verify/index"].shape[0] * (1 + 2 * RUNGS)
+    assert len(calls.read_text().splitlines()) == 2 + 2 * int(sizes[~finished].sum()) + ladders
     assert result["evaluated_chunks"] == int((~finished).sum())
     assert gradapprox(store).tobytes() == clean_gradapprox.tobytes()
     assert result["difference"] == clean["difference"]

@@ -171,11 +171,23 @@ case = "seed"
     ("[[check]]\nmodel = 'network'\n", "job file {f}: check 1 has no name"),
     ("[[check]]\nname = 'a'\n[[check]]\nname = 'a'\n", "job file {f}: two checks are named 'a'"),
     ("[[check]\n", "job file {f} is not valid TOML: "),
-    ("[[check]]\nname = 'a'\nmode = 'quick'\n", "job file {f}: check 'a': mode must be full or directional; got 'quick'"),
+    ("[[check]]\nname = 'a'\nmode = 'quick'\n",
+     "job file {f}: check 'a': mode must be one of 'full' or 'directional'; got 'quick'"),
     ("[[check]]\nname = 'a'\nmode = 'directional'\ndirections = 0\n",
-     "job file {f}: check 'a': directions must be a whole number of at least 1; got 0"),
-    ("[[check]]\nname = 'a'\ndirections = 2.5\n",
-     "job file {f}: check 'a': directions must be a whole number of at least 1; got 2.5"),
+     "job file {f}: check 'a': directions must be at least 1; got 0"),
+    ("[[check]]\nname = 'a'\ndirections = 2.5\n", "job file {f}: check 'a': directions must be a whole number; got 2.5"),
+    # issue 13: values of the wrong type were a traceback and exit 1 ("backprop is wrong"), or silently true
+    ("[[check]]\nname = 'a'\nlayers = \"4,3,1\"\n", "job file {f}: check 'a': layers must be a list; got '4,3,1'"),
+    ("[[check]]\nname = 'a'\nexamples = \"16\"\n", "job file {f}: check 'a': examples must be a whole number; got '16'"),
+    ("[[check]]\nname = 'a'\nepsilon = \"1e-7\"\n", "job file {f}: check 'a': epsilon must be a number; got '1e-7'"),
+    ("[[check]]\nname = 'a'\nthreshold = \"2e-7\"\n", "job file {f}: check 'a': threshold must be a number; got '2e-7'"),
+    ("[[check]]\nname = 'a'\nfast = \"no\"\n", "job file {f}: check 'a': fast must be true or false; got 'no'"),
+    ("[[check]]\nname = 'a'\nlayers = [4, 0, 1]\n", "job file {f}: check 'a': layers[1] must be at least 1; got 0"),
+    ("[[check]]\nname = 'a'\nepsilon = -1e-7\n", "job file {f}: check 'a': epsilon must be greater than 0; got -1e-07"),
+    ("[[check]]\nname = 'a'\nprecision = 'float32'\n",
+     "job file {f}: check 'a': precision must be one of 'float64' or 'model'; got 'float32'"),
+    ("[cluster]\nworkers = 0\n[[check]]\nname = 'a'\n", "job file {f}: [cluster]: workers must be at least 1; got 0"),
+    ("[[check]]\nname = 3\n", "job file {f}: check 1: name must be a string; got 3"),
 ])
 def test_bad_job_files(gradjob, tmp_path, text, message):
     (tmp_path / "bad.toml").write_text(text)

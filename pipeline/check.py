@@ -1,0 +1,313 @@
+"""One check, top to bottom: prepare → plan → evaluate → verify → reduce → outcome.
+
+Every step that can refuse the request (``preflight``, ``existing_store``) runs before the store
+is touched. Work runs on an executor (``serial.SerialExecutor`` or ``cluster.DaskExecutor``),
+opened only when there is work left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import platform
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from . import __version__, evaluators, identity, lock, noise, preflight, store, tasks, verify
+from .errors import InputError
+from .plan import Plan, make_plan
+from .progress import Progress
+from .reduce import IncompleteStore, find_suspects, reduce_gradients
+from .types import Calibration, Outcome, Request, StoreMeta
+
+LADDER_BATCH = 64  # suspects per verification task
+
+
+def run(request: Request, progress: Progress | None = None,
+        executor: Callable[[], contextlib.AbstractContextManager] | None = None) -> Outcome:
+    """Run one check end to end and return its verdict. ``executor()`` opens where tasks run
+    (default: the Dask cluster the request names)."""
+    progress = progress or Progress()
+    executor = executor or (lambda: _dask(request))
+    seconds, notes = {}, []
+    with _user_output_to_stderr():
+        started = time.perf_counter()
+        prepared, evaluator_notes = prepare(request)
+        store_notes, afresh = existing_store(prepared)
+        notes += evaluator_notes + store_notes
+        seconds["prepare"] = time.perf_counter() - started
+        with lock.holding(prepared.store, request.break_lock) as lock_note:
+            notes += [lock_note] if lock_note else []
+            meta, plan = open_or_create(prepared, afresh, seconds)
+            context = task_context(prepared, meta)
+            tracker = _Tracker(progress)
+            group = store.open_existing(prepared.store, mode="r+")
+            verdicts = store.read_verification(group, prepared.store)
+            if plan.todo or verdicts is None:
+                with executor() as ex:
+                    progress.start(len(plan.chunks), len(plan.chunks) - len(plan.todo), ex.dashboard)
+                    started = time.perf_counter()
+                    ex.run_chunks(tasks.evaluate_chunk, context, plan.todo, tracker.done, meta.layout.describe,
+                                  progress.note)
+                    seconds["evaluate"] = time.perf_counter() - started
+                    started = time.perf_counter()
+                    verdicts = verify_suspects(group, prepared.store, meta, context, ex, progress)
+                    seconds["verify"] = time.perf_counter() - started
+                    tracker.peak_rss = ex.peak_worker_rss()
+                    progress.finish()
+        started = time.perf_counter()
+        outcome = reduce_store(prepared.store, None, verdicts)
+        seconds["reduce"] = time.perf_counter() - started
+    outcome.evaluated_chunks = len(plan.todo)
+    outcome.notes = notes + tracker.notes
+    outcome.task_seconds, outcome.peak_worker_rss_bytes, outcome.seconds = tracker.task_seconds, tracker.peak_rss, seconds
+    return outcome
+
+
+class _Tracker:
+    """What the chunks report back while they run."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.task_seconds, self.notes, self.peak_rss = progress, [], [], None
+
+    def done(self, chunk, report: tasks.ChunkReport) -> None:
+        self.task_seconds.append(report.seconds)
+        if report.note:
+            self.notes.append(report.note)
+        self.progress.advance(chunk.size)
+
+
+def prepare(request: Request) -> tuple[preflight.Prepared, list[str]]:
+    """The validated request with its evaluator chosen (which is part of the job's identity)."""
+    prepared = preflight.prepare(request)
+    kind, note = evaluators.choose(prepared.spec, prepared.model, prepared.layout, prepared.case.X,
+                                   prepared.case.Y, prepared.theta, request.fast, request.method, prepared.cost,
+                                   prepared.precision.checked)
+    prepared = preflight.finish(request, prepared.spec, prepared.model, prepared.case, prepared.case_name,
+                                prepared.layout, prepared.theta, prepared.cost, prepared.grad, prepared.precision, kind)
+    notes = [note] if note else []
+    if prepared.precision.note:
+        notes.append(f"{prepared.precision.describe()}")
+    return prepared, notes
+
+
+def plan_of(prepared: preflight.Prepared, done=None, chunk_size: int | None = None) -> Plan:
+    """The plan of a prepared check, before (``gradjob submit --dry-run``) or after its store exists."""
+    request = prepared.request
+    size = chunk_size or request.chunk_size
+    evaluator = prepared.identity["evaluator"]
+    steps = (f"ε = {request.epsilon:g}, fixed" if request.epsilon is not None
+             else "automatic, from the forward's noise measured per tensor (ECnoise)")
+    plan = make_plan(prepared.layout.n_parameters, request.workers, size, done, store=prepared.store,
+                     evaluator=evaluator, steps=steps, worker_bytes=0)
+    held = evaluators.held_bytes(evaluator, prepared.layout, prepared.case.X, prepared.case.Y, plan.chunk_size)
+    return make_plan(prepared.layout.n_parameters, request.workers, size, done, store=prepared.store,
+                     evaluator=evaluator, steps=steps, worker_bytes=held)
+
+
+def existing_store(prepared: preflight.Prepared) -> tuple[list[str], bool]:
+    """Refuse, reading only, a store this job may not resume or replace. Returns notes, and
+    whether an existing store is to be replaced (``--overwrite``, or its code has changed)."""
+    request, path = prepared.request, prepared.store
+    if not store.exists(path):
+        if request.resume:
+            raise InputError(f"--resume: there is no store at {path} to resume")
+        return _other_code_note(prepared), False
+    if request.overwrite:
+        if not store.recognised(path):
+            raise InputError(f"{path} exists and is not a gradjob store; --overwrite deletes only gradjob stores")
+        return [], True
+    group = store.open_existing(path, mode="r")  # refuses a store that is not intact
+    meta = store.metadata(group)
+    differing = identity.differences(meta.identity, prepared.identity)
+    if differing:
+        raise InputError(
+            f"store {path} was made by another job ({', '.join(differing)} differ); "
+            "choose another --store or pass --overwrite to start afresh"
+        )
+    if request.chunk_size is not None and request.chunk_size != meta.chunk_size:
+        raise InputError(
+            f"store {path} is chunked by {meta.chunk_size}; resume with --chunk-size {meta.chunk_size} "
+            "or pass --overwrite"
+        )
+    changed = _changed_results(prepared, group, meta)
+    if changed:
+        if request.resume:
+            raise InputError(f"--resume: store {path} was made by other code ({changed}); "
+                             "submit without --resume to start afresh")
+        return [f"store {path} was made by other code ({changed}); starting afresh"], True
+    return [], False
+
+
+def _changed_results(prepared: preflight.Prepared, group, meta: StoreMeta) -> str | None:
+    """How this run's J(θ) and analytic gradient differ from the store's, beyond round-off."""
+    eps = float(np.finfo(prepared.theta.dtype).eps)
+    if abs(meta.cost - prepared.cost) > 64 * eps * max(1.0, abs(meta.cost)):
+        return f"J(θ) is now {prepared.cost!r}, the store has {meta.cost!r}"
+    for start in range(0, prepared.layout.n_parameters, store.READ_BLOCK):
+        stop = min(prepared.layout.n_parameters, start + store.READ_BLOCK)
+        old, new = store.read_range(group, "grad", start, stop), prepared.grad[start:stop]
+        bad = np.flatnonzero(np.abs(old - new) > 64 * eps * np.maximum(np.abs(old), np.abs(new)) + 1e-300)
+        if bad.size:
+            i = start + int(bad[0])
+            return (f"the analytic gradient at {prepared.layout.describe(i)} is now {new[bad[0]]:.9g}, "
+                    f"the store has {old[bad[0]]:.9g}")
+    return None
+
+
+def _other_code_note(prepared: preflight.Prepared) -> list[str]:
+    """For a new default store: does a store of the same model and case exist for other code?"""
+    request = prepared.request
+    if request.store is not None or store.is_url(prepared.store):
+        return []
+    from pathlib import Path
+
+    label = identity.store_label(prepared.spec, prepared.case_name)
+    for other in sorted(Path(request.store_dir).glob(f"{label}-*.zarr"), key=lambda p: p.stat().st_mtime,
+                        reverse=True):
+        try:
+            meta = store.metadata(store.open_existing(str(other)))
+        except InputError:
+            continue
+        differing = identity.differences(meta.identity, prepared.identity)
+        if differing and set(differing) <= {"model", "modules"}:
+            return [f"the {identity.describe(differing)} changed since {other} was checked; checking the new code "
+                    "in a new store"]
+    return []
+
+
+def open_or_create(prepared: preflight.Prepared, afresh: bool, seconds: dict) -> tuple[StoreMeta, Plan]:
+    """Resume a store of the same job, or create one (measuring the forward's noise first)."""
+    request, path = prepared.request, prepared.store
+    if store.exists(path) and not afresh:
+        group = store.open_existing(path, mode="r")
+        meta = store.metadata(group)
+        return meta, plan_of(prepared, store.done_mask(group), meta.chunk_size)
+    plan = plan_of(prepared)
+    started = time.perf_counter()
+    calibration = calibrate(prepared)
+    seconds["calibrate"] = time.perf_counter() - started
+    meta = StoreMeta(
+        identity=prepared.identity, layout=prepared.layout, chunk_size=plan.chunk_size, n_chunks=len(plan.chunks),
+        epsilon=request.epsilon, method=request.method, threshold=prepared.threshold, cost=prepared.cost,
+        evaluator=plan.evaluator, precision=prepared.precision, calibration=calibration,
+        model=prepared.spec.describe(), case=prepared.case.description,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), versions=versions())
+    if store.exists(path):
+        store.remove(path)  # --overwrite of a gradjob store, or a store of other code (see existing_store)
+    store.create(path, meta, prepared.theta, prepared.grad, prepared.case.X, prepared.case.Y)
+    return meta, plan
+
+
+def calibrate(prepared: preflight.Prepared) -> Calibration:
+    """The forward's noise and the steps per tensor, measured with the chunks' own evaluator."""
+    layout, theta = prepared.layout, prepared.theta
+    if prepared.request.method == "complex-step":
+        eps = float(np.finfo(theta.dtype).eps)
+        return noise.fixed_calibration(layout, eps * abs(prepared.cost), noise.COMPLEX_STEP)
+    costs = evaluators.build(prepared.identity["evaluator"], prepared.model, layout, prepared.case.X,
+                             prepared.case.Y, theta.copy())
+    return noise.calibrate(costs, layout, theta, prepared.cost, prepared.request.method,
+                           np.dtype(prepared.precision.checked))
+
+
+def task_context(prepared: preflight.Prepared, meta: StoreMeta) -> tasks.TaskContext:
+    return tasks.TaskContext(store.location(prepared.store), prepared.spec, meta.evaluator, meta.method, meta.epsilon,
+                             meta.calibration, prepared.precision.checked, identity.digest(meta.identity))
+
+
+def verify_suspects(group, path: str, meta: StoreMeta, context: tasks.TaskContext, executor,
+                    progress: Progress) -> dict:
+    """Re-verify the worst suspects of every tensor on the executor; store and return the verdicts."""
+    blocks = lambda a, b: store.iter_blocks(group, a, b)  # noqa: E731
+    grad_eps = float(np.finfo(meta.layout.dtype).eps)
+    try:
+        heaps = find_suspects(meta.layout, blocks, grad_eps)
+    except IncompleteStore as gap:
+        raise InputError(f"store {path} is corrupted: chunk data for {meta.layout.describe(gap.index)} is missing "
+                         "although its chunk is marked done; resubmit with --overwrite") from None
+    picked = [item for heap in heaps.values() for item in heap.picked()]
+    arrays = {name: np.empty(0, dtype=np.float64) for name in store.VERIFY_ARRAYS}
+    arrays["index"], arrays["klass"] = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint8)
+    if picked and meta.method != "complex-step":
+        progress.note(f"re-verifying {len(picked)} element(s) whose numerical gradient disagrees beyond its noise, "
+                      "on smaller steps")
+        batches = [(tuple(i for i, _ in picked[k:k + LADDER_BATCH]), tuple(h for _, h in picked[k:k + LADDER_BATCH]))
+                   for k in range(0, len(picked), LADDER_BATCH)]
+        parts = executor.map(tasks.evaluate_ladders, context, batches)
+        arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        grads = np.concatenate([store.read_range(group, "grad", int(i), int(i) + 1) for i in arrays["index"]])
+        noise_of = {t.name: t.noise for t in meta.calibration.tensors}
+        verdicts = [verify.classify(float(g), float(arrays["cost"][k]), arrays["cost_plus"][k], arrays["cost_minus"][k],
+                                    arrays["step_plus"][k], arrays["step_minus"][k],
+                                    noise_of[meta.layout.locate(int(arrays["index"][k]))[0]], grad_eps)
+                    for k, g in enumerate(grads)]
+        arrays["klass"] = np.array([v.klass for v in verdicts], dtype=np.uint8)
+        arrays["estimate"] = np.array([v.estimate for v in verdicts])
+        arrays["tolerance"] = np.array([v.tolerance for v in verdicts])
+    store.write_verification(group, arrays)
+    return store.read_verification(group, path)
+
+
+def reduce_store(path: str, threshold: float | None = None, verdicts: dict | None = None) -> Outcome:
+    """The verdict of a finished store (``gradjob report``)."""
+    if not store.exists(path):
+        raise InputError(f"there is no store at {path}")
+    group = store.open_existing(path)
+    meta = store.metadata(group)
+    done = store.done_mask(group)
+    if not done.all():
+        missing = int((~done).sum())
+        raise InputError(f"store {path} is unfinished: {missing} of {done.size} chunks not done; resubmit the job to resume")
+    if verdicts is None:
+        verdicts = store.read_verification(group, path)
+        if verdicts is None:
+            raise InputError(f"store {path} is unfinished: its suspects were not re-verified yet; resubmit the job "
+                             "to resume")
+    threshold = threshold if threshold is not None else meta.threshold
+    try:
+        reduction = reduce_gradients(meta.layout, lambda a, b: store.iter_blocks(group, a, b), threshold, meta.cost,
+                                     meta.calibration, verdicts, float(np.finfo(meta.layout.dtype).eps))
+    except IncompleteStore as gap:
+        raise InputError(
+            f"store {path} is corrupted: chunk data for {meta.layout.describe(gap.index)} is missing although its "
+            "chunk is marked done; resubmit with --overwrite"
+        ) from None
+    return Outcome(reduction, meta, path, meta.method, step_text(meta), meta.model, meta.case, meta.precision,
+                   meta.evaluator)
+
+
+def step_text(meta: StoreMeta) -> str:
+    if meta.epsilon is not None:
+        return f"ε = {meta.epsilon:g}, fixed"
+    if meta.method == "complex-step":
+        return "h = 1e-20·max(1, |θᵢ|)"
+    scales = [t.step_scale for t in meta.calibration.tensors]
+    return (f"automatic per tensor from the measured noise: {min(scales):.2g}–{max(scales):.2g}·max(1, |θᵢ|)"
+            if len(set(scales)) > 1 else f"automatic from the measured noise: {scales[0]:.2g}·max(1, |θᵢ|)")
+
+
+def versions() -> dict:
+    import dask
+    import distributed
+    import zarr
+
+    return {"gradjob": __version__, "numpy": np.__version__, "dask": dask.__version__,
+            "distributed": distributed.__version__, "zarr": zarr.__version__,
+            "python": platform.python_version()}
+
+
+def _dask(request: Request):
+    from .cluster import DaskExecutor
+
+    return DaskExecutor(request.scheduler, request.workers)
+
+
+@contextlib.contextmanager
+def _user_output_to_stderr():
+    """Whatever the user's code prints goes to stderr: stdout is gradjob's (``--json``)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield

@@ -1,0 +1,139 @@
+"""How a failing tensor's gradient is wrong, in one sentence, where a simple pattern fits.
+
+Real backwards are ``data term + λ·θ``. The residual r = grad − gradapprox is fitted, by running
+sums over the tensor, against the numerical gradient a and θ:
+
+- r = α·a: the whole gradient is (1 + α)× too large (−1: the wrong sign);
+- r = β·θ: a regularisation term is missing (β < 0) or counted again (β > 0);
+- r = α·a + β·θ: the data term is (1 + α)× its numerical value, the λ·θ term (λ = −β/α) right;
+- for square matrices, r = α·(aᵀ − a) + β·(θᵀ − θ): the (data term of the) gradient is transposed.
+
+A fit counts when what it leaves of r is within 1 % of r plus the tensor's noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .layout import Tensor
+
+ISOLATED_MAX = 3     # at most this many wrong elements (and at most half) reads as "isolated"
+TRANSPOSE_MAX = 1 << 20  # square tensors up to this size are read whole to test for a transpose
+FIT = 1e-2
+
+
+@dataclass
+class Sums:
+    """Running sums over a tensor's elements: the difference, the fits and the noise need no more."""
+
+    gg: float = 0.0
+    aa: float = 0.0
+    dd: float = 0.0
+    ga: float = 0.0
+    nn: float = 0.0
+    at: float = 0.0
+    tt: float = 0.0
+    dt: float = 0.0   # (g − a)·θ
+    kinks: int = 0
+    wrong: int = 0
+
+    def add(self, g: np.ndarray, a: np.ndarray, theta: np.ndarray, noise: np.ndarray) -> None:
+        d = g - a
+        self.gg += float(g @ g)
+        self.aa += float(a @ a)
+        self.dd += float(d @ d)
+        self.ga += float(g @ a)
+        self.nn += float(noise @ noise)
+        self.at += float(a @ theta)
+        self.tt += float(theta @ theta)
+        self.dt += float(d @ theta)
+
+    def merge(self, other: "Sums") -> None:
+        for name in ("gg", "aa", "dd", "ga", "nn", "at", "tt", "dt"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def times(factor: float) -> str:
+    """``2.00×``, with as many decimals as it takes not to read as 1.00×."""
+    digits = 2
+    while digits < 8 and round(factor, digits) == 1.0:
+        digits += 1
+    return f"{factor:.{digits}f}×"
+
+
+def wrong_sign(grad: str) -> str:
+    return f"{grad} has the wrong sign (it is -1.00× the numerical gradient)"
+
+
+def _fit(rr: float, columns: list[tuple[float, ...]], rhs: list[float]) -> tuple[np.ndarray, float]:
+    """Least squares of r on the given regressors from their Gram matrix; (coefficients, residual²)."""
+    gram, b = np.array(columns, dtype=np.float64), np.array(rhs, dtype=np.float64)
+    try:
+        coef = np.linalg.solve(gram, b)
+    except np.linalg.LinAlgError:
+        return np.full(len(b), np.nan), math.inf
+    return coef, max(0.0, rr - float(coef @ b))
+
+
+def diagnose(tensor: Tensor, sums: Sums, worst: list[dict], wrong_elements: list,
+             whole: Callable[[], dict[str, np.ndarray]]) -> str:
+    name, grad = tensor.name, f"d{tensor.name}"
+    if sums.gg == 0.0:
+        return f"{grad} is all zeros: the gradient is missing"
+    if sums.aa == 0.0:
+        return f"{grad} is non-zero but the cost does not depend on {name}"
+    if tensor.size == 1 and worst:
+        g, a = worst[0]["analytic"], worst[0]["numerical"]
+        if abs(g + a) <= FIT * abs(a) + 3 * math.sqrt(sums.nn):
+            return wrong_sign(grad)
+        return f"{grad} is {g:.6g} but the numerical derivative is {a:.6g}"
+    rr = sums.dd
+    ra = sums.ga - sums.aa
+    close = (FIT ** 2) * rr + 9 * sums.nn
+    (alpha,), left = _fit(rr, [(sums.aa,)], [ra])
+    if left <= close:
+        return wrong_sign(grad) if abs(alpha + 2) < 1e-2 else f"{grad} is {times(1 + alpha)} the numerical gradient"
+    if sums.tt > 0:
+        (beta,), left = _fit(rr, [(sums.tt,)], [sums.dt])
+        if left <= close:
+            if beta < 0:
+                return f"{grad} lacks a {-beta:.4g}·{name} term (the regularisation gradient λ·{name}?)"
+            return f"{grad} has an extra {beta:.4g}·{name} term (the regularisation gradient counted twice?)"
+        (alpha, beta), left = _fit(rr, [(sums.aa, sums.at), (sums.at, sums.tt)], [ra, sums.dt])
+        if left <= close and alpha != 0:
+            lam = -beta / alpha
+            data = ("has the wrong sign" if abs(alpha + 2) < 1e-2 else f"is {times(1 + alpha)} its numerical value")
+            return f"the data term of {grad} {data} (its regularisation term {lam:.4g}·{name} is right)"
+    transposed = _transposed(tensor, whole, close)
+    if transposed:
+        return transposed
+    wrong = len(wrong_elements)
+    if 0 < wrong <= ISOLATED_MAX and 2 * wrong <= tensor.size:
+        where = ", ".join(f"{name}[{', '.join(map(str, index))}]" for index in wrong_elements)
+        return f"{wrong} isolated wrong element(s) in {grad}: {where}"
+    if wrong:
+        return f"{wrong} of {tensor.size} elements of {grad} are wrong; no simple pattern"
+    return f"{grad} disagrees with the numerical gradient beyond its noise; no simple pattern"
+
+
+def _transposed(tensor: Tensor, whole: Callable[[], dict[str, np.ndarray]], close: float) -> str | None:
+    """Is the gradient, or its data term, of a square matrix transposed?"""
+    if len(tensor.shape) != 2 or tensor.shape[0] != tensor.shape[1] or tensor.size > TRANSPOSE_MAX:
+        return None
+    w = whole()
+    r = (w["grad"] - w["gradapprox"]).ravel()
+    u = (w["gradapprox"].T - w["gradapprox"]).ravel()
+    v = (w["theta"].T - w["theta"]).ravel()
+    rr = float(r @ r)
+    (alpha,), left = _fit(rr, [(float(u @ u),)], [float(r @ u)])
+    if left <= close and abs(alpha - 1) < 1e-2:
+        return f"d{tensor.name} is the transpose of the numerical gradient"
+    (alpha, beta), left = _fit(rr, [(float(u @ u), float(u @ v)), (float(u @ v), float(v @ v))],
+                               [float(r @ u), float(r @ v)])
+    if left <= close and abs(alpha - 1) < 1e-2:
+        return f"the data term of d{tensor.name} is transposed (its regularisation term {-beta:.4g}·{tensor.name} is right)"
+    return None

@@ -1,0 +1,85 @@
+"""Everything a run leaves behind besides its store, written in one place: the JSON, JUnit and
+HTML report files and the rows of ``history.jsonl``. ``submit``, job files and ``report`` all
+come through here, so a file means the same whoever wrote it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import history, junit, report, store
+from . import html as html_page
+from .errors import InputError
+from .types import Outcome
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One check of a run: its outcome, or the error that stopped it."""
+
+    check: str
+    outcome: Outcome | None = None
+    error: str | None = None
+    exit_code: int = 0
+
+    @classmethod
+    def of(cls, check: str, outcome: Outcome) -> "Entry":
+        return cls(check, outcome, None, report.exit_code(outcome))
+
+    def to_json(self) -> dict:
+        if self.error is not None:
+            return {"check": self.check, "passed": False, "error": self.error, "exit_code": self.exit_code}
+        return {"check": self.check, **report.to_json(self.outcome)}
+
+    def as_report(self) -> dict:
+        """The shape the JUnit and HTML writers read."""
+        if self.error is not None:
+            return {"check": self.check, "error": self.error}
+        return {"check": self.check, "result": report.to_json(self.outcome)}
+
+    def history_row(self) -> dict:
+        if self.error is not None:
+            return {"check": self.check, "verdict": "error", "difference": None, "error": self.error}
+        r = self.outcome.reduction
+        return {"check": self.check, "verdict": "pass" if r.passed else "fail", "difference": r.difference,
+                "failing": r.failing, "store": self.outcome.store}
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    json: str | None = None
+    junit: str | None = None
+    html: str | None = None
+
+    def merged(self, fallback: "ReportFiles") -> "ReportFiles":
+        """These paths, and ``fallback``'s where none is given."""
+        return ReportFiles(self.json or fallback.json, self.junit or fallback.junit, self.html or fallback.html)
+
+
+def write(files: ReportFiles, title: str, entries: list[Entry], single: bool) -> None:
+    """Render every requested report first, then write them: a rendering error writes none."""
+    renderers = {
+        "json": lambda: json.dumps(entries[0].to_json() if single else
+                                   {"job": title, "checks": [e.to_json() for e in entries]}, indent=1),
+        "junit": lambda: junit.to_junit(title, [e.as_report() for e in entries]),
+        "html": lambda: html_page.to_html(title, [e.as_report() for e in entries]),
+    }
+    wanted = {kind: getattr(files, kind) for kind in renderers if getattr(files, kind)}
+    rendered = {kind: renderers[kind]() for kind in wanted}
+    for kind, text in rendered.items():
+        path = Path(wanted[kind])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        except OSError as exc:
+            raise InputError(f"cannot write the {kind} report {path}: {exc}") from None
+
+
+def record(root: str, entries: list[Entry]) -> None:
+    """Append the run's rows to ``<root>/history.jsonl``."""
+    history.append(root, [e.history_row() for e in entries])
+
+
+def history_root(outcome: Outcome) -> str:
+    return store.parent(outcome.store)

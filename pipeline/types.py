@@ -1,0 +1,221 @@
+"""The vocabulary every stage shares: what a check asks for, what its store holds, its verdict.
+
+Frozen dataclasses, each with one JSON form where it is stored or reported, so that no stage
+reads an untyped dict another stage wrote. Names of options (methods, modes, precisions) live
+here once; the CLI, job files and checks all read them from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from .layout import Layout
+
+Method = Literal["central", "five-point", "complex-step"]
+Mode = Literal["full", "directional"]
+PrecisionChoice = Literal["float64", "model"]
+METHODS: tuple[str, ...] = get_args(Method)
+MODES: tuple[str, ...] = get_args(Mode)
+PRECISIONS: tuple[str, ...] = get_args(PrecisionChoice)
+
+DEFAULT_DIRECTIONS = 3
+
+# The seed's 2e-7 for float64; float32 round-off is ~1e9 times larger, so its differences are too.
+DEFAULT_THRESHOLDS = {"float64": 2e-7, "float32": 1e-3, "float16": 1e-1}
+
+
+def default_threshold(dtype: str) -> float:
+    return DEFAULT_THRESHOLDS.get(dtype, DEFAULT_THRESHOLDS["float64"])
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything one check was asked for (``gradjob submit`` options, a job file's [[check]])."""
+
+    model: str = "seed-buggy"
+    forward: str | None = None
+    backward: str | None = None
+    case: str | None = None
+    layers: tuple[int, ...] = (4, 5, 3, 1)
+    examples: int = 16
+    seed: int = 0
+    epsilon: float | None = None
+    method: Method = "central"
+    fast: bool = True  # incremental evaluation where the model allows it
+    precision: PrecisionChoice = "float64"
+    threshold: float | None = None  # None: by the checked dtype, see DEFAULT_THRESHOLDS
+    mode: Mode = "full"
+    directions: int = DEFAULT_DIRECTIONS
+    chunk_size: int | None = None
+    workers: int = 2
+    scheduler: str | None = None
+    store: str | None = None
+    store_dir: str = "gradjob-stores"  # where the default, identity-named store goes
+    overwrite: bool = False
+    resume: bool = False
+    break_lock: bool = False
+
+    def replace(self, **changes) -> "Request":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The dtype the check computes in, the model's own, and why they differ or not."""
+
+    checked: str
+    model: str
+    note: str | None = None  # why a float32/float16 model stayed in its own precision
+
+    def describe(self) -> str:
+        if self.checked == self.model:
+            return f"checked in {self.checked}" + (f" ({self.note})" if self.note else "")
+        return f"checked in {self.checked}; parameters are {self.model}"
+
+    def to_json(self) -> dict:
+        return {"checked": self.checked, "model": self.model, "note": self.note}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Precision":
+        return cls(data["checked"], data["model"], data.get("note"))
+
+
+@dataclass(frozen=True)
+class TensorNoise:
+    """What calibration measured for one tensor (see ``noise``)."""
+
+    name: str
+    noise: float        # ε_f: absolute round-off noise of J when this tensor's elements move
+    step_scale: float   # automatic steps: hᵢ = step_scale · max(1, |θᵢ|)
+    measured: int       # sampled elements whose noise ECnoise measured (0: one ulp of J assumed)
+    curvature: float = 0.0  # |J‴| (median of the samples): central differences' truncation is μ₃h²/6
+
+
+@dataclass(frozen=True)
+class Calibration:
+    tensors: tuple[TensorNoise, ...]
+    evaluations: int  # forward evaluations spent measuring
+
+    def of(self, name: str) -> TensorNoise:
+        return next(t for t in self.tensors if t.name == name)
+
+    def to_json(self) -> dict:
+        return {"evaluations": self.evaluations, "tensors": [dataclasses.astuple(t) for t in self.tensors]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Calibration":
+        return cls(tuple(TensorNoise(*t) for t in data["tensors"]), data["evaluations"])
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """What a check's store records about the job that made it; sealed with a checksum."""
+
+    identity: dict
+    layout: Layout
+    chunk_size: int
+    n_chunks: int
+    epsilon: float | None
+    method: str
+    threshold: float
+    cost: float
+    evaluator: str          # "incremental", "traced" or "forward" (one forward call per evaluation)
+    precision: Precision
+    calibration: Calibration
+    model: str
+    case: str
+    created: str
+    versions: dict
+
+    def to_json(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data.update(layout=self.layout.to_json(), precision=self.precision.to_json(),
+                    calibration=self.calibration.to_json())
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "StoreMeta":
+        values = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+        values.update(layout=Layout.from_json(data["layout"]), precision=Precision.from_json(data["precision"]),
+                      calibration=Calibration.from_json(data["calibration"]))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Suspects:
+    """Counts of the elements re-verified on a ladder of smaller steps, by class."""
+
+    verified: int = 0
+    agrees: int = 0
+    kink: int = 0
+    wrong: int = 0
+    near_kink: int = 0   # kinks closer to θ than float arithmetic resolves: left out, like kinks
+    unresolved: int = 0
+    beyond_cap: int = 0  # disagreeing elements past the per-tensor cap, judged on their numbers
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TensorResult:
+    name: str
+    shape: tuple[int, ...]
+    difference: float       # over the elements not at a kink
+    threshold: float        # the asked threshold, or the noise floor where that is higher
+    resolution: float       # the smallest relative error of this gradient the check would flag
+    noise: float            # ε_f measured for this tensor
+    error_norm: float
+    noise_norm: float
+    passed: bool
+    diagnosis: str | None
+    worst: list[dict]
+    kinks: int = 0
+    kink_elements: list = field(default_factory=list)
+    suspects: Suspects = field(default_factory=Suspects)
+    wrong_elements: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"difference": self.difference, "passed": self.passed, "shape": list(self.shape),
+                "threshold": self.threshold, "resolution": self.resolution, "noise": self.noise,
+                "error_norm": self.error_norm, "noise_norm": self.noise_norm,
+                "diagnosis": self.diagnosis, "worst": self.worst,
+                "kinks": {"count": self.kinks, "elements": self.kink_elements},
+                "suspects": {**self.suspects.to_json(), "wrong_elements": self.wrong_elements}}
+
+
+@dataclass
+class Reduction:
+    difference: float       # over all elements not at a kink
+    raw_difference: float   # over every element, kinks included
+    passed: bool
+    threshold: float
+    n_parameters: int
+    tensors: list[TensorResult]
+
+    @property
+    def failing(self) -> list[str]:
+        return [t.name for t in self.tensors if not t.passed]
+
+
+@dataclass
+class Outcome:
+    """One check's verdict and how it was reached."""
+
+    reduction: Reduction
+    meta: StoreMeta | None      # None for a directional screen (no store)
+    store: str | None
+    method_text: str            # e.g. "central" or "directional, 3 random directions per tensor"
+    step_text: str
+    model: str
+    case: str
+    precision: Precision
+    evaluator: str = "forward"
+    evaluated_chunks: int = 0
+    notes: list[str] = field(default_factory=list)
+    task_seconds: list[float] = field(default_factory=list)
+    peak_worker_rss_bytes: int | None = None
+    seconds: dict = field(default_factory=dict)  # wall time per stage: calibrate, evaluate, verify, reduce
+    forward_passes_per_tensor: int | None = None  # directional screens only

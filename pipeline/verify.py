@@ -1,0 +1,136 @@
+"""Suspects re-verified: elements whose numerical gradient disagrees with the analytic one beyond
+their noise are evaluated again on a ladder of smaller steps, one-sided and central, and classed.
+
+- *agrees*: at some step the central estimate has settled (it matches the next smaller step's)
+  and equals the analytic value: the first step was too coarse (a kink inside it, or strong
+  curvature). The settled estimate replaces the first one in the tensor's difference.
+- *kink*: the one-sided slopes settle at different limits (a ReLU switching exactly here) and
+  the analytic value equals one of them, or their midpoint (the sign(0) = 0 convention of abs and
+  tie-splitting in max). Left out of the difference.
+- *wrong*: the finest steps that are quiet enough have settled, and the analytic value is none
+  of these. The tensor fails.
+- *near-kink*: kinks lie closer to θ than float arithmetic resolves (the one-sided slopes still
+  move at the finest quiet steps): neither confirmed nor refuted, left out of the difference
+  like a kink and reported as such.
+- *unresolved*: no step is quiet enough to decide; judged on its numbers.
+
+"Equal" means within three times the estimate's error bound at that step, and a step decides
+only where that bound is below ``RESOLUTION``/3 of the values, so a kink never hides an error
+above 0.1 %. At most ``CAP`` suspects per tensor are verified (the worst by
+how far beyond their noise they are); beyond that a tensor is judged on its numbers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+SUSPECT_FACTOR = 8.0    # |grad − gradapprox| beyond this many noise bounds makes an element a suspect
+CAP = 256
+RUNGS = 10              # steps h, h/10, …, h/10⁹: down to where the noise decides nothing
+RESOLUTION = 1e-3       # relative agreement a ladder step must reach to decide anything
+CLASSES = ("unresolved", "agrees", "kink", "wrong", "near_kink")
+UNRESOLVED, AGREES, KINK, WRONG, NEAR_KINK = range(5)
+EXCLUDED = (KINK, NEAR_KINK)  # left out of the difference
+
+
+def tolerance(grad: np.ndarray, noise: np.ndarray, grad_eps: float) -> np.ndarray:
+    """How far gradapprox may sit from grad before an element is a suspect: its noise bound, and
+    the analytic gradient's own round-off."""
+    return SUSPECT_FACTOR * noise + 8 * grad_eps * np.abs(grad)
+
+
+class SuspectHeap:
+    """The ``CAP`` worst suspects of one tensor, by how many tolerances they are off."""
+
+    def __init__(self):
+        self.heap: list[tuple[float, int, float]] = []
+        self.count = 0
+
+    def add(self, index: np.ndarray, score: np.ndarray, step: np.ndarray) -> None:
+        over = np.flatnonzero(score > 1)
+        self.count += over.size
+        for k in over[np.argsort(-score[over], kind="stable")[:CAP]]:
+            item = (float(score[k]), -int(index[k]), float(step[k]))
+            if len(self.heap) < CAP:
+                heapq.heappush(self.heap, item)
+            elif item > self.heap[0]:
+                heapq.heapreplace(self.heap, item)
+
+    def picked(self) -> list[tuple[int, float]]:
+        """(θ index, first step) of the kept suspects, in index order."""
+        return sorted((-neg, step) for _, neg, step in self.heap)
+
+
+def ladder(original: np.ndarray, first_step: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """θᵢ ± hᵢ·10⁻ᵏ for k < RUNGS in θ's dtype, and the one-sided steps actually taken (float64)."""
+    kind = original.dtype.type
+    h = first_step[:, None] * 10.0 ** -np.arange(RUNGS)[None, :]
+    base = original[:, None]
+    plus, minus = (base + h).astype(kind), (base - h).astype(kind)
+    wide = base.astype(np.float64)
+    return plus, minus, plus.astype(np.float64) - wide, wide - minus.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    klass: int
+    estimate: float    # the settled derivative (agrees: the central one; kink: the side that matched)
+    tolerance: float   # how exactly the ladder determined it
+
+
+def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.ndarray, step_plus: np.ndarray,
+             step_minus: np.ndarray, noise: float, grad_eps: float) -> Verdict:
+    """Class of one suspect from its ladder (rungs from coarse to fine); see the module docstring.
+
+    A rung counts where three times its one-sided noise (from ε_f) is below ``RESOLUTION`` of the
+    values. At such a rung the function is smooth if the one-sided slopes agree, or their gap
+    shrinks with the step (curvature); otherwise a kink lies within the step. Agreement at any
+    rung wins (between two close kinks only the finest steps see the slope at θ); a kink side
+    that matches comes next; *wrong* needs the finest counting rungs to have settled, since a
+    change there means more kinks closer to θ than float arithmetic can resolve (*near-kink*).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        right = (cost_plus - cost) / step_plus
+        left = (cost - cost_minus) / step_minus
+        central = (cost_plus - cost_minus) / (step_plus + step_minus)
+        n = 2 * math.sqrt(2) * noise / np.minimum(step_plus, step_minus)
+    slack = 8 * grad_eps * abs(grad)
+    valid = (step_plus > 0) & (step_minus > 0) & np.isfinite(right) & np.isfinite(left)
+    scale = np.maximum.reduce([np.full(RUNGS, abs(grad)), np.abs(right), np.abs(left)])
+    usable = [k for k in range(RUNGS) if valid[k] and 3 * n[k] <= RESOLUTION * scale[k]]
+    jump = np.abs(right - left)
+    agrees, kinks, kink_seen = [], [], False
+    for k in usable:
+        shrinking = k + 1 < RUNGS and valid[k + 1] and jump[k + 1] <= jump[k] / 3
+        precise = RESOLUTION * scale[k] / 3  # an estimate decides only when known this well
+        if jump[k] <= 6 * n[k] or shrinking:
+            e = 1.5 * n[k] + _moved(central, k, valid)
+            if e <= precise and abs(grad - central[k]) <= e + slack:
+                agrees.append(Verdict(AGREES, float(central[k]), float(e)))
+            continue
+        kink_seen = True
+        sides = ((right[k], 3 * n[k] + _moved(right, k, valid)), (left[k], 3 * n[k] + _moved(left, k, valid)))
+        middle = ((right[k] + left[k]) / 2, (sides[0][1] + sides[1][1]) / 2)
+        kinks += [Verdict(KINK, float(s), float(e)) for s, e in (*sides, middle)
+                  if e <= precise and abs(grad - s) <= e + slack]
+    for found in (agrees, kinks):
+        if found:
+            return min(found, key=lambda v: v.tolerance)
+    if len(usable) >= 2 and usable[-2] == usable[-1] - 1:
+        k = usable[-1]
+        settled = all(abs(side[k] - side[k - 1]) <= 3 * (n[k] + n[k - 1]) + RESOLUTION * scale[k] / 3
+                      for side in (right, left))
+        if settled:
+            nearest = central[k] if jump[k] <= 6 * n[k] else min((right[k], left[k]), key=lambda s: abs(grad - s))
+            return Verdict(WRONG, float(nearest), float(3 * n[k]))
+    return Verdict(NEAR_KINK if kink_seen else UNRESOLVED, math.nan, math.nan)
+
+
+def _moved(slope: np.ndarray, k: int, valid: np.ndarray) -> float:
+    """How far an estimate moves to a neighbouring rung: a bound on its truncation at rung k."""
+    neighbours = [abs(slope[k] - slope[j]) for j in (k + 1, k - 1) if 0 <= j < RUNGS and valid[j]]
+    return min(neighbours) if neighbours else 0.0
