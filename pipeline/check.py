@@ -17,7 +17,9 @@ from typing import Callable
 import numpy as np
 
 from . import __version__, evaluators, identity, lock, noise, preflight, store, tasks, verify
+from .cases import Case
 from .errors import InputError
+from .models import ModelSpec
 from .plan import Plan, make_plan
 from .progress import Progress
 from .reduce import IncompleteStore, find_suspects, reduce_gradients
@@ -27,15 +29,17 @@ LADDER_BATCH = 64  # suspects per verification task
 
 
 def run(request: Request, progress: Progress | None = None,
-        executor: Callable[[], contextlib.AbstractContextManager] | None = None) -> Outcome:
+        executor: Callable[[], contextlib.AbstractContextManager] | None = None,
+        model: ModelSpec | None = None, case: Case | None = None) -> Outcome:
     """Run one check end to end and return its verdict. ``executor()`` opens where tasks run
-    (default: the Dask cluster the request names)."""
+    (default: the Dask cluster the request names); ``model`` and ``case`` (the Python API) stand
+    for the request's model and case names."""
     progress = progress or Progress()
     executor = executor or (lambda: _dask(request))
     seconds, notes = {}, []
     with _user_output_to_stderr():
         started = time.perf_counter()
-        prepared, evaluator_notes = prepare(request)
+        prepared, evaluator_notes = prepare(request, model, case)
         store_notes, afresh = existing_store(prepared)
         notes += evaluator_notes + store_notes
         seconds["prepare"] = time.perf_counter() - started
@@ -80,9 +84,10 @@ class _Tracker:
         self.progress.advance(chunk.size)
 
 
-def prepare(request: Request) -> tuple[preflight.Prepared, list[str]]:
+def prepare(request: Request, model: ModelSpec | None = None,
+            case: Case | None = None) -> tuple[preflight.Prepared, list[str]]:
     """The validated request with its evaluator chosen (which is part of the job's identity)."""
-    prepared = preflight.prepare(request)
+    prepared = preflight.prepare(request, spec=model, case=case)
     kind, note = evaluators.choose(prepared.spec, prepared.model, prepared.layout, prepared.case.X,
                                    prepared.case.Y, prepared.theta, request.fast, request.method, prepared.cost,
                                    prepared.precision.checked)

@@ -71,15 +71,20 @@ def digest_of(files: dict[str, str]) -> str:
 def user_modules(spec: ModelSpec) -> dict[str, str]:
     """{file: sha256} of the modules the model file imports, directly or through each other,
     that live outside the Python installation. Built-in models have none."""
-    if spec.is_builtin:
+    files = spec.files
+    if not files:
         return {}
-    search = [str(Path(spec.name).parent), *sys.path]
     found: dict[str, str] = {}
-    todo = [(spec.source, spec.name)]
+    if spec.functions is not None:  # the files defining the functions are part of the model's code
+        found.update({f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files if Path(f).is_file()})
+        todo = [(Path(f).read_text(errors="replace"), f) for f in files if Path(f).is_file()]
+    else:
+        todo = [(spec.source, spec.name)]
+    search = [str(Path(files[0]).parent), *sys.path]
     while todo:
         source, filename = todo.pop()
         for origin in _imported_files(source, filename, search):
-            if origin in found or origin == spec.name:
+            if origin in found or origin in files:
                 continue
             data = Path(origin).read_bytes()
             found[origin] = hashlib.sha256(data).hexdigest()

@@ -76,19 +76,26 @@ class Layout:
             assert np.shares_memory(views[t.name], theta), t.name
         return views
 
+    def gradient_keys(self, gradients: Mapping) -> list[str]:
+        """The key of each parameter's gradient: ``d<name>`` (the seed's convention) or, when the
+        dict holds no ``d<name>`` key at all, ``<name>`` (cs231n's ``grads['W1']``)."""
+        if not any(f"d{t.name}" in gradients for t in self.tensors) and all(t.name in gradients for t in self.tensors):
+            return [t.name for t in self.tensors]
+        return [f"d{t.name}" for t in self.tensors]
+
     def flatten_gradients(self, gradients: object) -> np.ndarray:
-        """The analytic gradient as a vector: ``d<name>`` for each parameter, other keys ignored."""
+        """The analytic gradient as a vector, one key per parameter (see ``gradient_keys``)."""
         if not isinstance(gradients, Mapping):
             raise InputError(
                 f"backward returned {type(gradients).__name__}; it must return a dict with a "
                 f"gradient 'd<name>' for every parameter (e.g. {', '.join('d' + n for n in self.names[:3])})"
             )
-        missing = [f"d{t.name}" for t in self.tensors if f"d{t.name}" not in gradients]
+        keys = self.gradient_keys(gradients)
+        missing = [key for key in keys if key not in gradients]
         if missing:
             raise InputError(f"backward returned no gradient for {', '.join(missing)}; add them to its dict")
         grad = np.empty(self.n_parameters, dtype=self.dtype)
-        for t in self.tensors:
-            key = f"d{t.name}"
+        for t, key in zip(self.tensors, keys):
             array = _numeric_array(gradients[key], f"gradient {key!r}")
             if _without_unit_dims(array.shape) != _without_unit_dims(t.shape):
                 raise InputError(
@@ -99,7 +106,7 @@ class Layout:
 
     def gradient_dtypes(self, gradients) -> list[np.dtype]:
         """The dtypes of the backward's arrays for these parameters (scalars: none)."""
-        arrays = (gradients.get(f"d{t.name}") for t in self.tensors)
+        arrays = (gradients.get(key) for key in self.gradient_keys(gradients))
         return [a.dtype for a in arrays if isinstance(a, (np.ndarray, np.generic))]
 
     def locate(self, i: int) -> tuple[str, tuple[int, ...]]:

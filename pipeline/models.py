@@ -8,6 +8,7 @@ is unpickled.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import sys
 import types
 from dataclasses import dataclass
@@ -35,16 +36,31 @@ BUILTIN_CASE_FOR = {"linear": "linear", "network": "random", "seed-buggy": "seed
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to load: a built-in name, or a file's source text and the two function names."""
+    """What to load: a built-in name, a file's source text and the two function names, or two
+    Python functions (the Python API; they travel to Dask workers by reference or by value)."""
 
     name: str
     source: str | None = None
     forward: str = DEFAULT_FORWARD
     backward: str = DEFAULT_BACKWARD
+    functions: tuple[Callable, Callable] | None = None
+
+    @classmethod
+    def of_functions(cls, forward: Callable, backward: Callable) -> "ModelSpec":
+        name = f"{_qualname(forward)} / {_qualname(backward)}"
+        return cls(name, _source(forward) + "\0" + _source(backward), _qualname(forward), _qualname(backward),
+                   (forward, backward))
 
     @property
     def is_builtin(self) -> bool:
         return self.source is None
+
+    @property
+    def files(self) -> list[str]:
+        """The files whose code this model runs first (their imports are followed by ``identity``)."""
+        if self.functions is not None:
+            return sorted({f for f in (inspect.getsourcefile(fn) for fn in self.functions) if f})
+        return [] if self.is_builtin else [self.name]
 
     def digest(self) -> str:
         text = self.name if self.is_builtin else self.source
@@ -53,7 +69,21 @@ class ModelSpec:
     def describe(self) -> str:
         if self.is_builtin:
             return f"{self.name} (built in: {BUILTIN_MODELS[self.name][2]})"
+        if self.functions is not None:
+            return f"{self.name} (Python functions)"
         return f"{self.name} ({self.forward} / {self.backward})"
+
+
+def _qualname(function: Callable) -> str:
+    return getattr(function, "__qualname__", None) or type(function).__name__
+
+
+def _source(function: Callable) -> str:
+    """The function's source where Python can find it, else its qualified name and module."""
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return f"{getattr(function, '__module__', '')}.{_qualname(function)}"
 
 
 @dataclass(frozen=True)
@@ -87,6 +117,8 @@ def model_spec(model: str, forward: str | None = None, backward: str | None = No
 @lru_cache(maxsize=16)
 def load_model(spec: ModelSpec) -> Model:
     """The model's two functions; a file's source is executed once per process."""
+    if spec.functions is not None:
+        return Model(*spec.functions)
     if spec.is_builtin:
         forward, backward, _ = BUILTIN_MODELS[spec.name]
         return Model(forward, backward)

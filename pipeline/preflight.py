@@ -71,12 +71,14 @@ def check_options(request: Request) -> None:
         raise InputError("--overwrite and --resume contradict each other; choose one")
 
 
-def prepare(request: Request, evaluator: str = "forward") -> Prepared:
-    """Validate everything that can be validated on the client; J(θ) and the analytic gradient."""
+def prepare(request: Request, evaluator: str = "forward", spec: ModelSpec | None = None,
+            case: Case | None = None) -> Prepared:
+    """Validate everything that can be validated on the client; J(θ) and the analytic gradient.
+    ``spec`` and ``case``, when given (the Python API), stand for ``--model`` and ``--case``."""
     check_options(request)
-    spec = model_spec(request.model, request.forward, request.backward)
-    case_name = request.case or BUILTIN_CASE_FOR.get(request.model, "seed")
-    case = load_case(case_name, list(request.layers), request.examples, request.seed)
+    spec = spec or model_spec(request.model, request.forward, request.backward)
+    case_name = "arrays" if case is not None else (request.case or BUILTIN_CASE_FOR.get(request.model, "seed"))
+    case = case or load_case(case_name, list(request.layers), request.examples, request.seed)
     model = load_model(spec)
     precision, case, layout, theta, cost, grad = at_theta(model, case, request.precision)
     if request.method == "complex-step":
