@@ -43,25 +43,16 @@ def run(request: Request, progress: Progress | None = None,
         store_notes, afresh = existing_store(prepared)
         notes += evaluator_notes + store_notes
         seconds["prepare"] = time.perf_counter() - started
+        tracker = _Tracker(progress)
         with lock.holding(prepared.store, request.break_lock) as lock_note:
             notes += [lock_note] if lock_note else []
-            meta, plan = open_or_create(prepared, afresh, seconds)
-            context = task_context(prepared, meta)
-            tracker = _Tracker(progress)
-            group = store.open_existing(prepared.store, mode="r+")
-            verdicts = store.read_verification(group, prepared.store)
-            if plan.todo or verdicts is None:
-                with executor() as ex:
-                    progress.start(len(plan.chunks), len(plan.chunks) - len(plan.todo), ex.dashboard)
-                    started = time.perf_counter()
-                    ex.run_chunks(tasks.evaluate_chunk, context, plan.todo, tracker.done, meta.layout.describe,
-                                  progress.note)
-                    seconds["evaluate"] = time.perf_counter() - started
-                    started = time.perf_counter()
-                    verdicts = verify_suspects(group, prepared.store, meta, context, ex, progress)
-                    seconds["verify"] = time.perf_counter() - started
-                    tracker.peak_rss = ex.peak_worker_rss()
-                    progress.finish()
+            resumed = None if afresh or not store.exists(prepared.store) else resume(prepared)
+            if resumed is None or resumed[1].todo or resumed[2] is None:
+                with executor() as ex:  # connected first: an unreachable cluster refuses before a store is written
+                    meta, plan = resumed[:2] if resumed else create(prepared, seconds)
+                    verdicts = evaluate(prepared, meta, plan, ex, progress, tracker, seconds)
+            else:
+                meta, plan, verdicts = resumed
         started = time.perf_counter()
         outcome = reduce_store(prepared.store, None, verdicts)
         seconds["reduce"] = time.perf_counter() - started
@@ -184,13 +175,17 @@ def _other_code_note(prepared: preflight.Prepared) -> list[str]:
     return []
 
 
-def open_or_create(prepared: preflight.Prepared, afresh: bool, seconds: dict) -> tuple[StoreMeta, Plan]:
-    """Resume a store of the same job, or create one (measuring the forward's noise first)."""
+def resume(prepared: preflight.Prepared) -> tuple[StoreMeta, Plan, dict | None]:
+    """The existing store of this job: its metadata, what is left to do, its verified suspects."""
+    group = store.open_existing(prepared.store, mode="r")
+    meta = store.metadata(group)
+    return meta, plan_of(prepared, store.done_mask(group), meta.chunk_size), store.read_verification(group, prepared.store)
+
+
+def create(prepared: preflight.Prepared, seconds: dict) -> tuple[StoreMeta, Plan]:
+    """A new store for this job (replacing one of other code or ``--overwrite``), after measuring
+    the forward's noise, which sets its steps."""
     request, path = prepared.request, prepared.store
-    if store.exists(path) and not afresh:
-        group = store.open_existing(path, mode="r")
-        meta = store.metadata(group)
-        return meta, plan_of(prepared, store.done_mask(group), meta.chunk_size)
     plan = plan_of(prepared)
     started = time.perf_counter()
     calibration = calibrate(prepared)
@@ -205,6 +200,23 @@ def open_or_create(prepared: preflight.Prepared, afresh: bool, seconds: dict) ->
         store.remove(path)  # --overwrite of a gradjob store, or a store of other code (see existing_store)
     store.create(path, meta, prepared.theta, prepared.grad, prepared.case.X, prepared.case.Y)
     return meta, plan
+
+
+def evaluate(prepared: preflight.Prepared, meta: StoreMeta, plan: Plan, executor, progress: Progress,
+             tracker: "_Tracker", seconds: dict) -> dict:
+    """The chunks still to do, then the re-verification of suspects, on ``executor``."""
+    context = task_context(prepared, meta)
+    progress.start(len(plan.chunks), len(plan.chunks) - len(plan.todo), executor.dashboard)
+    started = time.perf_counter()
+    executor.run_chunks(tasks.evaluate_chunk, context, plan.todo, tracker.done, meta.layout.describe, progress.note)
+    seconds["evaluate"] = time.perf_counter() - started
+    started = time.perf_counter()
+    group = store.open_existing(prepared.store, mode="r+")
+    verdicts = verify_suspects(group, prepared.store, meta, context, executor, progress)
+    seconds["verify"] = time.perf_counter() - started
+    tracker.peak_rss = executor.peak_worker_rss()
+    progress.finish()
+    return verdicts
 
 
 def calibrate(prepared: preflight.Prepared) -> Calibration:

@@ -87,11 +87,23 @@ class DaskExecutor:
         return peak_worker_rss(self.client)
 
 
-def dashboard_link(client: Client) -> str | None:
+def dashboard_link(client: Client) -> str:
+    """The dashboard's address, or why there is none: Dask serves its dashboard only where bokeh
+    is installed (elsewhere the address answers "Dask needs bokeh"), so a dead link is not given."""
     try:
-        return client.dashboard_link
+        has_bokeh = client.run_on_scheduler(_has_bokeh)
+        link = client.dashboard_link
     except Exception:
-        return None
+        return "not available from this scheduler"
+    if not has_bokeh:
+        return "not available (the scheduler has no bokeh: pip install 'gradjob[dashboard]' where it runs)"
+    return link
+
+
+def _has_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
 
 
 def peak_worker_rss(client: Client) -> int | None:

@@ -9,6 +9,9 @@ the task says why.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -89,6 +92,17 @@ def _workspace(context: TaskContext) -> _Workspace:
     return _local.workspace[1]
 
 
+def _quiet(task):
+    """Run ``task`` with the user's prints on stderr: a worker of the embedded cluster shares the
+    client's stdout, which belongs to gradjob (``--json``)."""
+    @functools.wraps(task)
+    def run(*args):
+        with contextlib.redirect_stdout(sys.stderr):
+            return task(*args)
+    return run
+
+
+@_quiet
 def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
     """The numerical gradient of ``chunk``, written to the store."""
     started = time.perf_counter()
@@ -123,6 +137,7 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
     return ChunkReport(time.perf_counter() - started, note)
 
 
+@_quiet
 def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps: tuple[float, ...]) -> dict:
     """J at θ and at θᵢ ± hᵢ·10⁻ᵏ (see ``verify.ladder``) for a batch of suspects."""
     workspace = _workspace(context)

@@ -153,7 +153,7 @@ def test_bad_submit_input(row, gradjob, tmp_path, finished_store):
     assert store_fingerprint(finished_store) == before
 
 
-def test_scheduler_that_does_not_answer(gradjob, free_port, finished_store):
+def test_scheduler_that_does_not_answer(gradjob, free_port, finished_store, tmp_path):
     before = store_fingerprint(finished_store)
     run = gradjob("submit", "--case", "seed", "--epsilon", "1e-7", "--store", "new.zarr",
                   "--scheduler", f"tcp://127.0.0.1:{free_port}")
@@ -161,6 +161,7 @@ def test_scheduler_that_does_not_answer(gradjob, free_port, finished_store):
     assert run.stderr.startswith(f"gradjob: error: cannot reach the Dask scheduler at tcp://127.0.0.1:{free_port} within 10 s")
     assert run.stderr.count("\n") == 1
     assert store_fingerprint(finished_store) == before
+    assert not (tmp_path / "new.zarr").exists() and not (tmp_path / "new.zarr.lock").exists()
 
 
 def test_store_path_that_cannot_be_written(gradjob, tmp_path):

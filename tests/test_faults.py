@@ -145,18 +145,23 @@ def clean_run(tmp_path, write_model, gradjob, cluster_address):
     return model, json.loads(run.stdout), gradapprox(tmp_path / "clean.zarr")
 
 
-def test_client_interrupted_then_resubmitted(tmp_path, clean_run):
+@pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_client_stopped_then_resubmitted(tmp_path, clean_run, stop, code):
+    """SIGTERM (Kubernetes, Slurm, systemd) stops a job as Ctrl-C does: one line, exit 128 + signal, the
+    lock released, the workers shut down; the resubmitted job gives the identical result."""
     model, clean, clean_gradapprox = clean_run
     store, calls = tmp_path / "interrupted.zarr", tmp_path / "calls.log"
     command = GRADJOB + ["submit", "--json", "--workers", "2", "--store", str(store), *model_args(model)]
     env = {**os.environ, "GRADJOB_TEST_SLEEP": "0.02"}
     client = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_until(lambda: done_count(store) >= 3)
-    client.send_signal(signal.SIGINT)
+    client.send_signal(stop)
     _, stderr = client.communicate(timeout=120)
-    assert client.returncode == 130, stderr
-    assert stderr.endswith("gradjob: stopped by SIGINT; finished chunks are kept in the store: submit the same job "
-                           "again to resume\n")
+    assert client.returncode == code, stderr
+    assert stderr.endswith(f"gradjob: stopped by {stop.name}; finished chunks are kept in the store: submit the same "
+                           "job again to resume\n")
+    assert "leaked" not in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "interrupted.zarr.lock").exists()
     finished = done(store)
     assert 3 <= finished.sum() < finished.size
     sizes = np.array([min(3, 47 - start) for start in range(0, 47, 3)])
@@ -252,13 +257,13 @@ def test_forward_failing_at_one_perturbation_names_the_parameter(tmp_path, write
     assert report.exit_code == 2 and "is unfinished" in report.stderr  # no NaN is reduced
 
 
-def dead_pid():
-    process = subprocess.Popen(["true"])
-    process.wait()
-    return process.pid
+HOLD_LOCK = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+             "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(300)")
 
 
-def test_second_writer_is_refused_and_stale_lock_is_taken_over(tmp_path, gradjob, cluster_address):
+def test_second_writer_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path, gradjob, cluster_address):
+    """The OS lock decides, not the pid the lock file names: a live holder is refused; once it dies its
+    lock goes with it; and a lock file naming this very process (containers reuse pids) is stale too."""
     import socket
 
     from conftest import store_fingerprint
@@ -266,17 +271,37 @@ def test_second_writer_is_refused_and_stale_lock_is_taken_over(tmp_path, gradjob
     args = ["submit", "--epsilon", "1e-7", "--store", tmp_path / "s.zarr", "--scheduler", cluster_address]
     assert gradjob(*args, "--chunk-size", "7").exit_code == 1
     before = store_fingerprint(tmp_path / "s.zarr")
-    (tmp_path / "s.zarr.lock").write_text(json.dumps(
-        {"host": socket.gethostname(), "pid": os.getpid(), "since": "2026-11-23T01:00:00+00:00"}))
-    run = gradjob(*args)
-    assert (run.exit_code, run.stderr) == (2, (
-        f"gradjob: error: store {tmp_path}/s.zarr is being written by another job (process {os.getpid()} on "
-        f"{socket.gethostname()}, since 2026-11-23T01:00:00+00:00); wait for it to finish or stop it\n"))
-    assert store_fingerprint(tmp_path / "s.zarr") == before
-
-    pid = dead_pid()
-    (tmp_path / "s.zarr.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "since": "x"}))
+    lock, host = tmp_path / "s.zarr.lock", socket.gethostname()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        lock.write_text(json.dumps({"host": host, "pid": holder.pid, "since": "2026-11-23T01:00:00+00:00"}))
+        run = gradjob(*args)
+        assert (run.exit_code, run.stderr) == (2, (
+            f"gradjob: error: store {tmp_path}/s.zarr is being written by another job (process {holder.pid} on "
+            f"{host}, since 2026-11-23T01:00:00+00:00); wait for it to finish or stop it\n"))
+        assert store_fingerprint(tmp_path / "s.zarr") == before
+    finally:
+        holder.kill()
+        holder.wait()
     run = gradjob(*args)
     assert run.exit_code == 1
-    assert f"gradjob: note: took over a stale lock of process {pid} on {socket.gethostname()}" in run.stderr
-    assert not (tmp_path / "s.zarr.lock").exists()
+    assert f"gradjob: note: took over a stale lock of process {holder.pid} on {host}" in run.stderr
+    assert not lock.exists()
+
+    lock.write_text(json.dumps({"host": host, "pid": os.getpid(), "since": "x"}))
+    run = gradjob(*args)
+    assert run.exit_code == 1
+    assert f"gradjob: note: took over a stale lock of process {os.getpid()} on {host}" in run.stderr
+    assert not lock.exists()
+
+
+def test_a_lock_from_another_host_needs_break_lock(tmp_path, gradjob, cluster_address):
+    args = ["submit", "--epsilon", "1e-7", "--store", tmp_path / "s.zarr", "--scheduler", cluster_address]
+    (tmp_path / "s.zarr.lock").write_text(json.dumps({"host": "elsewhere", "pid": 7, "since": "x"}))
+    run = gradjob(*args)
+    assert (run.exit_code, run.stderr) == (2, f"gradjob: error: store {tmp_path}/s.zarr is locked by process 7 on "
+                                              "elsewhere (since x); if that job is dead, pass --break-lock\n")
+    assert not (tmp_path / "s.zarr").exists()
+    run = gradjob(*args, "--break-lock")
+    assert run.exit_code == 1 and "took over a stale lock of process 7 on elsewhere" in run.stderr
