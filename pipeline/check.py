@@ -258,9 +258,10 @@ def verify_suspects(group, path: str, meta: StoreMeta, context: tasks.TaskContex
         arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         grads = np.concatenate([store.read_range(group, "grad", int(i), int(i) + 1) for i in arrays["index"]])
         noise_of = {t.name: t.noise for t in meta.calibration.tensors}
+        decide = verify.resolution(meta.precision.checked)
         verdicts = [verify.classify(float(g), float(arrays["cost"][k]), arrays["cost_plus"][k], arrays["cost_minus"][k],
                                     arrays["step_plus"][k], arrays["step_minus"][k],
-                                    noise_of[meta.layout.locate(int(arrays["index"][k]))[0]], grad_eps)
+                                    noise_of[meta.layout.locate(int(arrays["index"][k]))[0]], grad_eps, decide)
                     for k, g in enumerate(grads)]
         arrays["klass"] = np.array([v.klass for v in verdicts], dtype=np.uint8)
         arrays["estimate"] = np.array([v.estimate for v in verdicts])
@@ -287,7 +288,8 @@ def reduce_store(path: str, threshold: float | None = None, verdicts: dict | Non
     threshold = threshold if threshold is not None else meta.threshold
     try:
         reduction = reduce_gradients(meta.layout, lambda a, b: store.iter_blocks(group, a, b), threshold, meta.cost,
-                                     meta.calibration, verdicts, float(np.finfo(meta.layout.dtype).eps))
+                                     meta.calibration, verdicts, float(np.finfo(meta.layout.dtype).eps),
+                                     replace=meta.epsilon is None)
     except IncompleteStore as gap:
         raise InputError(
             f"store {path} is corrupted: chunk data for {meta.layout.describe(gap.index)} is missing although its "

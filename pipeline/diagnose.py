@@ -95,14 +95,14 @@ def diagnose(tensor: Tensor, sums: Sums, worst: list[dict], wrong_elements: list
     ra = sums.ga - sums.aa
     close = (FIT ** 2) * rr + 9 * sums.nn
     (alpha,), left = _fit(rr, [(sums.aa,)], [ra])
-    if left <= close:
+    if left <= close and alpha * alpha * sums.aa > 9 * sums.nn:  # a factor the noise could not make
         return wrong_sign(grad) if abs(alpha + 2) < 1e-2 else f"{grad} is {times(1 + alpha)} the numerical gradient"
     if sums.tt > 0:
         (beta,), left = _fit(rr, [(sums.tt,)], [sums.dt])
-        if left <= close:
+        if left <= close and beta * beta * sums.tt > 9 * sums.nn:
             if beta < 0:
-                return f"{grad} lacks a {-beta:.4g}·{name} term (the regularisation gradient λ·{name}?)"
-            return f"{grad} has an extra {beta:.4g}·{name} term (the regularisation gradient counted twice?)"
+                return f"{grad} lacks a {-beta:.4g}·{name} term (the L2 regularisation gradient λ·{name}?)"
+            return f"{grad} has an extra {beta:.4g}·{name} term (the L2 regularisation gradient counted twice?)"
         (alpha, beta), left = _fit(rr, [(sums.aa, sums.at), (sums.at, sums.tt)], [ra, sums.dt])
         if left <= close and alpha != 0:
             lam = -beta / alpha

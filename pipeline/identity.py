@@ -29,7 +29,7 @@ def of(spec: ModelSpec, case_digest: str, theta_digest: str, layout_json: dict, 
        evaluator: str, checked_dtype: str) -> dict:
     return {
         "model": spec.digest(),
-        "modules": digest_of(user_modules(spec)),
+        "modules": spec.modules,
         "case": case_digest,
         "theta": theta_digest,
         "layout": hashlib.sha256(repr(layout_json).encode()).hexdigest(),
@@ -71,23 +71,28 @@ def digest_of(files: dict[str, str]) -> str:
 def user_modules(spec: ModelSpec) -> dict[str, str]:
     """{file: sha256} of the modules the model file imports, directly or through each other,
     that live outside the Python installation. Built-in models have none."""
+    return {file: digest for file, (_, digest) in user_imports(spec).items()}
+
+
+def user_imports(spec: ModelSpec) -> dict[str, tuple[str, str]]:
+    """{file: (module name as imported, sha256)} of the modules ``user_modules`` finds."""
     files = spec.files
     if not files:
         return {}
-    found: dict[str, str] = {}
+    found: dict[str, tuple[str, str]] = {}
     if spec.functions is not None:  # the files defining the functions are part of the model's code
-        found.update({f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files if Path(f).is_file()})
+        found.update({f: ("", hashlib.sha256(Path(f).read_bytes()).hexdigest()) for f in files if Path(f).is_file()})
         todo = [(Path(f).read_text(errors="replace"), f) for f in files if Path(f).is_file()]
     else:
         todo = [(spec.source, spec.name)]
     search = [str(Path(files[0]).parent), *sys.path]
     while todo:
         source, filename = todo.pop()
-        for origin in _imported_files(source, filename, search):
+        for name, origin in _imported_files(source, filename, search):
             if origin in found or origin in files:
                 continue
             data = Path(origin).read_bytes()
-            found[origin] = hashlib.sha256(data).hexdigest()
+            found[origin] = (name, hashlib.sha256(data).hexdigest())
             if origin.endswith(".py"):
                 todo.append((data.decode(errors="replace"), origin))
     return found
@@ -102,7 +107,7 @@ def _installation_roots() -> tuple[str, ...]:
     return tuple(str(Path(r).resolve()) for r in roots if r)
 
 
-def _imported_files(source: str, filename: str, search: list[str]) -> list[str]:
+def _imported_files(source: str, filename: str, search: list[str]) -> list[tuple[str, str]]:
     try:
         tree = ast.parse(source, filename)
     except SyntaxError:
@@ -124,7 +129,7 @@ def _imported_files(source: str, filename: str, search: list[str]) -> list[str]:
             continue
         origin = _find(name, [str(Path(filename).parent), *search] if "." not in name else search)
         if origin and Path(origin).is_file() and not str(Path(origin).resolve()).startswith(roots):
-            files.append(str(Path(origin).resolve()))
+            files.append((name, str(Path(origin).resolve())))
     return files
 
 

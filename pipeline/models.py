@@ -7,6 +7,7 @@ is unpickled.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import sys
@@ -44,12 +45,19 @@ class ModelSpec:
     forward: str = DEFAULT_FORWARD
     backward: str = DEFAULT_BACKWARD
     functions: tuple[Callable, Callable] | None = None
+    modules: str = ""  # digest of the user modules it imports (see ``identity``): edited helpers, new spec
+
+    def with_modules(self) -> "ModelSpec":
+        """This spec with the digest of the modules it imports as they are now."""
+        from .identity import digest_of, user_modules
+
+        return dataclasses.replace(self, modules=digest_of(user_modules(self)))
 
     @classmethod
     def of_functions(cls, forward: Callable, backward: Callable) -> "ModelSpec":
         name = f"{_qualname(forward)} / {_qualname(backward)}"
         return cls(name, _source(forward) + "\0" + _source(backward), _qualname(forward), _qualname(backward),
-                   (forward, backward))
+                   (forward, backward)).with_modules()
 
     @property
     def is_builtin(self) -> bool:
@@ -109,7 +117,7 @@ def model_spec(model: str, forward: str | None = None, backward: str | None = No
         source = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read model file {model!r}: {exc}") from None
-    spec = ModelSpec(str(path.resolve()), source, forward or DEFAULT_FORWARD, backward or DEFAULT_BACKWARD)
+    spec = ModelSpec(str(path.resolve()), source, forward or DEFAULT_FORWARD, backward or DEFAULT_BACKWARD).with_modules()
     load_model(spec)  # fail here, on the client, with a clear line
     return spec
 
@@ -122,11 +130,14 @@ def load_model(spec: ModelSpec) -> Model:
     if spec.is_builtin:
         forward, backward, _ = BUILTIN_MODELS[spec.name]
         return Model(forward, backward)
+    _forget_user_modules(spec)
     module = types.ModuleType(f"gradjob_user_model_{spec.digest()[:12]}")
     module.__file__ = spec.name
     folder = str(Path(spec.name).parent)
-    if Path(folder).is_dir() and folder not in sys.path:
-        sys.path.append(folder)  # helpers beside the model file, where that folder exists
+    if Path(folder).is_dir():  # helpers beside the model file come first, where that folder exists
+        if folder in sys.path:
+            sys.path.remove(folder)
+        sys.path.insert(0, folder)
     try:
         exec(compile(spec.source, spec.name, "exec"), module.__dict__)
     except Exception as exc:
@@ -140,6 +151,20 @@ def load_model(spec: ModelSpec) -> Model:
             )
         functions.append(function)
     return Model(*functions)
+
+
+def _forget_user_modules(spec: ModelSpec) -> None:
+    """Drop the modules this model file imports from outside the Python installation from
+    ``sys.modules`` (by file and by the name it imports them as), so that a long-lived process (a
+    Dask worker, a notebook) imports them as they are now, from beside this model file, not as
+    another version or another model's helper of the same name left them."""
+    from .identity import user_imports
+
+    imports = user_imports(spec)
+    files, names = set(imports), {name for name, _ in imports.values() if name}
+    for name, module in list(sys.modules.items()):
+        if name in names or getattr(module, "__file__", None) in files:
+            del sys.modules[name]
 
 
 def cost_function(model: Model, X, Y, parameters) -> Callable[[], float]:

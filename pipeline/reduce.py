@@ -7,7 +7,9 @@ verified suspects and a few elements are held.
 
 One verdict rule: a tensor fails iff it has wrong elements (see ``verify``) or its difference
 exceeds its threshold, which is the asked threshold or, where the forward's measured noise
-cannot resolve that, ``NOISE_MARGIN`` times the difference its noise alone would give. The check
+cannot resolve that, ``NOISE_MARGIN`` times the difference its noise alone would give. A
+suspect the ladder could not resolve counts its whole disagreement as noise: it cannot fail
+the tensor, and the tensor's resolution says how much that costs. The check
 passes iff no tensor fails. Each tensor's *resolution* is the smallest relative error of its
 gradient the check would flag: 2T/(1 − T) for its threshold T.
 """
@@ -84,14 +86,16 @@ class _Accumulator:
 
 
 def reduce_gradients(layout: Layout, blocks: Blocks, threshold: float, cost: float, calibration: Calibration | None,
-                     verdicts: dict[int, verify.Verdict], grad_eps: float) -> Reduction:
-    """The verdict of a whole check; ``verdicts`` are the verified suspects by θ index."""
+                     verdicts: dict[int, verify.Verdict], grad_eps: float, replace: bool = True) -> Reduction:
+    """The verdict of a whole check; ``verdicts`` are the verified suspects by θ index. With
+    ``replace``, a verified element's settled estimate stands in for its first one; a fixed
+    ``--epsilon`` asks for that step's numbers, so there the classes count but numbers stay."""
     verified = np.array(sorted(verdicts), dtype=np.int64)
     results, total, raw_total = [], Sums(), Sums()
     for tensor in layout.tensors:
         acc = _Accumulator()
         for offset, block in _checked_blocks(blocks, tensor):
-            _add_block(acc, offset, block, cost, verified, verdicts, grad_eps)
+            _add_block(acc, offset, block, cost, verified, verdicts, grad_eps, replace)
         total.merge(acc.sums)
         raw_total.merge(acc.raw)
         noise = calibration.of(tensor.name).noise if calibration else math.nan
@@ -103,7 +107,7 @@ def reduce_gradients(layout: Layout, blocks: Blocks, threshold: float, cost: flo
 
 
 def _add_block(acc: _Accumulator, offset: int, block: dict, cost: float, verified: np.ndarray,
-               verdicts: dict, grad_eps: float) -> None:
+               verdicts: dict, grad_eps: float, replace: bool) -> None:
     g, a, noise = block["grad"], block["gradapprox"].copy(), block["noise"].copy()
     index = offset + np.arange(g.size)
     acc.raw.add(g, a, block["theta"], noise)
@@ -114,10 +118,13 @@ def _add_block(acc: _Accumulator, offset: int, block: dict, cost: float, verifie
         acc.suspects[name] += 1
         if verdict.klass in verify.EXCLUDED:
             keep[k] = False
-        elif verdict.klass == verify.AGREES:
-            a[k], noise[k] = verdict.estimate, verdict.tolerance / verify.SUSPECT_FACTOR
-        elif verdict.klass == verify.WRONG:
-            acc.wrong_elements.append(int(index[k]))
+        elif verdict.klass in (verify.AGREES, verify.WRONG):  # the settled estimate and its error bound
+            if replace:
+                a[k], noise[k] = verdict.estimate, verdict.tolerance
+            if verdict.klass == verify.WRONG:
+                acc.wrong_elements.append(int(index[k]))
+        else:  # unresolved at the precision this dtype allows: its disagreement is uncertainty, not error
+            noise[k] = max(noise[k], abs(g[k] - a[k]))
     tol = verify.tolerance(g, noise, grad_eps)
     beyond = (np.abs(g - a) > tol) & ~np.isin(index, verified, assume_unique=True)
     acc.suspects["beyond_cap"] += int(beyond.sum())

@@ -53,7 +53,7 @@ def screen(prepared: Prepared, directions: int, seed: int = 0) -> Outcome:
             arrays["noise"][at] = 2 * noise / (math.sqrt(2) * h) + curvature * h * h / 6
         passes += 2 * directions
     grad_eps = float(np.finfo(prepared.grad.dtype).eps)
-    verdicts, spent = _verify(arrays, lines, cost, noise, grad_eps)
+    verdicts, spent = _verify(arrays, lines, cost, noise, grad_eps, verify.resolution(prepared.precision.checked))
     passes += spent
     directions_layout = Layout(tuple(Tensor(t.name, (directions,), i * directions)
                                      for i, t in enumerate(layout.tensors)), "float64")
@@ -73,7 +73,7 @@ def screen(prepared: Prepared, directions: int, seed: int = 0) -> Outcome:
                    forward_passes_per_tensor=math.ceil(passes / len(layout.tensors)))
 
 
-def _verify(arrays: dict, lines: dict, cost, noise: float, grad_eps: float) -> tuple[dict, int]:
+def _verify(arrays: dict, lines: dict, cost, noise: float, grad_eps: float, decide: float) -> tuple[dict, int]:
     """Directions whose numbers disagree beyond their noise, re-verified on a ladder of smaller
     steps along the same direction, as a full check verifies its suspects (see ``verify``)."""
     tolerance = verify.tolerance(arrays["grad"], arrays["noise"], grad_eps)
@@ -84,7 +84,7 @@ def _verify(arrays: dict, lines: dict, cost, noise: float, grad_eps: float) -> t
         j0 = _along(values, saved, u, np.zeros(1), cost)[0]
         j_plus, j_minus = _along(values, saved, u, h, cost), _along(values, saved, u, -h, cost)
         spent += 1 + 2 * verify.RUNGS
-        verdicts[int(at)] = verify.classify(float(arrays["grad"][at]), j0, j_plus, j_minus, h, h, noise, grad_eps)
+        verdicts[int(at)] = verify.classify(float(arrays["grad"][at]), j0, j_plus, j_minus, h, h, noise, grad_eps, decide)
     return verdicts, spent
 
 

@@ -119,14 +119,20 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
             problem = evaluators.mismatch(workspace.costs, workspace.model, layout, workspace.X, workspace.Y,
                                           workspace.theta, workspace.meta.cost, context.computed_dtype,
                                           np.arange(chunk.start, chunk.stop), samples=2)
-            costs = workspace.costs
             if problem:
                 note = f"chunk {chunk.index}: the traced fast path disagreed with the forward ({problem}); evaluated by the forward"
-                costs = workspace.forward_costs()
-        else:
-            costs = workspace.costs
-        result = numerical_gradient(costs, original, chunk.start, steps, noise, context.method,
-                                    fixed=context.epsilon is not None, curvature=curvature)
+        fixed = context.epsilon is not None
+        if context.evaluator == "traced" and note is None:
+            try:
+                result = numerical_gradient(workspace.costs, original, chunk.start, steps, noise, context.method,
+                                            fixed=fixed, curvature=curvature)
+            except Exception as exc:  # the replay, not the model, failed: the forward decides
+                detail = exc.detail if isinstance(exc, PerturbationFailure) else f"{type(exc).__name__}: {exc}"
+                note = f"chunk {chunk.index}: the traced fast path failed ({detail}); evaluated by the forward"
+        if context.evaluator != "traced" or note is not None:
+            costs = workspace.forward_costs() if context.evaluator == "traced" else workspace.costs
+            result = numerical_gradient(costs, original, chunk.start, steps, noise, context.method,
+                                        fixed=fixed, curvature=curvature)
     except PerturbationFailure as failure:
         where = layout.describe(failure.index)
         raise JobError(

@@ -15,8 +15,9 @@ their noise are evaluated again on a ladder of smaller steps, one-sided and cent
 - *unresolved*: no step is quiet enough to decide; judged on its numbers.
 
 "Equal" means within three times the estimate's error bound at that step, and a step decides
-only where that bound is below ``RESOLUTION``/3 of the values, so a kink never hides an error
-above 0.1 %. At most ``CAP`` suspects per tensor are verified (the worst by
+only where that bound is below a third of ``resolution(dtype)`` of the values, so a kink never
+hides an error above 0.1 % in float64 (a few percent in float32, whose round-off allows no
+better). At most ``CAP`` suspects per tensor are verified (the worst by
 how far beyond their noise they are); beyond that a tensor is judged on its numbers.
 """
 
@@ -31,7 +32,13 @@ import numpy as np
 SUSPECT_FACTOR = 8.0    # |grad − gradapprox| beyond this many noise bounds makes an element a suspect
 CAP = 256
 RUNGS = 10              # steps h, h/10, …, h/10⁹: down to where the noise decides nothing
-RESOLUTION = 1e-3       # relative agreement a ladder step must reach to decide anything
+RESOLUTION = 1e-3       # relative agreement a ladder step must reach to decide anything (float64)
+
+
+def resolution(dtype) -> float:
+    """The relative precision a ladder step must reach to decide, in the dtype the check computes
+    in: 1e-3 in float64; float32 round-off allows no better than a few percent."""
+    return max(RESOLUTION, 5 * float(np.finfo(dtype).eps) ** (1 / 3))
 CLASSES = ("unresolved", "agrees", "kink", "wrong", "near_kink")
 UNRESOLVED, AGREES, KINK, WRONG, NEAR_KINK = range(5)
 EXCLUDED = (KINK, NEAR_KINK)  # left out of the difference
@@ -83,11 +90,11 @@ class Verdict:
 
 
 def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.ndarray, step_plus: np.ndarray,
-             step_minus: np.ndarray, noise: float, grad_eps: float) -> Verdict:
+             step_minus: np.ndarray, noise: float, grad_eps: float, decide: float = RESOLUTION) -> Verdict:
     """Class of one suspect from its ladder (rungs from coarse to fine); see the module docstring.
 
-    A rung counts where three times its one-sided noise (from ε_f) is below ``RESOLUTION`` of the
-    values. At such a rung the function is smooth if the one-sided slopes agree, or their gap
+    A rung counts where three times its one-sided noise (from ε_f) is below ``decide`` (see
+    ``resolution``) of the values. At such a rung the function is smooth if the one-sided slopes agree, or their gap
     shrinks with the step (curvature); otherwise a kink lies within the step. Agreement at any
     rung wins (between two close kinks only the finest steps see the slope at θ); a kink side
     that matches comes next; *wrong* needs the finest counting rungs to have settled, since a
@@ -101,18 +108,20 @@ def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.nda
     slack = 8 * grad_eps * abs(grad)
     valid = (step_plus > 0) & (step_minus > 0) & np.isfinite(right) & np.isfinite(left)
     scale = np.maximum.reduce([np.full(RUNGS, abs(grad)), np.abs(right), np.abs(left)])
-    usable = [k for k in range(RUNGS) if valid[k] and 3 * n[k] <= RESOLUTION * scale[k]]
+    usable = [k for k in range(RUNGS) if valid[k] and 3 * n[k] <= decide * scale[k]]
     jump = np.abs(right - left)
-    agrees, kinks, kink_seen = [], [], False
+    shrinking = np.array([k + 1 < RUNGS and valid[k + 1] and jump[k + 1] <= jump[k] / 3 for k in range(RUNGS)])
+    # a kink shows wherever the one-sided slopes part by far more than their noise, even at a step too
+    # coarse or too noisy to decide anything
+    kink_seen = bool(np.any(valid & (jump > 12 * n) & ~shrinking))
+    agrees, kinks = [], []
     for k in usable:
-        shrinking = k + 1 < RUNGS and valid[k + 1] and jump[k + 1] <= jump[k] / 3
-        precise = RESOLUTION * scale[k] / 3  # an estimate decides only when known this well
-        if jump[k] <= 6 * n[k] or shrinking:
+        precise = decide * scale[k] / 3  # a kink is left out only when its sides are known this well
+        if jump[k] <= 6 * n[k] or shrinking[k]:
             e = 1.5 * n[k] + _moved(central, k, valid)
-            if e <= precise and abs(grad - central[k]) <= e + slack:
+            if e <= decide * scale[k] and abs(grad - central[k]) <= 3 * e + slack:  # e joins the tensor's noise
                 agrees.append(Verdict(AGREES, float(central[k]), float(e)))
             continue
-        kink_seen = True
         sides = ((right[k], 3 * n[k] + _moved(right, k, valid)), (left[k], 3 * n[k] + _moved(left, k, valid)))
         middle = ((right[k] + left[k]) / 2, (sides[0][1] + sides[1][1]) / 2)
         kinks += [Verdict(KINK, float(s), float(e)) for s, e in (*sides, middle)
@@ -122,11 +131,13 @@ def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.nda
             return min(found, key=lambda v: v.tolerance)
     if len(usable) >= 2 and usable[-2] == usable[-1] - 1:
         k = usable[-1]
-        settled = all(abs(side[k] - side[k - 1]) <= 3 * (n[k] + n[k - 1]) + RESOLUTION * scale[k] / 3
+        settled = all(abs(side[k] - side[k - 1]) <= 3 * (n[k] + n[k - 1]) + decide * scale[k] / 3
                       for side in (right, left))
-        if settled:
-            nearest = central[k] if jump[k] <= 6 * n[k] else min((right[k], left[k]), key=lambda s: abs(grad - s))
-            return Verdict(WRONG, float(nearest), float(3 * n[k]))
+        smooth = jump[k] <= 6 * n[k] or shrinking[k]
+        nearest = central[k] if smooth else min((right[k], left[k]), key=lambda s: abs(grad - s))
+        e = (1.5 * n[k] + _moved(central, k, valid)) if smooth else 3 * n[k] + decide * scale[k] / 3
+        if settled and abs(grad - nearest) > 3 * e + slack:
+            return Verdict(WRONG, float(nearest), float(e))
     return Verdict(NEAR_KINK if kink_seen else UNRESOLVED, math.nan, math.nan)
 
 
