@@ -117,11 +117,11 @@ def submit(
 ) -> None:
     """Check a backward pass against numerical derivatives of its forward, on a Dask cluster."""
     files = ReportFiles(json_file, junit, html_file)
-    scheduler_given = ctx.get_parameter_source("scheduler").name == "COMMANDLINE"
+    scheduler_given = ctx.get_parameter_source("scheduler").name in ("COMMANDLINE", "ENVIRONMENT")
     try:
         if workers is not None and scheduler_given:
-            raise InputError("--workers sizes the embedded cluster; with --scheduler the cluster's own workers run "
-                             "the job: drop one of them")
+            raise InputError("--workers sizes the embedded cluster; with --scheduler (or DASK_SCHEDULER_ADDRESS) the "
+                             "cluster's own workers run the job: drop one of them")
         if job_file is not None:
             given = [name for name in SINGLE_CHECK_OPTIONS if ctx.get_parameter_source(name).name == "COMMANDLINE"]
             if given:
@@ -238,17 +238,22 @@ def history_command(root: str = typer.Argument(..., help="A job's store root (it
 
 @app.command("bench", short_help="Speed and memory against baselines run in the same process.")
 def bench_command(
-    layers: str = typer.Option("784,512,256,1", parser=Sizes("--layers"), help="Layer sizes of the built-in network."),
+    layers: str = typer.Option("784,512,256,1", parser=Sizes("--layers"), help="Layer sizes of the networks."),
     examples: int = typer.Option(128, parser=AtLeast("--examples"), help="Examples in the random case."),
     workers: List[int] = typer.Option([2], parser=AtLeast("--workers"), help="Worker processes; repeat to measure scaling (--workers 1 --workers 2)."),
     growth_layers: Optional[str] = typer.Option(
         None, parser=Sizes("--growth-layers"), help="Also run the pipeline alone on this larger network (e.g. 784,2048,256,1) and "
                                        "report how peak worker memory grows."),
+    model: Optional[str] = typer.Option(None, help="Time this model file (instead of the built-in network) against its "
+                                                   "black-box floor [the shipped seed-style example, beside the built-in network]."),
+    forward: Optional[str] = typer.Option(None, help="Forward function in the model file [forward_propagation_n]."),
+    backward: Optional[str] = typer.Option(None, help="Backward function in the model file [backward_propagation_n]."),
+    case: Optional[str] = typer.Option(None, help="The model file's case [random, for --layers and --examples]."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
 ) -> None:
-    """Time a full check of the built-in network against the seed-style loop and torch gradcheck."""
+    """Time full checks against the seed-style loop, torch gradcheck and a model file's black-box floor."""
     try:
-        result = bench.benchmark(layers, examples, tuple(workers), growth_layers)
+        result = bench.benchmark(layers, examples, tuple(workers), growth_layers, model, forward, backward, case)
     except (InputError, JobError) as exc:
         _fail(exc)
     typer.echo(json.dumps(result) if json_output else bench.to_text(result))

@@ -48,10 +48,14 @@ def test_unknown_option_and_bad_choice_are_one_line(gradjob):
         2, "gradjob: error: --method must be one of central, five-point, complex-step; got 'backward'\n")
 
 
-def test_workers_with_a_scheduler_is_refused(gradjob):
+def test_workers_with_a_scheduler_is_refused(gradjob, monkeypatch):
     run = gradjob("submit", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1")
-    assert (run.exit_code, run.stderr) == (2, "gradjob: error: --workers sizes the embedded cluster; with --scheduler "
-                                              "the cluster's own workers run the job: drop one of them\n")
+    message = ("gradjob: error: --workers sizes the embedded cluster; with --scheduler (or DASK_SCHEDULER_ADDRESS) the "
+               "cluster's own workers run the job: drop one of them\n")
+    assert (run.exit_code, run.stderr) == (2, message)
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:1")
+    run = gradjob("submit", "--workers", "2")
+    assert (run.exit_code, run.stderr) == (2, message)
 
 
 def test_dry_run_prints_the_plan_and_touches_nothing(gradjob, tmp_path):
