@@ -3,8 +3,8 @@
 - the seed-style loop: per parameter copy θ, rebuild the dict, run the full forward (±), as the
   seed's ``gradient_check_n`` does, on one core;
 - ``torch.autograd.gradcheck`` in full mode on the same network, when torch is installed;
-- the black-box floor of a model file: two forward calls per parameter, timed on one core and
-  scaled by the worker count (the best any evaluator that only calls the forward can do);
+- the black-box floor of a model file: two forward calls per parameter, timed on the workers of
+  an embedded cluster (the best any evaluator that only calls the forward can do there);
 - the generic path (θ perturbed in place, one forward call per evaluation) on sampled elements,
   both for its speed and as the reference the pipeline's numbers are compared with.
 
@@ -95,6 +95,23 @@ def forward_seconds(model: Model, case: Case, repeats: int = 5) -> float:
     parameters = Layout.of(case.parameters).views(Layout.of(case.parameters).flatten(case.parameters))
     model.forward(case.X, case.Y, parameters)
     return min(timed(lambda: model.forward(case.X, case.Y, parameters)) for _ in range(repeats))
+
+
+def floor_params_per_second(spec, case: Case, workers: int) -> float:
+    """The black-box floor over ``workers`` workers of the embedded cluster: each worker times bare
+    forward calls at once (workers run single-threaded BLAS, as the pipeline's do), and the floor
+    is the sum over workers of one parameter per two forward calls."""
+    from .cluster import DaskExecutor
+
+    with DaskExecutor(None, workers) as executor:
+        seconds = executor.client.run(_worker_forward_seconds, spec, case)
+    return sum(1 / (2 * s) for s in seconds.values())
+
+
+def _worker_forward_seconds(spec, case: Case) -> float:
+    from .models import load_model
+
+    return forward_seconds(load_model(spec), case)
 
 
 def generic_overhead(model: Model, case: Case, calls: int = 2000, repeats: int = 7) -> dict:

@@ -95,7 +95,7 @@ def user_model_figures(path: str, forward: str | None, backward: str | None, cas
                                    "max_deviation_in_noise_bounds": float(np.max(np.abs(piped - generic) / bound))}}
 
     run = run_pipeline(request, sampled)
-    floor = workers / (2 * baselines.forward_seconds(model, the_case))
+    floor = baselines.floor_params_per_second(spec, the_case, workers)
     return {"model": path, **run, "floor_params_per_second": floor, "speedup_vs_floor": run["params_per_second"] / floor,
             "generic_path": baselines.generic_overhead(model, the_case)}
 
