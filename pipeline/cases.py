@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import InputError
 
-BUILTIN_CASES = ("seed", "linear", "random")
+BUILTIN_CASES = ("seed", "linear", "random")  # the names load_case resolves itself
 
 
 @dataclass
@@ -121,7 +121,9 @@ def _zarr_case(path: str) -> Case:
     attribute, else by layer number then name (W1, b1, W2, b2, …)."""
     import zarr
 
-    if "://" not in path and not Path(path).exists():
+    from .store import is_url
+
+    if not is_url(path) and not Path(path).exists():
         raise InputError(f"case store {path!r} does not exist")
     try:
         group = zarr.open_group(path, mode="r")
