@@ -1,10 +1,15 @@
 """gradjob: numerical proof that a hand-written backpropagation is correct, as a Dask batch job.
 
-Stages, one module each: ``layout`` (parameters as one vector), ``models`` and ``cases`` (what is
-checked, where), ``plan`` (chunks of the index range), ``evaluate`` (central differences for one
-chunk), ``store`` (the Zarr store), ``tasks`` and ``cluster`` (the Dask edge), ``reduce`` (the
-streaming comparison), ``report`` (verdicts for people and machines), ``job`` (the stages in
-order) and ``cli`` (the ``gradjob`` command).
+``job`` runs one check top to bottom (prepare → plan → evaluate → verify → reduce); README's
+"Layout of the code" names the module of every stage.
+
+The Python API (``api``): ``gradjob.check(forward, backward, X, Y, parameters, **options)``,
+``gradjob.check_loss(loss, params, X, y)``, ``gradjob.check_lists(cost, backprop, lists, data)``,
+``gradjob.assert_backprop(...)`` and ``gradjob.assert_passed(outcome)``.
 """
 
 __version__ = "0.1.0"
+
+from .api import assert_backprop, assert_passed, check, check_lists, check_loss
+
+__all__ = ["check", "check_loss", "check_lists", "assert_backprop", "assert_passed"]

@@ -1,6 +1,6 @@
 """``gradjob bench``: the pipeline's speed and memory, against baselines timed in the same run.
 
-- the built-in network through ``check.run`` (real cluster, real store), once per worker count,
+- the built-in network through ``job.run`` (real cluster, real store), once per worker count,
   against the seed-style loop and ``torch.autograd.gradcheck`` (see ``baselines``);
 - a user's model file (``--model``, else the shipped ``examples/seed_style.py`` at the same
   layers) through the same pipeline, against its black-box floor (two forward calls per
@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import baselines, check, examples, store
+from . import baselines, examples, job, store
 from .cases import check_network_shape, load_case
 from .models import load_model, model_spec
 from .types import Outcome, Request
@@ -29,7 +29,7 @@ def run_pipeline(request: Request, after: Callable[[Outcome], dict] | None = Non
     with tempfile.TemporaryDirectory(prefix="gradjob-bench-") as folder:
         request = request.replace(store=os.path.join(folder, "bench.zarr"))
         started = time.perf_counter()
-        outcome = check.run(request)
+        outcome = job.run(request)
         wall = time.perf_counter() - started
         extra = after(outcome) if after else {}
     n, workers = outcome.reduction.n_parameters, request.workers

@@ -12,11 +12,11 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__, bench, check, history, jobfile, outputs, report
+from . import __version__, bench, history, job, jobfile, outputs, report
 from .errors import InputError, JobError
 from .options import AtLeast, OneLineErrors, OneOf, PositiveNumber, Sizes
 from .outputs import Entry, ReportFiles
-from .progress import LogLines, Progress, for_stream
+from .progress import Progress, for_stream
 from .types import DEFAULT_DIRECTIONS, METHODS, MODES, PRECISIONS, Request
 
 EXIT_CODES = ("exit codes: 0 the check passes; 1 backprop disagrees with the numerical gradient; 2 bad input "
@@ -135,7 +135,7 @@ def submit(
                           overwrite=overwrite, resume=resume, break_lock=break_lock)
         if dry_run:
             _print_plan(request)
-        progress = _progress(json_output)
+        progress = for_stream(sys.stderr)  # a bar on a terminal, plain lines in a log (stderr)
         try:
             with _stop_on_signals():
                 outcome = jobfile.run_check(request, progress)
@@ -155,20 +155,15 @@ def submit(
     raise typer.Exit(report.exit_code(outcome))
 
 
-def _progress(json_output: bool) -> Progress:
-    """A bar on a terminal; plain lines in a log (also with --json: they go to stderr)."""
-    return for_stream(sys.stderr)
-
-
 def _print_plan(request: Request) -> None:
     if request.mode == "directional":
         typer.echo(f"plan    a directional screen on the client: {request.directions} random directions per tensor; "
                    "no store, no cluster")
         raise typer.Exit(0)
-    prepared, notes = check.prepare(request)
+    prepared, notes = job.prepare(request)
     for note in notes:
         typer.echo(f"gradjob: note: {note}", err=True)
-    typer.echo(check.plan_of(prepared).to_text())
+    typer.echo(job.plan_of(prepared).to_text())
     typer.echo(f"  precision {prepared.precision.describe()}; threshold {prepared.threshold:g}")
     raise typer.Exit(0)
 
@@ -190,7 +185,7 @@ def _submit_job_file(path: str, scheduler: str | None, workers: int | None, file
 
     try:
         with _stop_on_signals():
-            entries, code = jobfile.run(jobs, files, lambda: _progress(json_output), on_error)
+            entries, code = jobfile.run(jobs, files, lambda: for_stream(sys.stderr), on_error)
     except Stopped as exc:
         _stopped(exc)
     if json_output:
@@ -218,7 +213,7 @@ def report_command(
 ) -> None:
     """Print the verdict of a finished store, exactly as submit printed it; write report files."""
     try:
-        outcome = check.reduce_store(store, threshold)
+        outcome = job.reduce_store(store, threshold)
         outputs.write(ReportFiles(json_file, junit, html_file), "gradjob check",
                       [Entry.of(Path(store.rstrip("/")).stem, outcome)], single=True)
     except (InputError, JobError) as exc:

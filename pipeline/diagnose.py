@@ -57,6 +57,11 @@ class Sums:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+def gradient_name(tensor: str) -> str:
+    """``dW1`` for W1; ``the gradient of weights[0]`` where ``d`` + the name would not read."""
+    return f"d{tensor}" if tensor.isidentifier() else f"the gradient of {tensor}"
+
+
 def times(factor: float) -> str:
     """``2.00×``, with as many decimals as it takes not to read as 1.00×."""
     digits = 2
@@ -81,7 +86,7 @@ def _fit(rr: float, columns: list[tuple[float, ...]], rhs: list[float]) -> tuple
 
 def diagnose(tensor: Tensor, sums: Sums, worst: list[dict], wrong_elements: list,
              whole: Callable[[], dict[str, np.ndarray]]) -> str:
-    name, grad = tensor.name, f"d{tensor.name}"
+    name, grad = tensor.name, gradient_name(tensor.name)
     if sums.gg == 0.0:
         return f"{grad} is all zeros: the gradient is missing"
     if sums.aa == 0.0:
@@ -131,9 +136,9 @@ def _transposed(tensor: Tensor, whole: Callable[[], dict[str, np.ndarray]], clos
     rr = float(r @ r)
     (alpha,), left = _fit(rr, [(float(u @ u),)], [float(r @ u)])
     if left <= close and abs(alpha - 1) < 1e-2:
-        return f"d{tensor.name} is the transpose of the numerical gradient"
+        return f"{gradient_name(tensor.name)} is the transpose of the numerical gradient"
     (alpha, beta), left = _fit(rr, [(float(u @ u), float(u @ v)), (float(u @ v), float(v @ v))],
                                [float(r @ u), float(r @ v)])
     if left <= close and abs(alpha - 1) < 1e-2:
-        return f"the data term of d{tensor.name} is transposed (its regularisation term {-beta:.4g}·{tensor.name} is right)"
+        return f"the data term of {gradient_name(tensor.name)} is transposed (its regularisation term {-beta:.4g}·{tensor.name} is right)"
     return None

@@ -36,7 +36,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import cases, check, models, outputs, report, screen, store
+from . import cases, job, models, outputs, report, screen, store
 from .errors import InputError, JobError
 from .outputs import Entry, ReportFiles
 from .preflight import check_options
@@ -208,9 +208,9 @@ def with_cluster(jobs: JobFile, scheduler: str | None, workers: int | None) -> J
 def run_check(request: Request, progress: Progress | None = None) -> Outcome:
     """One check: the full pipeline on the cluster, or the directional screen on the client."""
     if request.mode == "directional":
-        prepared, _ = check.prepare(request)
+        prepared, _ = job.prepare(request)
         return screen.screen(prepared, request.directions, request.seed)
-    return check.run(request, progress)
+    return job.run(request, progress)
 
 
 def run(jobs: JobFile, files: ReportFiles, progress_for, on_error) -> tuple[list[Entry], int]:

@@ -67,7 +67,7 @@ class ModelSpec:
     def files(self) -> list[str]:
         """The files whose code this model runs first (their imports are followed by ``identity``)."""
         if self.functions is not None:
-            return sorted({f for f in (inspect.getsourcefile(fn) for fn in self.functions) if f})
+            return sorted({f for f in (_sourcefile(fn) for fn in self.functions) if f})
         return [] if self.is_builtin else [self.name]
 
     def digest(self) -> str:
@@ -80,6 +80,14 @@ class ModelSpec:
         if self.functions is not None:
             return f"{self.name} (Python functions)"
         return f"{self.name} ({self.forward} / {self.backward})"
+
+
+def _sourcefile(function: Callable) -> str | None:
+    """The file defining ``function``; None for partials and callable objects."""
+    try:
+        return inspect.getsourcefile(function)
+    except TypeError:
+        return None
 
 
 def _qualname(function: Callable) -> str:

@@ -180,6 +180,8 @@ def analytic_gradient(model: Model, case: Case, layout: Layout, theta: np.ndarra
     cache = first[1] if isinstance(first, tuple) and len(first) > 1 else None
     try:
         gradients = model.backward(case.X, case.Y, cache)
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"the backward raised: {type(exc).__name__}: {exc}") from None
     grad = layout.flatten_gradients(gradients)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from .diagnose import gradient_name
 from .types import Outcome
 
 EXIT_PASSED, EXIT_FAILED = 0, 1
@@ -100,7 +101,7 @@ def to_text(outcome: Outcome) -> str:
             lines.append(f"    {where:<16} analytic {w['analytic']: .8e}   numerical {w['numerical']: .8e}")
     coarse = [t for t in r.tensors if t.threshold > r.threshold]
     if coarse:
-        limits = ", ".join(f"d{t.name} {t.resolution:.1e}" for t in coarse)
+        limits = ", ".join(f"{gradient_name(t.name)} {t.resolution:.1e}" for t in coarse)
         lines += ["", f"  The forward's noise resolves only relative errors above: {limits}; a smaller error there "
                       f"would pass unseen (asked threshold {r.threshold:g})"
                       + ("; --precision float64 would check in float64" if _promotable(outcome) else "") + "."]

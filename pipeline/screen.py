@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from . import verify
+from .diagnose import gradient_name
 from .layout import Layout, Tensor
 from .models import cost_function
 from .noise import central_step, measure_noise
@@ -65,7 +66,7 @@ def screen(prepared: Prepared, directions: int, seed: int = 0) -> Outcome:
         result.shape = tensor.shape
         result.worst, result.kink_elements = [], []
         if result.diagnosis and not _names_a_factor(result.diagnosis):
-            result.diagnosis = f"d{tensor.name} disagrees with the numerical derivative along random directions"
+            result.diagnosis = f"{gradient_name(tensor.name)} disagrees with the numerical derivative along random directions"
     step = (f"ε = {epsilon:g} along each unit direction" if epsilon is not None
             else f"automatic from the measured noise, {step_scale:.2g}·max(1, max|θ|) along each unit direction")
     return Outcome(reduction, None, None, f"directional, {directions} random directions per tensor", step,

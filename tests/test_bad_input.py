@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from gradjob import check
+from gradjob import job
 from gradjob.types import Request
 
 from conftest import store_fingerprint
@@ -17,7 +17,7 @@ from conftest import store_fingerprint
 def finished_store(tmp_path_factory, cluster_address):
     """A finished store of the seed demo (ε=1e-7, chunks of 7) that no bad input may change."""
     path = tmp_path_factory.mktemp("existing") / "seed.zarr"
-    check.run(Request(case="seed", epsilon=1e-7, chunk_size=7, store=str(path), scheduler=cluster_address))
+    job.run(Request(case="seed", epsilon=1e-7, chunk_size=7, store=str(path), scheduler=cluster_address))
     return path
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import zarr
 
-from gradjob import check, plan, report
+from gradjob import job, plan, report
 from gradjob.cluster import DaskExecutor
 from gradjob.serial import SerialExecutor
 from gradjob.types import Request
@@ -32,8 +32,8 @@ def test_plan_covers_the_range_once_and_prints_without_a_store():
     Request(model="network", case="random", layers=(30, 20, 10, 1), examples=12, chunk_size=97),  # incremental
 ], ids=["seed", "random-network"])
 def test_serial_and_dask_executors_write_identical_stores(request_, tmp_path, cluster_address):
-    serial = check.run(request_.replace(store=str(tmp_path / "serial.zarr")), executor=SerialExecutor)
-    dask = check.run(request_.replace(store=str(tmp_path / "dask.zarr"), scheduler=cluster_address),
+    serial = job.run(request_.replace(store=str(tmp_path / "serial.zarr")), executor=SerialExecutor)
+    dask = job.run(request_.replace(store=str(tmp_path / "dask.zarr"), scheduler=cluster_address),
                      executor=lambda: DaskExecutor(cluster_address, 1))
     a, b = (zarr.open_group(tmp_path / name, mode="r") for name in ("serial.zarr", "dask.zarr"))
     for name in ARRAYS:
@@ -43,7 +43,7 @@ def test_serial_and_dask_executors_write_identical_stores(request_, tmp_path, cl
 
 
 def test_report_of_a_store_needs_no_cluster(tmp_path):
-    outcome = check.run(Request(case="seed", epsilon=1e-7, store=str(tmp_path / "s.zarr")), executor=SerialExecutor)
-    again = check.reduce_store(str(tmp_path / "s.zarr"))
+    outcome = job.run(Request(case="seed", epsilon=1e-7, store=str(tmp_path / "s.zarr")), executor=SerialExecutor)
+    again = job.reduce_store(str(tmp_path / "s.zarr"))
     assert report.to_text(again) == report.to_text(outcome)
     assert again.reduction.difference == 0.2850931567761623

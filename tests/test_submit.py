@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from gradjob import check
+from gradjob import job
 from gradjob.types import Request
 
 from conftest import SEED_BUGGY_DIFFERENCE, SEED_CORRECT_DIFFERENCE
@@ -85,7 +85,7 @@ def test_resubmitting_a_finished_job_evaluates_nothing(gradjob, cluster_address)
 
 def run_embedded(tmp_path, name, **options):
     request = Request(case="seed", epsilon=1e-7, store=str(tmp_path / name), **options)
-    outcome = check.run(request)
+    outcome = job.run(request)
     group = zarr.open_group(tmp_path / name, mode="r")
     return outcome, group["gradapprox"][:].tobytes()
 

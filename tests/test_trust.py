@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gradjob import check, report
+from gradjob import job, report
 from gradjob.serial import SerialExecutor
 from gradjob.types import Request
 
@@ -33,7 +33,7 @@ def run(name: str, case: str, backward: str, tmp_path, **options):
     path = str(FAMILIES / f"{name}.py")
     request = Request(model=path, forward="forward", backward=backward, case=f"{path}:{case}",
                       store=str(tmp_path / f"{case}-{backward}.zarr"), **options)
-    return check.run(request, executor=SerialExecutor)
+    return job.run(request, executor=SerialExecutor)
 
 
 def cases_of(*names):
@@ -163,7 +163,7 @@ def case():
 def test_a_forward_that_fails_when_promoted_falls_back_with_a_note(tmp_path):
     (tmp_path / "picky.py").write_text(PICKY_FORWARD)
     path = str(tmp_path / "picky.py")
-    outcome = check.run(Request(model=path, forward="forward", backward="backward", case=f"{path}:case",
+    outcome = job.run(Request(model=path, forward="forward", backward="backward", case=f"{path}:case",
                                 store=str(tmp_path / "s.zarr")), executor=SerialExecutor)
     assert outcome.precision.checked == "float32"
     assert outcome.precision.note.startswith("with float64 inputs it fails (the forward raised at the case's "

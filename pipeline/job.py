@@ -16,17 +16,14 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, evaluators, identity, lock, noise, preflight, store, tasks, verify
+from . import __version__, evaluators, identity, lock, noise, preflight, reuse, reverify, store, tasks
 from .cases import Case
 from .errors import InputError
 from .models import ModelSpec
 from .plan import Plan, make_plan
 from .progress import Progress
-from .reduce import IncompleteStore, find_suspects, reduce_gradients
+from .reduce import IncompleteStore, reduce_gradients
 from .types import Calibration, Outcome, Request, StoreMeta
-
-LADDER_BATCH = 64  # suspects per verification task
-
 
 def run(request: Request, progress: Progress | None = None,
         executor: Callable[[], contextlib.AbstractContextManager] | None = None,
@@ -40,7 +37,7 @@ def run(request: Request, progress: Progress | None = None,
     with _user_output_to_stderr():
         started = time.perf_counter()
         prepared, evaluator_notes = prepare(request, model, case)
-        store_notes, afresh = existing_store(prepared)
+        store_notes, afresh = reuse.existing_store(prepared)
         notes += evaluator_notes + store_notes
         seconds["prepare"] = time.perf_counter() - started
         tracker = _Tracker(progress)
@@ -104,77 +101,6 @@ def plan_of(prepared: preflight.Prepared, done=None, chunk_size: int | None = No
                      evaluator=evaluator, steps=steps, worker_bytes=held)
 
 
-def existing_store(prepared: preflight.Prepared) -> tuple[list[str], bool]:
-    """Refuse, reading only, a store this job may not resume or replace. Returns notes, and
-    whether an existing store is to be replaced (``--overwrite``, or its code has changed)."""
-    request, path = prepared.request, prepared.store
-    if not store.exists(path):
-        if request.resume:
-            raise InputError(f"--resume: there is no store at {path} to resume")
-        return _other_code_note(prepared), False
-    if request.overwrite:
-        if not store.recognised(path):
-            raise InputError(f"{path} exists and is not a gradjob store; --overwrite deletes only gradjob stores")
-        return [], True
-    group = store.open_existing(path, mode="r")  # refuses a store that is not intact
-    meta = store.metadata(group)
-    differing = identity.differences(meta.identity, prepared.identity)
-    if differing:
-        raise InputError(
-            f"store {path} was made by another job ({', '.join(differing)} differ); "
-            "choose another --store or pass --overwrite to start afresh"
-        )
-    if request.chunk_size is not None and request.chunk_size != meta.chunk_size:
-        raise InputError(
-            f"store {path} is chunked by {meta.chunk_size}; resume with --chunk-size {meta.chunk_size} "
-            "or pass --overwrite"
-        )
-    changed = _changed_results(prepared, group, meta)
-    if changed:
-        if request.resume:
-            raise InputError(f"--resume: store {path} was made by other code ({changed}); "
-                             "submit without --resume to start afresh")
-        return [f"store {path} was made by other code ({changed}); starting afresh"], True
-    return [], False
-
-
-def _changed_results(prepared: preflight.Prepared, group, meta: StoreMeta) -> str | None:
-    """How this run's J(θ) and analytic gradient differ from the store's, beyond round-off."""
-    eps = float(np.finfo(prepared.theta.dtype).eps)
-    if abs(meta.cost - prepared.cost) > 64 * eps * max(1.0, abs(meta.cost)):
-        return f"J(θ) is now {prepared.cost!r}, the store has {meta.cost!r}"
-    for start in range(0, prepared.layout.n_parameters, store.READ_BLOCK):
-        stop = min(prepared.layout.n_parameters, start + store.READ_BLOCK)
-        old, new = store.read_range(group, "grad", start, stop), prepared.grad[start:stop]
-        bad = np.flatnonzero(np.abs(old - new) > 64 * eps * np.maximum(np.abs(old), np.abs(new)) + 1e-300)
-        if bad.size:
-            i = start + int(bad[0])
-            return (f"the analytic gradient at {prepared.layout.describe(i)} is now {new[bad[0]]:.9g}, "
-                    f"the store has {old[bad[0]]:.9g}")
-    return None
-
-
-def _other_code_note(prepared: preflight.Prepared) -> list[str]:
-    """For a new default store: does a store of the same model and case exist for other code?"""
-    request = prepared.request
-    if request.store is not None or store.is_url(prepared.store):
-        return []
-    from pathlib import Path
-
-    label = identity.store_label(prepared.spec, prepared.case_name)
-    for other in sorted(Path(request.store_dir).glob(f"{label}-*.zarr"), key=lambda p: p.stat().st_mtime,
-                        reverse=True):
-        try:
-            meta = store.metadata(store.open_existing(str(other)))
-        except InputError:
-            continue
-        differing = identity.differences(meta.identity, prepared.identity)
-        if differing and set(differing) <= {"model", "modules"}:
-            return [f"the {identity.describe(differing)} changed since {other} was checked; checking the new code "
-                    "in a new store"]
-    return []
-
-
 def resume(prepared: preflight.Prepared) -> tuple[StoreMeta, Plan, dict | None]:
     """The existing store of this job: its metadata, what is left to do, its verified suspects."""
     group = store.open_existing(prepared.store, mode="r")
@@ -197,7 +123,7 @@ def create(prepared: preflight.Prepared, seconds: dict) -> tuple[StoreMeta, Plan
         model=prepared.spec.describe(), case=prepared.case.description,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), versions=versions())
     if store.exists(path):
-        store.remove(path)  # --overwrite of a gradjob store, or a store of other code (see existing_store)
+        store.remove(path)  # --overwrite of a gradjob store, or a store of other code (see ``reuse``)
     store.create(path, meta, prepared.theta, prepared.grad, prepared.case.X, prepared.case.Y)
     return meta, plan
 
@@ -212,7 +138,7 @@ def evaluate(prepared: preflight.Prepared, meta: StoreMeta, plan: Plan, executor
     seconds["evaluate"] = time.perf_counter() - started
     started = time.perf_counter()
     group = store.open_existing(prepared.store, mode="r+")
-    verdicts = verify_suspects(group, prepared.store, meta, context, executor, progress)
+    verdicts = reverify.verify_suspects(group, prepared.store, meta, context, executor, progress)
     seconds["verify"] = time.perf_counter() - started
     tracker.peak_rss = executor.peak_worker_rss()
     progress.finish()
@@ -234,40 +160,6 @@ def calibrate(prepared: preflight.Prepared) -> Calibration:
 def task_context(prepared: preflight.Prepared, meta: StoreMeta) -> tasks.TaskContext:
     return tasks.TaskContext(store.location(prepared.store), prepared.spec, meta.evaluator, meta.method, meta.epsilon,
                              meta.calibration, prepared.precision.checked, identity.digest(meta.identity))
-
-
-def verify_suspects(group, path: str, meta: StoreMeta, context: tasks.TaskContext, executor,
-                    progress: Progress) -> dict:
-    """Re-verify the worst suspects of every tensor on the executor; store and return the verdicts."""
-    blocks = lambda a, b: store.iter_blocks(group, a, b)  # noqa: E731
-    grad_eps = float(np.finfo(meta.layout.dtype).eps)
-    try:
-        heaps = find_suspects(meta.layout, blocks, grad_eps)
-    except IncompleteStore as gap:
-        raise InputError(f"store {path} is corrupted: chunk data for {meta.layout.describe(gap.index)} is missing "
-                         "although its chunk is marked done; resubmit with --overwrite") from None
-    picked = [item for heap in heaps.values() for item in heap.picked()]
-    arrays = {name: np.empty(0, dtype=np.float64) for name in store.VERIFY_ARRAYS}
-    arrays["index"], arrays["klass"] = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint8)
-    if picked and meta.method != "complex-step":
-        progress.note(f"re-verifying {len(picked)} element(s) whose numerical gradient disagrees beyond its noise, "
-                      "on smaller steps")
-        batches = [(tuple(i for i, _ in picked[k:k + LADDER_BATCH]), tuple(h for _, h in picked[k:k + LADDER_BATCH]))
-                   for k in range(0, len(picked), LADDER_BATCH)]
-        parts = executor.map(tasks.evaluate_ladders, context, batches)
-        arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        grads = np.concatenate([store.read_range(group, "grad", int(i), int(i) + 1) for i in arrays["index"]])
-        noise_of = {t.name: t.noise for t in meta.calibration.tensors}
-        decide = verify.resolution(meta.precision.checked)
-        verdicts = [verify.classify(float(g), float(arrays["cost"][k]), arrays["cost_plus"][k], arrays["cost_minus"][k],
-                                    arrays["step_plus"][k], arrays["step_minus"][k],
-                                    noise_of[meta.layout.locate(int(arrays["index"][k]))[0]], grad_eps, decide)
-                    for k, g in enumerate(grads)]
-        arrays["klass"] = np.array([v.klass for v in verdicts], dtype=np.uint8)
-        arrays["estimate"] = np.array([v.estimate for v in verdicts])
-        arrays["tolerance"] = np.array([v.tolerance for v in verdicts])
-    store.write_verification(group, arrays)
-    return store.read_verification(group, path)
 
 
 def reduce_store(path: str, threshold: float | None = None, verdicts: dict | None = None) -> Outcome:
