@@ -33,6 +33,20 @@ def test_main_command_in_a_fresh_venv(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert json.loads(report.stdout)["failing"] == ["b1", "W2"]
 
+    # the installed copy, from a folder outside the checkout: the package, and the bench with the model
+    # file it ships (the bench once looked for it in the source tree)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    venv = tmp_path / ".venv" / "bin"
+    imported = subprocess.run([venv / "python", "-c", "import gradjob, sys; print(gradjob.__file__)"], cwd=outside,
+                              capture_output=True, text=True, timeout=60)
+    assert "/site-packages/gradjob/" in imported.stdout, imported.stderr
+    bench = subprocess.run([venv / "gradjob", "bench", "--layers", "16,8,1", "--examples", "8", "--json"],
+                           cwd=outside, capture_output=True, text=True, timeout=600)
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    user = json.loads(bench.stdout)["user_model"]
+    assert "/site-packages/gradjob/examples/seed_style.py" in user["model"] and user["evaluator"] == "traced"
+
 
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
