@@ -26,6 +26,7 @@ import numpy as np
 from .cases import Case
 from .errors import InputError
 from .identity import digest_of, user_modules
+from .layout import numeric_array
 from .models import ModelSpec
 
 _LOCK = threading.RLock()
@@ -63,13 +64,8 @@ def _source(function) -> str:
 
 
 def numeric(value, what: str) -> np.ndarray:
-    try:
-        array = np.asarray(value)
-    except Exception as exc:  # ragged lists and the like
-        raise InputError(f"{what} is not a numeric array ({exc})") from None
-    if array.dtype.kind not in "fiub":
-        raise InputError(f"{what} is not a numeric array (dtype {array.dtype}); give real numbers")
-    return array
+    """X, Y and data arrays: real numbers or booleans."""
+    return numeric_array(value, what, "fiub")
 
 
 def _shape(array) -> str:

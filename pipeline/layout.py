@@ -54,7 +54,7 @@ class Layout:
             raise InputError("parameters must be a non-empty dict of numeric arrays")
         tensors, offset, dtypes = [], 0, []
         for name, value in parameters.items():
-            array = _numeric_array(value, f"parameter {name!r}")
+            array = numeric_array(value, f"parameter {name!r}")
             if array.size == 0:
                 raise InputError(f"parameter {name!r} is empty; every parameter needs at least one element")
             tensors.append(Tensor(str(name), tuple(int(s) for s in array.shape), offset))
@@ -96,7 +96,7 @@ class Layout:
             raise InputError(f"backward returned no gradient for {', '.join(missing)}; add them to its dict")
         grad = np.empty(self.n_parameters, dtype=self.dtype)
         for t, key in zip(self.tensors, keys):
-            array = _numeric_array(gradients[key], f"gradient {key!r}")
+            array = numeric_array(gradients[key], f"gradient {key!r}")
             if _without_unit_dims(array.shape) != _without_unit_dims(t.shape):
                 raise InputError(
                     f"gradient {key!r} has shape {array.shape} but parameter {t.name!r} has shape {t.shape}"
@@ -134,11 +134,12 @@ def _without_unit_dims(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(s for s in shape if s != 1)
 
 
-def _numeric_array(value: object, what: str) -> np.ndarray:
+def numeric_array(value: object, what: str, kinds: str = "fiu") -> np.ndarray:
+    """``value`` as an array of one of the dtype ``kinds``, or ``InputError`` naming ``what``."""
     try:
         array = np.asarray(value)
     except Exception as exc:  # ragged lists and the like
         raise InputError(f"{what} is not a numeric array ({exc})") from None
-    if array.dtype.kind not in "fiu":
+    if array.dtype.kind not in kinds:
         raise InputError(f"{what} is not a numeric array (dtype {array.dtype}); give real numbers")
     return array

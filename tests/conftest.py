@@ -6,11 +6,13 @@
 - ``write_model``: writes a model file into the test's temporary directory.
 - ``store_fingerprint``: every file of a store with its SHA-256, to prove a store unchanged.
 - ``free_port``: a TCP port nobody listens on, for processes a test starts.
+- ``family(name)``: a model family of tests/families/ as a module (not a fixture: used at collection).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import socket
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typer.testing import CliRunner
 
 from gradjob.cli import app
 
+FAMILIES = Path(__file__).with_name("families")
 SEED_BUGGY_DIFFERENCE = 0.2850931567761623
 SEED_CORRECT_DIFFERENCE = 1.1890913024229996e-07
 
@@ -61,6 +64,14 @@ def write_model(tmp_path):
         return path
 
     return write
+
+
+def family(name: str):
+    """A model family of tests/families/ as a module (its EXPECTED and DIAGNOSES, its functions)."""
+    spec = importlib.util.spec_from_file_location(f"family_{name}", FAMILIES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def store_fingerprint(path: Path) -> dict[str, str]:

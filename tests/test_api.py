@@ -3,10 +3,8 @@ code comes in (cs231n's ``model.loss``, Nielsen's lists, grads keyed ``W1``) wit
 model code is the real family files in tests/families/; float32 parameters throughout them.
 """
 
-import importlib.util
 import os
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,16 +13,8 @@ import gradjob
 from gradjob import cases, networks, report
 from gradjob.errors import InputError, JobError
 
-from conftest import SEED_BUGGY_DIFFERENCE, SEED_CORRECT_DIFFERENCE
+from conftest import SEED_BUGGY_DIFFERENCE, SEED_CORRECT_DIFFERENCE, family
 
-FAMILIES = Path(__file__).with_name("families")
-
-
-def family(name: str):
-    spec = importlib.util.spec_from_file_location(f"family_{name}", FAMILIES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

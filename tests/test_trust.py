@@ -6,12 +6,10 @@ The models are in tests/families/ (each lists its ``EXPECTED`` failing tensors a
 most checks run in-process on the serial executor, a few through the CLI on a real cluster.
 """
 
-import importlib.util
 import json
 import math
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -19,14 +17,8 @@ from gradjob import job, report
 from gradjob.serial import SerialExecutor
 from gradjob.types import Request
 
-FAMILIES = Path(__file__).with_name("families")
+from conftest import FAMILIES, family
 
-
-def family(name: str):
-    spec = importlib.util.spec_from_file_location(f"family_{name}", FAMILIES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(name: str, case: str, backward: str, tmp_path, **options):
@@ -213,7 +205,6 @@ def test_editing_a_module_the_model_imports_is_not_a_replay(gradjob, tmp_path, c
 
 DATA_MODEL = '''
 import json
-from pathlib import Path
 
 from gradjob.networks import network_forward as forward, network_backward
 
