@@ -46,7 +46,7 @@ import tempfile
 
 import numpy as np
 
-from . import adapters, job, screen
+from . import adapters, job, preflight, screen
 from .errors import InputError, JobError
 from .options import AtLeast, OneOf, PositiveNumber
 from .progress import Progress
@@ -137,8 +137,7 @@ def request_of(function: str, options: dict) -> tuple[Request, Progress | None]:
         raise TypeError(f"{function}(): progress must be a gradjob.progress.Progress (e.g. LogLines()) or None")
     values = {k: _PARSERS[k](v) for k, v in options.items() if k != "progress" and v is not None}
     if "workers" in values and values.get("scheduler"):
-        raise InputError("--workers sizes the embedded cluster; with --scheduler the cluster's own workers run "
-                         "the job: drop one of them")
+        raise InputError(preflight.WORKERS_WITH_SCHEDULER)
     if "workers" not in values and not values.get("scheduler"):
         values["workers"] = 1  # the serial executor: chunks sized for one
     return Request(model="python", **values), options.get("progress")
@@ -147,10 +146,7 @@ def request_of(function: str, options: dict) -> tuple[Request, Progress | None]:
 def _run(function: str, spec, case, options: dict) -> Outcome:
     request, progress = request_of(function, options)
     if request.mode == "directional":
-        prepared, notes = job.prepare(request, spec, case)
-        outcome = screen.screen(prepared, request.directions, request.seed)
-        outcome.notes = notes + outcome.notes
-        return outcome
+        return screen.screen(preflight.prepare(request, spec, case), request.directions, request.seed)
     on_dask = options.get("workers") is not None or bool(request.scheduler)
     executor = None if on_dask else SerialExecutor
     if request.store is not None:

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__, bench, history, job, jobfile, outputs, report
+from . import __version__, bench, history, job, jobfile, outputs, preflight, report
 from .errors import InputError, JobError
 from .options import AtLeast, OneLineErrors, OneOf, PositiveNumber, Sizes
 from .outputs import Entry, ReportFiles
@@ -120,8 +120,7 @@ def submit(
     scheduler_given = ctx.get_parameter_source("scheduler").name in ("COMMANDLINE", "ENVIRONMENT")
     try:
         if workers is not None and scheduler_given:
-            raise InputError("--workers sizes the embedded cluster; with --scheduler (or DASK_SCHEDULER_ADDRESS) the "
-                             "cluster's own workers run the job: drop one of them")
+            raise InputError(preflight.WORKERS_WITH_SCHEDULER)
         if job_file is not None:
             given = [name for name in SINGLE_CHECK_OPTIONS if ctx.get_parameter_source(name).name == "COMMANDLINE"]
             if given:
@@ -160,8 +159,8 @@ def _print_plan(request: Request) -> None:
         typer.echo(f"plan    a directional screen on the client: {request.directions} random directions per tensor; "
                    "no store, no cluster")
         raise typer.Exit(0)
-    prepared, notes = job.prepare(request)
-    for note in notes:
+    prepared = preflight.prepare(request)
+    for note in prepared.notes:
         typer.echo(f"gradjob: note: {note}", err=True)
     typer.echo(job.plan_of(prepared).to_text())
     typer.echo(f"  precision {prepared.precision.describe()}; threshold {prepared.threshold:g}")

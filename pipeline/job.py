@@ -1,7 +1,7 @@
 """One check, top to bottom: prepare → plan → evaluate → verify → reduce → outcome.
 
-Every step that can refuse the request (``preflight``, ``existing_store``) runs before the store
-is touched. Work runs on an executor (``serial.SerialExecutor`` or ``cluster.DaskExecutor``),
+Every step that can refuse the request (``preflight``, ``reuse``) runs before the store is
+touched. Work runs on an executor (``serial.SerialExecutor`` or ``cluster.DaskExecutor``),
 opened only when there is work left.
 """
 
@@ -12,7 +12,7 @@ import datetime
 import platform
 import sys
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -20,10 +20,11 @@ from . import __version__, evaluators, identity, lock, noise, preflight, reuse, 
 from .cases import Case
 from .errors import InputError
 from .models import ModelSpec
-from .plan import Plan, make_plan
+from .plan import Plan, default_chunk_size, make_plan
 from .progress import Progress
 from .reduce import IncompleteStore, reduce_gradients
 from .types import Calibration, Outcome, Request, StoreMeta
+
 
 def run(request: Request, progress: Progress | None = None,
         executor: Callable[[], contextlib.AbstractContextManager] | None = None,
@@ -36,20 +37,20 @@ def run(request: Request, progress: Progress | None = None,
     seconds, notes = {}, []
     with _user_output_to_stderr():
         started = time.perf_counter()
-        prepared, evaluator_notes = prepare(request, model, case)
+        prepared = preflight.prepare(request, model, case)
         store_notes, afresh = reuse.existing_store(prepared)
-        notes += evaluator_notes + store_notes
+        notes += [*prepared.notes, *store_notes]
         seconds["prepare"] = time.perf_counter() - started
         tracker = _Tracker(progress)
         with lock.holding(prepared.store, request.break_lock) as lock_note:
             notes += [lock_note] if lock_note else []
             resumed = None if afresh or not store.exists(prepared.store) else resume(prepared)
-            if resumed is None or resumed[1].todo or resumed[2] is None:
-                with executor() as ex:  # connected first: an unreachable cluster refuses before a store is written
-                    meta, plan = resumed[:2] if resumed else create(prepared, seconds)
-                    verdicts = evaluate(prepared, meta, plan, ex, progress, tracker, seconds)
+            if resumed and not resumed.plan.todo and resumed.verdicts is not None:
+                meta, plan, verdicts = resumed  # finished: nothing to run
             else:
-                meta, plan, verdicts = resumed
+                with executor() as ex:  # connected first: an unreachable cluster refuses before a store is written
+                    meta, plan = (resumed.meta, resumed.plan) if resumed else create(prepared, seconds)
+                    verdicts = evaluate(prepared, meta, plan, ex, progress, tracker, seconds)
         started = time.perf_counter()
         outcome = reduce_store(prepared.store, None, verdicts)
         seconds["reduce"] = time.perf_counter() - started
@@ -72,40 +73,29 @@ class _Tracker:
         self.progress.advance(chunk.size)
 
 
-def prepare(request: Request, model: ModelSpec | None = None,
-            case: Case | None = None) -> tuple[preflight.Prepared, list[str]]:
-    """The validated request with its evaluator chosen (which is part of the job's identity)."""
-    prepared = preflight.prepare(request, spec=model, case=case)
-    kind, note = evaluators.choose(prepared.spec, prepared.model, prepared.layout, prepared.case.X,
-                                   prepared.case.Y, prepared.theta, request.fast, request.method, prepared.cost,
-                                   prepared.precision.checked)
-    prepared = preflight.finish(request, prepared.spec, prepared.model, prepared.case, prepared.case_name,
-                                prepared.layout, prepared.theta, prepared.cost, prepared.grad, prepared.precision, kind)
-    notes = [note] if note else []
-    if prepared.precision.note:
-        notes.append(f"{prepared.precision.describe()}")
-    return prepared, notes
-
-
 def plan_of(prepared: preflight.Prepared, done=None, chunk_size: int | None = None) -> Plan:
     """The plan of a prepared check, before (``gradjob submit --dry-run``) or after its store exists."""
-    request = prepared.request
-    size = chunk_size or request.chunk_size
-    evaluator = prepared.identity["evaluator"]
+    request, n = prepared.request, prepared.layout.n_parameters
+    size = chunk_size or request.chunk_size or default_chunk_size(n, request.workers)
     steps = (f"ε = {request.epsilon:g}, fixed" if request.epsilon is not None
              else "automatic, from the forward's noise measured per tensor (ECnoise)")
-    plan = make_plan(prepared.layout.n_parameters, request.workers, size, done, store=prepared.store,
-                     evaluator=evaluator, steps=steps, worker_bytes=0)
-    held = evaluators.held_bytes(evaluator, prepared.layout, prepared.case.X, prepared.case.Y, plan.chunk_size)
-    return make_plan(prepared.layout.n_parameters, request.workers, size, done, store=prepared.store,
-                     evaluator=evaluator, steps=steps, worker_bytes=held)
+    held = evaluators.held_bytes(prepared.evaluator, prepared.layout, prepared.case.X, prepared.case.Y, size)
+    return make_plan(n, request.workers, size, done, store=prepared.store, evaluator=prepared.evaluator, steps=steps,
+                     worker_bytes=held)
 
 
-def resume(prepared: preflight.Prepared) -> tuple[StoreMeta, Plan, dict | None]:
+class Resumed(NamedTuple):
+    meta: StoreMeta
+    plan: Plan
+    verdicts: dict | None  # None until the suspects are re-verified
+
+
+def resume(prepared: preflight.Prepared) -> Resumed:
     """The existing store of this job: its metadata, what is left to do, its verified suspects."""
     group = store.open_existing(prepared.store, mode="r")
     meta = store.metadata(group)
-    return meta, plan_of(prepared, store.done_mask(group), meta.chunk_size), store.read_verification(group, prepared.store)
+    return Resumed(meta, plan_of(prepared, store.done_mask(group), meta.chunk_size),
+                   store.read_verification(group, prepared.store))
 
 
 def create(prepared: preflight.Prepared, seconds: dict) -> tuple[StoreMeta, Plan]:
@@ -151,7 +141,7 @@ def calibrate(prepared: preflight.Prepared) -> Calibration:
     if prepared.request.method == "complex-step":
         eps = float(np.finfo(theta.dtype).eps)
         return noise.fixed_calibration(layout, eps * abs(prepared.cost), noise.COMPLEX_STEP)
-    costs = evaluators.build(prepared.identity["evaluator"], prepared.model, layout, prepared.case.X,
+    costs = evaluators.build(prepared.evaluator, prepared.model, layout, prepared.case.X,
                              prepared.case.Y, theta.copy())
     return noise.calibrate(costs, layout, theta, prepared.cost, prepared.request.method,
                            np.dtype(prepared.precision.checked))
@@ -159,7 +149,7 @@ def calibrate(prepared: preflight.Prepared) -> Calibration:
 
 def task_context(prepared: preflight.Prepared, meta: StoreMeta) -> tasks.TaskContext:
     return tasks.TaskContext(store.location(prepared.store), prepared.spec, meta.evaluator, meta.method, meta.epsilon,
-                             meta.calibration, prepared.precision.checked, identity.digest(meta.identity))
+                             meta.calibration, meta.precision.checked, identity.digest(meta.identity))
 
 
 def reduce_store(path: str, threshold: float | None = None, verdicts: dict | None = None) -> Outcome:

@@ -36,7 +36,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import cases, job, models, outputs, report, screen, store
+from . import cases, job, models, outputs, preflight, report, screen, store
 from .errors import InputError, JobError
 from .outputs import Entry, ReportFiles
 from .preflight import check_options
@@ -208,7 +208,7 @@ def with_cluster(jobs: JobFile, scheduler: str | None, workers: int | None) -> J
 def run_check(request: Request, progress: Progress | None = None) -> Outcome:
     """One check: the full pipeline on the cluster, or the directional screen on the client."""
     if request.mode == "directional":
-        prepared, _ = job.prepare(request)
+        prepared = preflight.prepare(request)
         return screen.screen(prepared, request.directions, request.seed)
     return job.run(request, progress)
 

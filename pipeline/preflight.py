@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import evaluators
 from . import identity as job_identity
 from .cases import Case, load_case
 from .errors import InputError
@@ -47,8 +48,10 @@ class Prepared:
     cost: float
     precision: Precision
     threshold: float
+    evaluator: str          # see ``evaluators``: part of the job's identity
     identity: dict
     store: str
+    notes: tuple[str, ...]  # said to the user: a fallback of precision or of the evaluator
 
 
 def check_options(request: Request) -> None:
@@ -71,8 +74,11 @@ def check_options(request: Request) -> None:
         raise InputError("--overwrite and --resume contradict each other; choose one")
 
 
-def prepare(request: Request, evaluator: str = "forward", spec: ModelSpec | None = None,
-            case: Case | None = None) -> Prepared:
+WORKERS_WITH_SCHEDULER = ("--workers sizes the embedded cluster; with --scheduler (or DASK_SCHEDULER_ADDRESS) the "
+                          "cluster's own workers run the job: drop one of them")
+
+
+def prepare(request: Request, spec: ModelSpec | None = None, case: Case | None = None) -> Prepared:
     """Validate everything that can be validated on the client; J(θ) and the analytic gradient.
     ``spec`` and ``case``, when given (the Python API), stand for ``--model`` and ``--case``."""
     check_options(request)
@@ -83,18 +89,15 @@ def prepare(request: Request, evaluator: str = "forward", spec: ModelSpec | None
     precision, case, layout, theta, cost, grad = at_theta(model, case, request.precision)
     if request.method == "complex-step":
         check_complex_safe(model, case, layout, theta)
-    return finish(request, spec, model, case, case_name, layout, theta, cost, grad, precision, evaluator)
-
-
-def finish(request: Request, spec: ModelSpec, model: Model, case: Case, case_name: str, layout: Layout,
-           theta: np.ndarray, cost: float, grad: np.ndarray, precision: Precision, evaluator: str) -> Prepared:
-    """The identity and store path, once the evaluator is known."""
+    evaluator, evaluator_note = evaluators.choose(spec, model, layout, case.X, case.Y, theta, request.fast,
+                                                  request.method, cost, precision.checked)
     identity = job_identity.of(spec, case.digest(), hashlib.sha256(theta.tobytes()).hexdigest(), layout.to_json(),
                                request.epsilon, request.method, evaluator, precision.checked)
     path = request.store or job_identity.default_store_path(spec, case_name, identity, request.store_dir)
     threshold = request.threshold if request.threshold is not None else default_threshold(precision.checked)
-    return Prepared(request, spec, model, case, case_name, layout, theta, grad, cost, precision, threshold, identity,
-                    path)
+    notes = tuple(n for n in (evaluator_note, precision.describe() if precision.note else None) if n)
+    return Prepared(request, spec, model, case, case_name, layout, theta, grad, cost, precision, threshold, evaluator,
+                    identity, path, notes)
 
 
 def at_theta(model: Model, case: Case, choice: str):

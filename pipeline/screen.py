@@ -71,7 +71,7 @@ def screen(prepared: Prepared, directions: int, seed: int = 0) -> Outcome:
             else f"automatic from the measured noise, {step_scale:.2g}·max(1, max|θ|) along each unit direction")
     return Outcome(reduction, None, None, f"directional, {directions} random directions per tensor", step,
                    prepared.spec.describe(), case.description, prepared.precision, "forward",
-                   forward_passes_per_tensor=math.ceil(passes / len(layout.tensors)))
+                   notes=list(prepared.notes), forward_passes_per_tensor=math.ceil(passes / len(layout.tensors)))
 
 
 def _verify(arrays: dict, lines: dict, cost, noise: float, grad_eps: float, decide: float) -> tuple[dict, int]:
