@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import zarr
