@@ -139,3 +139,44 @@ def test_the_traced_path_survives_a_killed_worker_and_a_stopped_client(tmp_path,
     result = json.loads(resumed.stdout)
     assert 0 < result["evaluated_chunks"] < result["n_chunks"]
     assert zarr.open_group(tmp_path / "stopped.zarr", mode="r")["gradapprox"][:].tobytes() == expected
+
+
+BUGGY_EXAMPLES = '''
+from gradjob.examples.seed_style import forward_propagation_n as seed_forward, backward_propagation_n as seed_backward
+from gradjob.examples.tanh_softmax_l2 import (forward_propagation_n as tanh_forward,
+                                              backward_propagation_n as tanh_backward, small_case)
+
+
+def seed_W2_doubled(X, Y, cache):
+    gradients = seed_backward(X, Y, cache)
+    gradients["dW2"] = gradients["dW2"] * 2
+    return gradients
+
+
+def tanh_l2_dropped_in_W1(X, Y, cache):
+    gradients = tanh_backward(X, Y, cache)
+    gradients["dW1"] = gradients["dW1"] - 0.7 / X.shape[1] * cache[2]["W1"]
+    return gradients
+'''
+
+
+@pytest.mark.parametrize("forward, backward, case, failing", [
+    ("seed_forward", "seed_backward", "random", []),
+    ("seed_forward", "seed_W2_doubled", "random", ["W2"]),
+    ("tanh_forward", "tanh_backward", "model.py:small_case", []),
+    ("tanh_forward", "tanh_l2_dropped_in_W1", "model.py:small_case", ["W1"]),
+])
+def test_traced_and_generic_paths_give_the_same_verdicts(forward, backward, case, failing, gradjob, write_model,
+                                                         cluster_address):
+    """The shipped examples (course-style helpers and caches; tanh + softmax + L2), correct and broken."""
+    write_model(BUGGY_EXAMPLES)
+    results = []
+    for fast in ("--fast", "--no-fast"):
+        run = gradjob("submit", "--json", "--model", "model.py", "--forward", forward, "--backward", backward,
+                      "--case", case, "--layers", "12,10,8,1", "--examples", "16", fast, "--scheduler", cluster_address)
+        assert run.exit_code == (1 if failing else 0), run.stdout
+        results.append(json.loads(run.stdout))
+    traced, generic = results
+    assert (traced["evaluator"], generic["evaluator"]) == ("traced", "forward")
+    assert traced["failing"] == generic["failing"] == failing
+    assert [t["diagnosis"] for t in traced["tensors"].values()] == [t["diagnosis"] for t in generic["tensors"].values()]
