@@ -141,7 +141,7 @@ def submit(
         finally:
             progress.finish()
         entry = Entry.of(Path(outcome.store.rstrip("/")).stem if outcome.store else "directional", outcome)
-        outputs.write(files, "gradjob check", [entry], single=True)
+        outputs.write(files, [entry])
         if outcome.store is not None:
             outputs.record(outputs.history_root(outcome), [entry])
     except (InputError, JobError) as exc:
@@ -213,8 +213,8 @@ def report_command(
     """Print the verdict of a finished store, exactly as submit printed it; write report files."""
     try:
         outcome = job.reduce_store(store, threshold)
-        outputs.write(ReportFiles(json_file, junit, html_file), "gradjob check",
-                      [Entry.of(Path(store.rstrip("/")).stem, outcome)], single=True)
+        entry = Entry.of(Path(store.rstrip("/")).stem, outcome)
+        outputs.write(ReportFiles(json_file, junit, html_file), [entry])
     except (InputError, JobError) as exc:
         _fail(exc)
     typer.echo(json.dumps(report.to_json(outcome)) if json_output else report.to_text(outcome))

@@ -228,7 +228,7 @@ def run(jobs: JobFile, files: ReportFiles, progress_for, on_error) -> tuple[list
         finally:
             progress.finish()
     outputs.record(jobs.store_root, entries)
-    outputs.write(files.merged(jobs.reports), f"job {jobs.name}", entries, single=False)
+    outputs.write(files.merged(jobs.reports), entries, jobs.name)
     codes = [e.exit_code for e in entries]
     errors = [c for c in codes if c not in (report.EXIT_PASSED, report.EXIT_FAILED)]
     return entries, errors[0] if errors else max(codes)

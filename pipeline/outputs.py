@@ -57,11 +57,13 @@ class ReportFiles:
         return ReportFiles(self.json or fallback.json, self.junit or fallback.junit, self.html or fallback.html)
 
 
-def write(files: ReportFiles, title: str, entries: list[Entry], single: bool) -> None:
-    """Render every requested report first, then write them: a rendering error writes none."""
+def write(files: ReportFiles, entries: list[Entry], job: str | None = None) -> None:
+    """The report files of one check, or of a job file's checks (``job`` its name). Every requested
+    report is rendered first, then written: a rendering error writes none."""
+    title = f"job {job}" if job is not None else f"check {entries[0].check}"
     renderers = {
-        "json": lambda: json.dumps(entries[0].to_json() if single else
-                                   {"job": title, "checks": [e.to_json() for e in entries]}, indent=1),
+        "json": lambda: json.dumps(entries[0].to_json() if job is None else
+                                   {"job": job, "checks": [e.to_json() for e in entries]}, indent=1),
         "junit": lambda: junit.to_junit(title, [e.as_report() for e in entries]),
         "html": lambda: html_page.to_html(title, [e.as_report() for e in entries]),
     }
