@@ -205,6 +205,7 @@ def test_editing_a_module_the_model_imports_is_not_a_replay(gradjob, tmp_path, c
 
 DATA_MODEL = '''
 import json
+from pathlib import Path
 
 from gradjob.networks import network_forward as forward, network_backward
 
