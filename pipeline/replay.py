@@ -1,6 +1,10 @@
 """Incremental evaluation of a recorded forward (see ``trace``): the costs of many single-element
 perturbations of θ, each propagating only what changes.
 
+Longer than gradjob's other modules (about 840 lines) because the batched representation below
+and the incremental rule of every recorded operation are one algorithm; moving the representation
+(``Rep`` and its helpers) to a module of its own is planned work.
+
 A node's values under a batch of B perturbations are held as a ``Rep``: its value at θ (``base``)
 and, per axis, where the perturbed values may differ from it:
 

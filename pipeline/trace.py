@@ -1,5 +1,10 @@
 """Recording a user's NumPy forward once, as a graph that ``replay`` evaluates incrementally.
 
+Longer than gradjob's other modules (about 1,100 lines) because it is one protocol: ``Traced``
+must answer every NumPy entry point (NEP 13/18 dispatch, operators, methods, casts) and each
+supported function's recording rule sits in one table beside the others. Splitting the table
+from the class is planned work.
+
 ``Replay.of(forward, X, Y, layout, theta)`` calls the forward once with each parameter wrapped in
 ``Traced``, a stand-in for an ndarray that computes every operation with NumPy itself (so the
 traced cost is the real forward's, bit for bit) and records it. X, Y and everything not computed
