@@ -1,152 +1,125 @@
 """One self-contained HTML page per run: what the text report says, and the plots a person would
 rather look at than read.
 
-Per check: the verdict and how it was reached (precision, steps, evaluator, time, versions); a
-table of tensors with their difference, threshold, resolution, noise, kinks and re-verified
-suspects, and the same verdict words as the text (a passing tensor says why it passes); the
-worst elements of each failing tensor; each tensor's difference against the asked threshold
-and its own; and a heatmap of |grad − gradapprox| for every weight matrix, max-pooled to at most
-``HEATMAP_SIDE`` cells a side while streaming the matrix from the store in row bands, with its
-axes in the matrix's own row and column indices. Images are embedded PNGs.
+Per check: the text report's head line and its facts (model, case, precision, step, evaluator,
+store), when it ran and with which versions; a table of tensors with their difference,
+threshold, resolution, noise, kinks and re-verified suspects, and the same verdict words as the
+text (a passing tensor says why it passes); the elements left out at kinks and near-kinks and the
+elements settled as wrong, by index; the worst elements of each failing tensor; each tensor's
+difference against the asked threshold and its own; and a heatmap of |grad − gradapprox| for
+every weight matrix, max-pooled to at most ``HEATMAP_SIDE`` cells a side while streaming the
+matrix from the store ``store.READ_BLOCK`` elements at a time, with its axes in the matrix's own
+row and column indices and the re-verified kinks and wrong elements marked. Images are embedded
+PNGs. Everything is read from the report JSON (``report.to_json``), and from the store only the
+heatmaps' values and the (at most ``verify.CAP`` per tensor) re-verified suspects.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 
-import numpy as np
 
-from . import store
-from .diagnose import gradient_name
+from . import store, verify
+from .junit import run_name
 from .layout import Layout
+from . import plots, report
 from .report import tensor_verdict
 
-HEATMAP_SIDE = 120
+LISTED = 12  # elements listed per class and tensor; the rest are counted
 STYLE = ("body{font-family:sans-serif;margin:2em} .pass{color:#2e7d32;font-weight:bold} "
          ".fail{color:#c62828;font-weight:bold} table{border-collapse:collapse;margin:1em 0} "
-         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left} img{margin:0.5em;vertical-align:top} "
-         ".small{color:#555;font-size:90%}")
+         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left} th.fact{border:none;padding-right:1em} "
+         "table.facts td{border:none} img{margin:0.5em;vertical-align:top} .small{color:#555;font-size:90%}")
+# how a re-verified element is drawn on a heatmap: (verify class, marker, colour, legend)
+
+def _index(name: str, index) -> str:
+    return f"{name}[{', '.join(map(str, index))}]" if len(index) else name
 
 
-def _png(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode()
+def _shape(t: dict) -> str:
+    return "×".join(map(str, t["shape"])) or "scalar"
 
 
-def _figure(width, height):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height))
+def _listed(name: str, indices: list, total: int | None = None) -> str:
+    """The first ``LISTED`` elements by index, and how many more there are of ``total``."""
+    shown = indices[:LISTED]
+    more = max(len(indices) if total is None else total, len(indices)) - len(shown)
+    return ", ".join(_index(name, i) for i in shown) + (f" and {more} more" if more > 0 else "")
 
 
-def difference_figure(result: dict):
-    """Each tensor's difference (red: fails), the asked threshold (dashed) and each tensor's own
-    threshold where its noise raised it (a black tick)."""
-    names = list(result["tensors"])
-    tensors = [result["tensors"][n] for n in names]
-    values = [max(t["difference"], 1e-18) for t in tensors]
-    figure = _figure(max(4, 0.6 * len(names) + 2), 3)
-    axes = figure.add_subplot()
-    axes.bar(names, values, color=["#2e7d32" if t["passed"] else "#c62828" for t in tensors])
-    axes.set_yscale("log")
-    axes.axhline(result["threshold"], color="black", linestyle="--", label=f"asked threshold {result['threshold']:g}")
-    raised = [(k, t["threshold"]) for k, t in enumerate(tensors) if t["threshold"] > result["threshold"]]
-    if raised:
-        axes.scatter([k for k, _ in raised], [v for _, v in raised], marker="_", s=400, color="black",
-                     label="its own threshold (the forward's noise)")
-    axes.set_ylabel("relative difference")
-    axes.legend(loc="best", fontsize="small")
-    axes.set_title("per-tensor difference (red: fails)")
-    return figure
+def _verified(group, path: str, layout: Layout) -> dict[str, dict[int, list]]:
+    """Per tensor, per verify class, the indices (within the tensor) of its re-verified suspects."""
+    verdicts = store.read_verification(group, path) or {}
+    out = {t.name: {} for t in layout.tensors}
+    for i in sorted(verdicts):
+        name, index = layout.locate(i)
+        out[name].setdefault(verdicts[i].klass, []).append(list(index))
+    return out
 
 
-def pooled_error(group, layout: Layout, name: str, side: int = HEATMAP_SIDE) -> tuple[np.ndarray, int, int]:
-    """max |grad − gradapprox| over blocks of a 2-D tensor, read one band of rows at a time; and
-    the rows and columns each cell pools."""
-    tensor = next(t for t in layout.tensors if t.name == name)
-    grad, gradapprox = group["grad"], group["gradapprox"]  # opened once, read band by band
-    rows, cols = tensor.shape
-    row_step, col_step = math.ceil(rows / side), math.ceil(cols / side)
-    out = np.zeros((math.ceil(rows / row_step), math.ceil(cols / col_step)))
-    for band, r0 in enumerate(range(0, rows, row_step)):
-        r1 = min(rows, r0 + row_step)
-        start, stop = tensor.offset + r0 * cols, tensor.offset + r1 * cols
-        error = np.abs(np.asarray(grad[start:stop], dtype=np.float64) - gradapprox[start:stop])
-        error = error.reshape(r1 - r0, cols).max(axis=0)
-        padded = np.pad(error, (0, out.shape[1] * col_step - cols))
-        out[band] = padded.reshape(out.shape[1], col_step).max(axis=1)
-    return out, row_step, col_step
-
-
-def heatmap_figure(error: np.ndarray, name: str, shape, row_step: int = 1, col_step: int = 1):
-    """The pooled errors drawn over the matrix's own index range, so ticks read as its rows and
-    columns whatever the pooling; integer ticks only."""
-    from matplotlib.colors import LogNorm
-    from matplotlib.ticker import MaxNLocator
-
-    rows, cols = shape
-    figure = _figure(4.5, 3.5)
-    axes = figure.add_subplot()
-    floor = max(float(error[error > 0].min()) if (error > 0).any() else 1e-16, 1e-18)
-    image = axes.imshow(np.maximum(error, floor), aspect="auto", cmap="magma", interpolation="nearest",
-                        extent=(-0.5, error.shape[1] * col_step - 0.5, error.shape[0] * row_step - 0.5, -0.5),
-                        norm=LogNorm(vmin=floor, vmax=max(float(error.max()), floor * 10)))
-    axes.set_xlim(-0.5, cols - 0.5)
-    axes.set_ylim(rows - 0.5, -0.5)
-    for axis in (axes.xaxis, axes.yaxis):
-        axis.set_major_locator(MaxNLocator(nbins=6, integer=True))
-    figure.colorbar(image, ax=axes, label="|grad − gradapprox|")
-    pooled = f" (max over {row_step}×{col_step} blocks)" if (row_step, col_step) != (1, 1) else ""
-    axes.set_title(f"{name} {rows}×{cols}{pooled}")
-    axes.set_xlabel(f"column of {name}")
-    axes.set_ylabel(f"row of {name}")
-    return figure
-
-
-def _index(name: str, index: list) -> str:
-    return f"{name}[{', '.join(map(str, index))}]" if index else name
+def _elements(name: str, t: dict, classes: dict[int, list] | None) -> list[str]:
+    """The elements left out at kinks and near-kinks, settled as wrong or unresolved, by index.
+    ``classes``: the tensor's re-verified suspects by verify class; None without a store (a
+    directional screen, whose counts are of directions: only elements the report names are listed)."""
+    e, lines = html.escape, []
+    kinks, s = t["kinks"], t["suspects"]
+    if classes is None:
+        if kinks["elements"]:
+            lines.append(f"{kinks['count']} left out at kinks: {_listed(name, kinks['elements'], kinks['count'])}")
+        if s.get("wrong_elements"):
+            lines.append(f"{s['wrong']} still wrong on smaller steps: {_listed(name, s['wrong_elements'], s['wrong'])}")
+        return [f'<p class="small">{e(name)}: {e(line)}</p>' for line in lines]
+    if kinks["count"]:
+        parts = [f"{len(classes[k])} {label}: {_listed(name, classes[k])}"
+                 for k, label in ((verify.KINK, "at a kink (one-sided slopes settle at different limits)"),
+                                  (verify.NEAR_KINK, "near kinks closer than float arithmetic resolves"))
+                 if classes.get(k)]
+        past = kinks["count"] - s["kink"] - s["near_kink"]
+        if past > 0:
+            parts.append(f"{past} past the re-verification cap, judged on their one-sided slopes")
+        lines.append(f"{kinks['count']} element(s) left out of the difference: " + "; ".join(parts))
+    if s["wrong"]:
+        wrong = classes.get(verify.WRONG) or s.get("wrong_elements") or []
+        lines.append(f"{s['wrong']} element(s) settled on smaller steps and still wrong: "
+                     f"{_listed(name, wrong, s['wrong'])}")
+    if s["unresolved"]:
+        lines.append(f"{s['unresolved']} element(s) unresolved (no step quiet enough; their disagreement counts as "
+                     f"noise): {_listed(name, classes.get(verify.UNRESOLVED, []), s['unresolved'])}")
+    if s.get("beyond_cap"):
+        lines.append(f"{s['beyond_cap']} disagreeing element(s) past the re-verification cap, judged on their numbers")
+    return [f'<p class="small">{e(name)}: {e(line)}</p>' for line in lines]
 
 
 def _check_section(check: str, result: dict) -> list[str]:
     e = html.escape
-    verdict = "PASS" if result["passed"] else "FAIL"
-    wrong = f"; wrong: {', '.join(result['failing'])}" if result["failing"] else "; every tensor within its threshold"
-    body = [f'<p class="{verdict.lower()}">{verdict}: difference {result["difference"]:.4e}{e(wrong)}</p>',
-            "<p class=\"small\">"
-            f"{result['n_parameters']:,} parameters; model {e(result['model'])}; case {e(result['case'])}<br>"
-            f"precision: {e(result['precision']['text'])}; step: {e(result['step_text'])}; {e(result['method'])}"
-            + (f"; evaluator {e(result['evaluator'])}" if result["store"] else "") + "<br>"
-            + (f"run {e(result['created'])}; " if result.get("created") else "")
-            + (e(", ".join(f"{k} {v}" for k, v in result["versions"].items())) if result.get("versions") else "")
-            + "</p>"]
-    body += [f"<p class=\"small\">note: {e(note)}</p>" for note in result.get("notes", [])]
-    body.append("<table><tr><th>tensor</th><th>shape</th><th>difference</th><th>threshold</th><th>resolution</th>"
-                "<th>noise ε_f</th><th>kinks</th><th>re-verified: agrees / kink / near-kink / wrong</th>"
-                "<th>verdict</th></tr>")
+    word, rest = report.head_line(result)
+    body = [f'<p><span class="{word.lower()}">{word}</span> {e(rest)}</p>', '<table class="facts">']
+    body += [f'<tr><th class="fact">{e(label)}</th><td>{e(value)}</td></tr>' for label, value in report.facts(result)]
+    body.append("</table>")
+    body += [f'<p class="small">note: {e(note)}</p>' for note in result.get("notes", [])]
+    group = layout = None
+    verified: dict = {}
+    if result["store"] is not None:
+        group = store.open_existing(result["store"])
+        layout = store.metadata(group).layout
+        verified = _verified(group, result["store"], layout)
+    body.append("<table><tr><th>tensor</th><th>shape</th><th>size</th><th>difference</th><th>threshold</th>"
+                "<th>resolution</th><th>noise ε_f</th><th>kinks</th>"
+                "<th>re-verified: agrees / kink / near-kink / wrong</th><th>verdict</th></tr>")
     for name, t in result["tensors"].items():
         s = t["suspects"]
-        body.append(f"<tr><td>{e(name)}</td><td>{'×'.join(map(str, t['shape']))}</td><td>{t['difference']:.4e}</td>"
-                    f"<td>{t['threshold']:.1e}</td><td>{t['resolution']:.1e}</td><td>{t['noise']:.1e}</td>"
-                    f"<td>{t['kinks']['count']}</td><td>{s['agrees']} / {s['kink']} / {s['near_kink']} / {s['wrong']}</td>"
+        body.append(f"<tr><td>{e(name)}</td><td>{_shape(t)}</td><td>{math.prod(t['shape'])}</td>"
+                    f"<td>{t['difference']:.4e}</td><td>{t['threshold']:.1e}</td><td>{t['resolution']:.1e}</td>"
+                    f"<td>{t['noise']:.1e}</td><td>{t['kinks']['count']}</td>"
+                    f"<td>{s['agrees']} / {s['kink']} / {s['near_kink']} / {s['wrong']}</td>"
                     f"<td>{e(tensor_verdict(t, result['threshold']))}</td></tr>")
     body.append("</table>")
-    coarse = [(n, t) for n, t in result["tensors"].items() if t["threshold"] > result["threshold"]]
+    coarse = report.resolution_line(result)
     if coarse:
-        limits = ", ".join(f"{gradient_name(n)} {t['resolution']:.1e}" for n, t in coarse)
-        body.append(f"<p>The forward's noise resolves only relative errors above: {e(limits)}; a smaller error there "
-                    f"would pass unseen (asked threshold {result['threshold']:g}).</p>")
+        body.append(f"<p>{e(coarse)}</p>")
     for name, t in result["tensors"].items():
-        if t["kinks"]["elements"]:
-            where = ", ".join(_index(name, i) for i in t["kinks"]["elements"])
-            body.append(f"<p class=\"small\">{e(name)}: {t['kinks']['count']} element(s) left out at kinks, "
-                        f"first {e(where)}</p>")
+        body += _elements(name, t, verified.get(name, {}) if group is not None else None)
         if not t["passed"] and t["worst"]:
             body.append(f"<p>worst elements of {e(name)}:</p><table><tr><th>element</th><th>analytic</th>"
                         "<th>numerical</th><th>|error|</th></tr>")
@@ -154,24 +127,30 @@ def _check_section(check: str, result: dict) -> list[str]:
                      f"<td>{w['numerical']:.8e}</td><td>{w['abs_error']:.2e}</td></tr>" for w in t["worst"]]
             body.append("</table>")
     body.append(f'<img alt="per-tensor difference of {e(check)}" src="data:image/png;base64,'
-                f'{_png(difference_figure(result))}">')
-    if result["store"] is None:  # a directional screen keeps no per-element values
+                f'{plots.png(plots.difference_figure(result))}">')
+    if group is None:  # a directional screen keeps no per-element values
         body.append(f"<p>{e(result['method'])}: no per-element heatmaps; run a full check for them.</p>")
         return body
-    group = store.open_existing(result["store"])
-    layout = store.metadata(group).layout
+    maps = []
     for tensor in layout.tensors:
         if len(tensor.shape) == 2 and min(tensor.shape) > 1:
-            error, row_step, col_step = pooled_error(group, layout, tensor.name)
-            image = _png(heatmap_figure(error, tensor.name, tensor.shape, row_step, col_step))
-            body.append(f'<img alt="heatmap of |grad − gradapprox| for {e(tensor.name)}" '
+            error, row_step, col_step = plots.pooled_error(group, layout, tensor.name)
+            image = plots.png(plots.heatmap_figure(error, tensor.name, tensor.shape, row_step, col_step, verified[tensor.name]))
+            maps.append(f'<img alt="heatmap of |grad − gradapprox| for {e(tensor.name)}" '
                         f'src="data:image/png;base64,{image}">')
+    if maps:
+        settled = (", and elements re-verified as agreeing count with their settled estimate"
+                   if result.get("step") == "auto" else "")
+        body.append('<p class="small">|grad − gradapprox| of every element as first evaluated, before '
+                    f"re-verification: elements at kinks (marked) are left out of the difference{settled}.</p>")
+        body += maps
     return body
 
 
 def to_html(title: str, results: list[dict]) -> str:
-    """``results``: per check, ``{"check", "result" (report JSON)}`` or ``{"check", "error"}``."""
-    heading = html.escape(f"gradjob {title}")
+    """``results``: per check, ``{"check", "result" (report JSON)}`` or ``{"check", "error"}``;
+    ``title`` names the run ("check seed", "job nightly")."""
+    heading = html.escape(run_name(title))
     body = [f"<h1>{heading}</h1>"]
     for entry in results:
         body.append(f"<h2>{html.escape(entry['check'])}</h2>")

@@ -16,6 +16,51 @@ from .types import Outcome
 EXIT_PASSED, EXIT_FAILED = 0, 1
 
 
+def head_line(result: dict) -> tuple[str, str]:
+    """The text report's first line (``report.to_text``), as its verdict word and the rest."""
+    if result["passed"]:
+        return "PASS", (f"backprop agrees with the numerical gradient: difference {result['difference']:.6e}, "
+                        "every tensor within its threshold")
+    return "FAIL", (f"backprop disagrees with the numerical gradient: difference {result['difference']:.6e}; "
+                    f"wrong: {', '.join(result['failing'])}")
+
+
+def facts(result: dict) -> list[tuple[str, str]]:
+    """The text report's lines under its head, as (label, value), then the run's time, versions
+    and, after a run (not from a store alone), its wall time per stage."""
+    rows = [("model", result["model"]), ("case", result["case"]), ("precision", result["precision"]["text"]),
+            ("step", f"{result['step_text']}; {result['method']}")]
+    if result["store"] is not None:
+        rows += [("evaluator", result["evaluator"]),
+                 ("store", f"{result['store']} ({result['n_parameters']} parameters in {result['n_chunks']} chunks "
+                           f"of {result['chunk_size']})")]
+    else:
+        rows.append(("parameters", str(result["n_parameters"])))
+    if result.get("created"):
+        rows.append(("run", result["created"]))
+    if result.get("versions"):
+        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in result["versions"].items())))
+    if result.get("seconds"):
+        seconds = result["seconds"]
+        rows.append(("wall time", f"{sum(seconds.values()):.2f} s ("
+                                  + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()) + ")"))
+    return rows
+
+
+def resolution_line(result: dict) -> str | None:
+    """The text report's line on tensors whose noise resolves only errors above the asked threshold."""
+    coarse = [(n, t) for n, t in result["tensors"].items() if t["threshold"] > result["threshold"]]
+    if not coarse:
+        return None
+    p = result["precision"]
+    promotable = p["checked"] != "float64" and p.get("note") is None and p["model"] != "float64"
+    limits = ", ".join(f"{gradient_name(n)} {t['resolution']:.1e}" for n, t in coarse)
+    return (f"The forward's noise resolves only relative errors above: {limits}; a smaller error there would pass "
+            f"unseen (asked threshold {result['threshold']:g})"
+            + ("; --precision float64 would check in float64" if promotable else "") + ".")
+
+
+
 def exit_code(outcome: Outcome) -> int:
     return EXIT_PASSED if outcome.reduction.passed else EXIT_FAILED
 
@@ -70,50 +115,28 @@ def tensor_verdict(t: dict, threshold: float) -> str:
     return "ok" + (f"    ({'; '.join(reasons)})" if reasons else "")
 
 
+TEXT_FACTS = ("model", "case", "precision", "step", "evaluator", "store")
+
+
 def to_text(outcome: Outcome) -> str:
-    r, meta = outcome.reduction, outcome.meta
-    if r.passed:
-        head = (f"PASS  backprop agrees with the numerical gradient: difference {r.difference:.6e}, "
-                "every tensor within its threshold")
-    else:
-        head = (f"FAIL  backprop disagrees with the numerical gradient: difference {r.difference:.6e}; "
-                f"wrong: {', '.join(r.failing)}")
-    lines = [
-        head,
-        f"  model     {outcome.model}",
-        f"  case      {outcome.case}",
-        f"  precision {outcome.precision.describe()}",
-        f"  step      {outcome.step_text}; {outcome.method_text}",
-    ]
-    if outcome.store is not None:
-        lines.append(f"  evaluator {outcome.evaluator}")
-        lines.append(f"  store     {outcome.store} ({r.n_parameters} parameters in {meta.n_chunks} chunks of "
-                     f"{meta.chunk_size})")
-    lines.append("")
-    width = max(6, *(len(t.name) for t in r.tensors))
+    """The text report, built from the JSON object as the HTML page and JUnit are."""
+    data = to_json(outcome)
+    word, rest = head_line(data)
+    lines = [f"{word}  {rest}", *(f"  {label:<9} {value}" for label, value in facts(data) if label in TEXT_FACTS), ""]
+    width = max(6, *(len(name) for name in data["tensors"]))
     lines.append(f"  {'tensor':<{width}}  {'shape':<12} {'size':>9}  {'difference':>12}  {'threshold':>9}  verdict")
-    for t in r.tensors:
-        shape = "×".join(map(str, t.shape)) or "scalar"
-        lines.append(f"  {t.name:<{width}}  {shape:<12} {math.prod(t.shape):>9}  {t.difference:>12.4e}  "
-                     f"{t.threshold:>9.1e}  {tensor_verdict(t.to_json(), r.threshold)}")
-    for t in r.tensors:
-        if t.passed or not t.worst:
+    for name, t in data["tensors"].items():
+        shape = "×".join(map(str, t["shape"])) or "scalar"
+        lines.append(f"  {name:<{width}}  {shape:<12} {math.prod(t['shape']):>9}  {t['difference']:>12.4e}  "
+                     f"{t['threshold']:>9.1e}  {tensor_verdict(t, data['threshold'])}")
+    for name, t in data["tensors"].items():
+        if t["passed"] or not t["worst"]:
             continue
-        lines.append("")
-        lines.append(f"  worst elements of {t.name}:")
-        for w in t.worst[:3]:
-            where = f"{t.name}[{', '.join(map(str, w['index']))}]" if w["index"] else t.name
+        lines += ["", f"  worst elements of {name}:"]
+        for w in t["worst"][:3]:
+            where = f"{name}[{', '.join(map(str, w['index']))}]" if w["index"] else name
             lines.append(f"    {where:<16} analytic {w['analytic']: .8e}   numerical {w['numerical']: .8e}")
-    coarse = [t for t in r.tensors if t.threshold > r.threshold]
-    if coarse:
-        limits = ", ".join(f"{gradient_name(t.name)} {t.resolution:.1e}" for t in coarse)
-        lines += ["", f"  The forward's noise resolves only relative errors above: {limits}; a smaller error there "
-                      f"would pass unseen (asked threshold {r.threshold:g})"
-                      + ("; --precision float64 would check in float64" if _promotable(outcome) else "") + "."]
+    line = resolution_line(data)
+    if line:
+        lines += ["", f"  {line}"]
     return "\n".join(lines)
-
-
-def _promotable(outcome: Outcome) -> bool:
-    """Advice to check in float64 applies only where the user chose the model's own precision."""
-    p = outcome.precision
-    return p.checked != "float64" and p.note is None and p.model != "float64"
