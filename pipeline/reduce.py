@@ -187,7 +187,8 @@ def _tensor_result(layout: Layout, tensor: Tensor, acc: _Accumulator, threshold:
     return TensorResult(tensor.name, tensor.shape, difference, own, resolution(own), noise, math.sqrt(sums.dd),
                         math.sqrt(sums.nn), passed, diagnosis, worst, sums.kinks,
                         [list(layout.locate(i)[1]) for i in acc.kink_elements], suspects,
-                        [list(layout.locate(i)[1]) for i in sorted(acc.wrong_elements)[:WORST_KEPT]])
+                        [list(layout.locate(i)[1]) for i in sorted(acc.wrong_elements)[:WORST_KEPT]],
+                        tensor.size - sums.kinks)
 
 
 def _whole(tensor: Tensor, blocks: Blocks) -> dict[str, np.ndarray]:

@@ -176,9 +176,10 @@ class TensorResult:
     kink_elements: list = field(default_factory=list)
     suspects: Suspects = field(default_factory=Suspects)
     wrong_elements: list = field(default_factory=list)
+    checked: int = 0        # elements in the difference: not at a kink (0: nothing here could be checked)
 
     def to_json(self) -> dict:
-        return {"difference": self.difference, "passed": self.passed, "shape": list(self.shape),
+        return {"difference": self.difference, "passed": self.passed, "shape": list(self.shape), "checked": self.checked,
                 "threshold": self.threshold, "resolution": self.resolution, "noise": self.noise,
                 "error_norm": self.error_norm, "noise_norm": self.noise_norm,
                 "diagnosis": self.diagnosis, "worst": self.worst,

@@ -236,3 +236,17 @@ def test_a_store_of_code_that_changed_unseen_is_started_afresh(gradjob, tmp_path
     assert again.exit_code == 1 and "FAIL  db1 is 4.00× the numerical gradient" in again.stdout
     assert "gradjob: note: store s.zarr was made by other code (the analytic gradient at b1[0, 0] is now" in again.stderr
     assert "; starting afresh" in again.stderr
+
+
+def test_a_tensor_whose_numbers_all_sit_at_kinks_is_said_to_be_unchecked(gradjob):
+    """The directional screen's three directions in the stacked-kinks W2 all cross kinks: W2 is not
+    passed silently, the head line and the tensor say it could not be checked."""
+    path = str(FAMILIES / "stacked_kinks.py")
+    run = gradjob("submit", "--mode", "directional", "--model", path, "--forward", "forward", "--backward",
+                  "backward_W2_x1_05", "--case", f"{path}:case_kinks", "--json")
+    result = json.loads(run.stdout)
+    unchecked = [name for name, t in result["tensors"].items() if t["checked"] == 0]
+    assert "W2" in unchecked
+    word, rest = report.head_line(result)  # the text report's head, from the same JSON
+    assert (word, rest.endswith(f"not checked (all at kinks): {', '.join(unchecked)}")) == ("PASS", True)
+    assert report.tensor_verdict(result["tensors"]["W2"], result["threshold"]).startswith("ok    (not checked: ")
