@@ -12,6 +12,9 @@ The user's code reads its parameters where it always does: each call puts gradjo
 of θ, or the traced stand-ins of the fast path) into the caller's dict or lists, runs the code and
 puts the caller's own arrays back, under a per-process lock (a worker's threads share the
 caller's containers). Nothing is copied per call.
+
+A little over gradjob's usual module size: the three shapes share the put-back discipline above,
+which is clearest kept in one place.
 """
 
 from __future__ import annotations

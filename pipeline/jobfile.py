@@ -24,7 +24,8 @@
     # fast, mode = "directional" with directions = 3 (a quick screen on the client: no store, no cluster)
 
 Every key is typed by the schema below (``Check``): a wrong type or value is one line naming the
-file, the check, the key, what was expected and what was found, and exit code 2.
+file, the check, the key, what was expected and what was found, and exit code 2. The module
+holds the schema, the one-line messages made from its errors, and the running of a file's checks.
 """
 
 from __future__ import annotations
