@@ -21,7 +21,6 @@ from .fastpath import FastNetwork
 from .layout import Layout
 from .models import Model, ModelSpec, cost_function
 
-KINDS = ("incremental", "traced", "forward")
 VALIDATION_SAMPLES = 8   # perturbations compared with the real forward before a traced model is used
 # how far a replayed cost may differ from the real forward's, relative to max(1, |J|), by the dtype the
 # forward computes in: round-off of sums that cancel reaches ~1e-12 in float64 (measured on random programs)
