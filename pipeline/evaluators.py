@@ -48,10 +48,8 @@ def choose(spec: ModelSpec, model: Model, layout: Layout, X, Y, theta: np.ndarra
         return "forward", None
     if spec.is_builtin:
         return ("incremental" if spec.name == "network" and FastNetwork.supports(layout, X) else "forward"), None
-    try:
-        from .trace import Replay, Untraceable
-    except ImportError:  # pragma: no cover - the traced path ships with gradjob
-        return "forward", None
+    from .trace import Replay, Untraceable
+
     try:
         replay = Replay.of(model.forward, X, Y, layout, theta.copy())
     except Untraceable as exc:
