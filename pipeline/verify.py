@@ -94,11 +94,13 @@ def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.nda
     """Class of one suspect from its ladder (rungs from coarse to fine); see the module docstring.
 
     A rung counts where three times its one-sided noise (from ε_f) is below ``decide`` (see
-    ``resolution``) of the values. At such a rung the function is smooth if the one-sided slopes agree, or their gap
-    shrinks with the step (curvature); otherwise a kink lies within the step. Agreement at any
-    rung wins (between two close kinks only the finest steps see the slope at θ); a kink side
-    that matches comes next; *wrong* needs the finest counting rungs to have settled, since a
-    change there means more kinks closer to θ than float arithmetic can resolve (*near-kink*).
+    ``resolution``) of the values. At such a rung the function is smooth if the one-sided slopes
+    agree within their noise, or their gap shrinks with the step on both sides of the rung (the
+    curvature of a smooth function; a kink's gap stays). Where some rung is smooth, the most
+    precise smooth rung decides: the analytic value agrees with its central estimate, or it is
+    wrong. Otherwise the most precise rung with a kink decides whether the analytic value is one
+    of its sides; *wrong* then needs the finest counting rungs to have settled, since a change
+    there means more kinks closer to θ than float arithmetic can resolve (*near-kink*).
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         right = (cost_plus - cost) / step_plus
@@ -110,32 +112,45 @@ def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.nda
     scale = np.maximum.reduce([np.full(RUNGS, abs(grad)), np.abs(right), np.abs(left)])
     usable = [k for k in range(RUNGS) if valid[k] and 3 * n[k] <= decide * scale[k]]
     jump = np.abs(right - left)
-    shrinking = np.array([k + 1 < RUNGS and valid[k + 1] and jump[k + 1] <= jump[k] / 3 for k in range(RUNGS)])
+
+    def quiet(k):
+        return 0 <= k < RUNGS and valid[k] and jump[k] <= 6 * n[k]
+
+    def shrinks(k):  # the gap falls with the step into and out of rung k
+        before = k - 1 >= 0 and valid[k - 1] and jump[k - 1] >= 3 * jump[k]
+        after = k + 1 >= RUNGS or not valid[k + 1] or quiet(k + 1) or jump[k + 1] <= jump[k] / 3
+        return before and after
+
+    smooth = [k for k in range(RUNGS) if valid[k] and (quiet(k) or shrinks(k))]
     # a kink shows wherever the one-sided slopes part by far more than their noise, even at a step too
     # coarse or too noisy to decide anything
-    kink_seen = bool(np.any(valid & (jump > 12 * n) & ~shrinking))
-    agrees, kinks = [], []
+    kink_seen = any(valid[k] and jump[k] > 12 * n[k] and k not in smooth for k in range(RUNGS))
+    estimates = [(1.5 * n[k] + _moved(central, k, valid), k) for k in usable if k in smooth]
+    estimates = [(e, k) for e, k in estimates if e <= decide * scale[k]]
+    if estimates:
+        e, k = min(estimates)
+        agrees = abs(grad - central[k]) <= 3 * e + slack
+        return Verdict(AGREES if agrees else WRONG, float(central[k]), float(e))
+    kinked = []
     for k in usable:
-        precise = decide * scale[k] / 3  # a kink is left out only when its sides are known this well
-        if jump[k] <= 6 * n[k] or shrinking[k]:
-            e = 1.5 * n[k] + _moved(central, k, valid)
-            if e <= decide * scale[k] and abs(grad - central[k]) <= 3 * e + slack:  # e joins the tensor's noise
-                agrees.append(Verdict(AGREES, float(central[k]), float(e)))
+        if k in smooth:
             continue
         sides = ((right[k], 3 * n[k] + _moved(right, k, valid)), (left[k], 3 * n[k] + _moved(left, k, valid)))
-        middle = ((right[k] + left[k]) / 2, (sides[0][1] + sides[1][1]) / 2)
-        kinks += [Verdict(KINK, float(s), float(e)) for s, e in (*sides, middle)
-                  if e <= precise and abs(grad - s) <= e + slack]
-    for found in (agrees, kinks):
-        if found:
-            return min(found, key=lambda v: v.tolerance)
+        sides += (((right[k] + left[k]) / 2, (sides[0][1] + sides[1][1]) / 2),)
+        e = max(s[1] for s in sides[:2])
+        if e <= decide * scale[k] / 3:  # a kink is left out only when its sides are known this well
+            kinked.append((e, k, sides))
+    if kinked:
+        _, k, sides = min(kinked, key=lambda item: item[0])
+        matched = [Verdict(KINK, float(s), float(e)) for s, e in sides if abs(grad - s) <= e + slack]
+        if matched:
+            return matched[0]
     if len(usable) >= 2 and usable[-2] == usable[-1] - 1:
         k = usable[-1]
         settled = all(abs(side[k] - side[k - 1]) <= 3 * (n[k] + n[k - 1]) + decide * scale[k] / 3
                       for side in (right, left))
-        smooth = jump[k] <= 6 * n[k] or shrinking[k]
-        nearest = central[k] if smooth else min((right[k], left[k]), key=lambda s: abs(grad - s))
-        e = (1.5 * n[k] + _moved(central, k, valid)) if smooth else 3 * n[k] + decide * scale[k] / 3
+        nearest = min((right[k], left[k]), key=lambda s: abs(grad - s))
+        e = 3 * n[k] + decide * scale[k] / 3
         if settled and abs(grad - nearest) > 3 * e + slack:
             return Verdict(WRONG, float(nearest), float(e))
     return Verdict(NEAR_KINK if kink_seen else UNRESOLVED, math.nan, math.nan)
