@@ -114,9 +114,10 @@ def check_lists(cost, backprop, parameters, data, *, average: bool = True, **opt
 
 
 def assert_passed(outcome: Outcome) -> Outcome:
-    """``outcome`` if its check passed, else ``AssertionError`` whose message is the text report."""
+    """``outcome`` if its check passed, else ``AssertionError`` whose message is the text report and
+    the notes the CLI would print (a fallback to another path, a precision kept)."""
     if not outcome.reduction.passed:
-        raise AssertionError(to_text(outcome))
+        raise AssertionError("\n".join([to_text(outcome), *(f"note: {note}" for note in outcome.notes)]))
     return outcome
 
 

@@ -8,7 +8,9 @@ sums over the tensor, against the numerical gradient a and θ:
 - r = α·a + β·θ: the data term is (1 + α)× its numerical value, the λ·θ term (λ = −β/α) right;
 - for square matrices, r = α·(aᵀ − a) + β·(θᵀ − θ): the (data term of the) gradient is transposed.
 
-A fit counts when what it leaves of r is within 1 % of r plus the tensor's noise.
+A fit counts when what it leaves of r is within 1 % of r plus the tensor's noise and its
+coefficients are beyond what the noise could make; of those that count, the one that leaves least
+wins, and a simpler one (a factor before a λ·θ term before both) when it leaves about as little.
 """
 
 from __future__ import annotations
@@ -63,9 +65,9 @@ def gradient_name(tensor: str) -> str:
 
 
 def times(factor: float) -> str:
-    """``2.00×``, with as many decimals as it takes not to read as 1.00×."""
+    """``2.00×``, with as many decimals as it takes not to read as 1.00× or 0.00×."""
     digits = 2
-    while digits < 8 and round(factor, digits) == 1.0:
+    while digits < 8 and round(factor, digits) in (0.0, 1.0):
         digits += 1
     return f"{factor:.{digits}f}×"
 
@@ -97,22 +99,11 @@ def diagnose(tensor: Tensor, sums: Sums, worst: list[dict], wrong_elements: list
             return wrong_sign(grad)
         return f"{grad} is {g:.6g} but the numerical derivative is {a:.6g}"
     rr = sums.dd
-    ra = sums.ga - sums.aa
     close = (FIT ** 2) * rr + 9 * sums.nn
-    (alpha,), left = _fit(rr, [(sums.aa,)], [ra])
-    if left <= close and alpha * alpha * sums.aa > 9 * sums.nn:  # a factor the noise could not make
-        return wrong_sign(grad) if abs(alpha + 2) < 1e-2 else f"{grad} is {times(1 + alpha)} the numerical gradient"
-    if sums.tt > 0:
-        (beta,), left = _fit(rr, [(sums.tt,)], [sums.dt])
-        if left <= close and beta * beta * sums.tt > 9 * sums.nn:
-            if beta < 0:
-                return f"{grad} lacks a {-beta:.4g}·{name} term (the L2 regularisation gradient λ·{name}?)"
-            return f"{grad} has an extra {beta:.4g}·{name} term (the L2 regularisation gradient counted twice?)"
-        (alpha, beta), left = _fit(rr, [(sums.aa, sums.at), (sums.at, sums.tt)], [ra, sums.dt])
-        if left <= close and alpha != 0:
-            lam = -beta / alpha
-            data = ("has the wrong sign" if abs(alpha + 2) < 1e-2 else f"is {times(1 + alpha)} its numerical value")
-            return f"the data term of {grad} {data} (its regularisation term {lam:.4g}·{name} is right)"
+    fits = [fit for fit in _pattern_fits(sums, grad, name) if fit[0] <= close]
+    if fits:  # the best fit; a simpler one (listed earlier) wins when it leaves about as little of r
+        best = min(left for left, _ in fits)
+        return next(text for left, text in fits if left <= 4 * best + 9 * sums.nn)
     transposed = _transposed(tensor, whole, close)
     if transposed:
         return transposed
@@ -123,6 +114,36 @@ def diagnose(tensor: Tensor, sums: Sums, worst: list[dict], wrong_elements: list
     if wrong:
         return f"{wrong} of {tensor.size} elements of {grad} are wrong; no simple pattern"
     return f"{grad} disagrees with the numerical gradient beyond its noise; no simple pattern"
+
+
+def _pattern_fits(sums: Sums, grad: str, name: str) -> list[tuple[float, str]]:
+    """(what the fit leaves of |r|², its sentence) for each pattern whose coefficients the noise
+    could not make, simplest first: a factor, a λ·θ term, both."""
+    significant = lambda coef, square: coef * coef * square > 9 * sums.nn  # noqa: E731
+    ra = sums.ga - sums.aa
+    fits = []
+    (alpha,), left = _fit(sums.dd, [(sums.aa,)], [ra])
+    if significant(alpha, sums.aa):
+        fits.append((left, wrong_sign(grad) if abs(alpha + 2) < 1e-2
+                     else f"{grad} is {times(1 + alpha)} the numerical gradient"))
+    if sums.tt > 0:
+        (beta,), left = _fit(sums.dd, [(sums.tt,)], [sums.dt])
+        if significant(beta, sums.tt):
+            fits.append((left, f"{grad} lacks a {-beta:.4g}·{name} term (the L2 regularisation gradient λ·{name}?)"
+                         if beta < 0 else
+                         f"{grad} has an extra {beta:.4g}·{name} term (the L2 regularisation gradient counted twice?)"))
+        (alpha, beta), left = _fit(sums.dd, [(sums.aa, sums.at), (sums.at, sums.tt)], [ra, sums.dt])
+        if significant(alpha, sums.aa) and significant(beta, sums.tt):
+            fits.append((left, _data_term(grad, name, alpha, beta)))
+    return fits
+
+
+def _data_term(grad: str, name: str, alpha: float, beta: float) -> str:
+    """r = α·a + β·θ: the data term is (1 + α)× its value and λ·θ (λ = −β/α) is right."""
+    if abs(1 + alpha) < FIT:
+        return f"{grad} is only a {beta:.4g}·{name} term: its data term is missing"
+    data = "has the wrong sign" if abs(alpha + 2) < 1e-2 else f"is {times(1 + alpha)} its numerical value"
+    return f"the data term of {grad} {data} (its regularisation term {-beta / alpha:.4g}·{name} is right)"
 
 
 def _transposed(tensor: Tensor, whole: Callable[[], dict[str, np.ndarray]], close: float) -> str | None:

@@ -81,7 +81,8 @@ def mismatch(costs: Costs, model: Model, layout: Layout, X, Y, theta: np.ndarray
     if bad.size:
         k = int(bad[0])
         return (f"its replayed cost {replayed[k]:.17g} differs from the forward's {expected[k]:.17g} at "
-                f"{layout.describe(int(indices[k]))} (hidden state, or an operation that depends on call order?)")
+                f"{layout.describe(int(indices[k]))} (hidden state, arithmetic in a lower precision inside the "
+                "forward, or an operation that depends on call order?)")
     return None
 
 

@@ -125,6 +125,7 @@ class _Tape:
         self.profile: _Profile | None = None
         self.poisoned: dict[int, Untraceable] = {}  # nodes the replay cannot compute, and why
         self.casts: list = []  # weak references to every _Cast, given their values back at the end
+        self.numbers: list = []  # (number, traced value, why not) of each float()/.item(): see Traced._number
         self._snapshots: dict[int, tuple[object, np.ndarray]] = {}
 
     def close(self):

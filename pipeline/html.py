@@ -110,7 +110,7 @@ def _check_section(check: str, result: dict) -> list[str]:
     for name, t in result["tensors"].items():
         s = t["suspects"]
         body.append(f"<tr><td>{e(name)}</td><td>{_shape(t)}</td><td>{math.prod(t['shape'])}</td>"
-                    f"<td>{t['difference']:.4e}</td><td>{t['threshold']:.1e}</td><td>{t['resolution']:.1e}</td>"
+                    f"<td>{t['difference']:.4e}</td><td>{t['threshold']:.1e}</td><td>{report.resolution_text(t)}</td>"
                     f"<td>{t['noise']:.1e}</td><td>{t['kinks']['count']}</td>"
                     f"<td>{s['agrees']} / {s['kink']} / {s['near_kink']} / {s['wrong']}</td>"
                     f"<td>{e(tensor_verdict(t, result['threshold']))}</td></tr>")

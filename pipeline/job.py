@@ -52,7 +52,7 @@ def run(request: Request, progress: Progress | None = None,
                     meta, plan = (resumed.meta, resumed.plan) if resumed else create(prepared, seconds)
                     verdicts = evaluate(prepared, meta, plan, ex, progress, tracker, seconds)
         started = time.perf_counter()
-        outcome = reduce_store(prepared.store, None, verdicts)
+        outcome = reduce_store(prepared.store, request.threshold, verdicts)  # a threshold asked now wins
         seconds["reduce"] = time.perf_counter() - started
     outcome.evaluated_chunks = len(plan.todo)
     outcome.notes = notes + tracker.notes
@@ -70,7 +70,7 @@ class _Tracker:
         self.task_seconds.append(report.seconds)
         if report.note:
             self.notes.append(report.note)
-        self.progress.advance(chunk.size)
+        self.progress.advance(chunk.size, report.suspects)
 
 
 def plan_of(prepared: preflight.Prepared, done=None, chunk_size: int | None = None) -> Plan:

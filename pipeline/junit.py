@@ -16,7 +16,7 @@ import datetime
 import socket
 import xml.etree.ElementTree as ET
 
-from .report import tensor_verdict
+from .report import resolution_text, tensor_verdict
 
 
 def run_name(title: str) -> str:
@@ -63,7 +63,7 @@ def _index(name: str, index: list) -> str:
 def tensor_out(name: str, t: dict, threshold: float) -> str:
     """A tensor's ``system-out``: its numbers, its re-verified suspects and its verdict in words."""
     s = t["suspects"]
-    lines = [f"difference {t['difference']:.6e}; threshold {t['threshold']:.1e}; resolution {t['resolution']:.1e}; "
+    lines = [f"difference {t['difference']:.6e}; threshold {t['threshold']:.1e}; resolution {resolution_text(t)}; "
              f"noise {t['noise']:.1e}; kinks {t['kinks']['count']}; re-verified {s['verified']} "
              f"(agrees {s['agrees']}, kink {s['kink']}, near-kink {s['near_kink']}, wrong {s['wrong']}, "
              f"unresolved {s['unresolved']})"

@@ -109,13 +109,18 @@ def at_theta(model: Model, case: Case, choice: str):
         cost, grad, computed = analytic_gradient(model, case, layout, theta)
         checked = computed if np.dtype(computed).itemsize < np.dtype(own).itemsize else own
         note = f"the forward computes in {checked} whatever it is given" if checked != own else None
+        if checked == "float64":  # a cost returned in float64 may still be computed in float32 inside
+            eta = relative_noise(model, case, layout, theta, grad, cost)
+            if eta is not None and eta > LOW_PRECISION_NOISE:
+                checked = "float32" if eta < 1e-5 else "float16"
+                note = f"the forward computes in {checked} inside: its cost is that noisy (relative noise {eta:.1e})"
         return Precision(checked, own, note), case, layout, theta, cost, grad
     promoted = promote(case)
     wide = Layout.of(promoted.parameters)
     theta = wide.flatten(promoted.parameters)
     try:
         cost, grad, computed = analytic_gradient(model, promoted, wide, theta)
-        problem = _why_not_float64(model, case, layout, promoted, wide, theta, cost, computed)
+        problem = _why_not_float64(model, case, layout, promoted, wide, theta, cost, grad, computed)
     except InputError as exc:
         problem = f"with float64 inputs it fails ({exc})"
     if problem is None:
@@ -134,7 +139,7 @@ def promote(case: Case) -> Case:
     return Case(wide(case.X), wide(case.Y), {k: wide(v) for k, v in case.parameters.items()}, case.description)
 
 
-def _why_not_float64(model, case, layout, promoted, wide, theta, cost64, computed) -> str | None:
+def _why_not_float64(model, case, layout, promoted, wide, theta, cost64, grad64, computed) -> str | None:
     """None when the promoted forward really computes in float64, else why not (one clause)."""
     if np.dtype(computed).itemsize < 8:
         return f"its forward or backward computes in {computed} even with float64 inputs"
@@ -147,18 +152,25 @@ def _why_not_float64(model, case, layout, promoted, wide, theta, cost64, compute
     if abs(own_cost - cost64) > 1e3 * eps * max(1.0, abs(own_cost)):
         return (f"its float64 cost {cost64:.9g} differs from its {layout.dtype} cost {own_cost:.9g} by more than "
                 f"{layout.dtype} round-off")
-    i = int(np.argmax(np.abs(theta)))
-    costs = in_place_costs(cost_function(model, promoted.X, promoted.Y, wide.views(theta)), theta)
-    scale = max(1.0, abs(float(theta[i])))
     try:
-        level, _ = measure_noise(lambda offsets: costs(np.full(offsets.size, i), theta[i] + offsets, "~"),
-                                 math.sqrt(np.finfo(np.float64).eps) * scale)
+        eta = relative_noise(model, promoted, wide, theta, grad64, cost64)
     except PerturbationFailure as failure:
-        return f"with float64 inputs the forward fails near {wide.describe(i)} ({failure.detail})"
-    if level is not None and level > LOW_PRECISION_NOISE * max(abs(cost64), 1e-300):
-        return (f"its cost is as noisy as {layout.dtype} arithmetic even with float64 inputs "
-                f"(relative noise {level / max(abs(cost64), 1e-300):.1e})")
+        return f"with float64 inputs the forward fails near {wide.describe(failure.index)} ({failure.detail})"
+    if eta is not None and eta > LOW_PRECISION_NOISE:
+        return f"its cost is as noisy as {layout.dtype} arithmetic even with float64 inputs (relative noise {eta:.1e})"
     return None
+
+
+def relative_noise(model: Model, case: Case, layout: Layout, theta: np.ndarray, grad: np.ndarray,
+                   cost: float) -> float | None:
+    """The forward's measured noise relative to |J| (ECnoise along the element J is most sensitive
+    to); None where it cannot be measured. Computing in float32 shows as ~1e-8, in float64 ~1e-16."""
+    own = theta.copy()
+    costs = in_place_costs(cost_function(model, case.X, case.Y, layout.views(own)), own)
+    i = int(np.argmax(np.abs(grad)))
+    level, _ = measure_noise(lambda offsets: costs(np.full(offsets.size, i), theta[i] + offsets, "~"),
+                             math.sqrt(np.finfo(np.float64).eps) * max(1.0, abs(float(theta[i]))))
+    return None if level is None else level / max(abs(cost), 1e-300)
 
 
 def analytic_gradient(model: Model, case: Case, layout: Layout, theta: np.ndarray) -> tuple[float, np.ndarray, str]:

@@ -7,6 +7,7 @@ bar. The base class shows nothing (the Python API, benchmarks).
 
 from __future__ import annotations
 
+import datetime
 import sys
 import time
 from typing import TextIO
@@ -17,7 +18,7 @@ class Progress:
 
     def start(self, total: int, already_done: int, dashboard: str | None) -> None: ...
 
-    def advance(self, parameters: int) -> None: ...
+    def advance(self, parameters: int, suspects: int = 0) -> None: ...
 
     def note(self, text: str) -> None: ...
 
@@ -34,12 +35,14 @@ class LogLines(Progress):
 
     def __init__(self, stream: TextIO | None = None, every: float = 30.0):
         self.stream, self.every = stream, every
-        self.total = self.done = self.evaluated = self.parameters = 0
+        self.total = self.done = self.evaluated = self.parameters = self.suspects = 0
         self.started = self.last = 0.0
 
     def _write(self, text: str) -> None:
+        """One line, stamped with the UTC time: a log read the next morning says when."""
         stream = self.stream or sys.stderr
-        stream.write(text + "\n")
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stream.write(f"{stamp} {text}\n")
         stream.flush()
 
     def start(self, total: int, already_done: int, dashboard: str | None) -> None:
@@ -51,10 +54,11 @@ class LogLines(Progress):
             self._write(f"resuming: {already_done} of {total} chunks already in the store")
         self._write(f"chunks {self.done}/{self.total}")
 
-    def advance(self, parameters: int) -> None:
+    def advance(self, parameters: int, suspects: int = 0) -> None:
         self.done += 1
         self.evaluated += 1
         self.parameters += parameters
+        self.suspects += suspects
         now = time.monotonic()
         if now - self.last >= self.every or self.done == self.total:
             self.last = now
@@ -66,7 +70,7 @@ class LogLines(Progress):
         left = self.total - self.done
         per_chunk = elapsed / max(1, self.evaluated)
         return (f"chunks {self.done}/{self.total}, {rate:,.0f} parameters/s, elapsed {_eta(elapsed)}, "
-                f"about {_eta(left * per_chunk)} left")
+                f"about {_eta(left * per_chunk)} left, {self.suspects:,} suspect(s) so far")
 
     def note(self, text: str) -> None:
         self._write(text)
@@ -93,7 +97,7 @@ class TerminalBar(Progress):
         self.task = self.bar.add_task("chunks", total=total, completed=already_done)
         self.bar.start()
 
-    def advance(self, parameters: int) -> None:
+    def advance(self, parameters: int, suspects: int = 0) -> None:
         if self.bar is not None:
             self.bar.advance(self.task)
 

@@ -51,14 +51,20 @@ def facts(result: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def resolution_text(t: dict) -> str:
+    """A tensor's resolution; "none" where its noise is as large as its gradient (no error would show)."""
+    return f"{t['resolution']:.1e}" if t["resolution"] is not None else "none (noise as large as the gradient)"
+
+
 def resolution_line(result: dict) -> str | None:
     """The text report's line on tensors whose noise resolves only errors above the asked threshold."""
-    coarse = [(n, t) for n, t in result["tensors"].items() if t["threshold"] > result["threshold"] or not t["checked"]]
+    coarse = [(n, t) for n, t in result["tensors"].items()
+              if t["passed"] and (t["threshold"] > result["threshold"] or not t["checked"])]  # a failing one was seen
     if not coarse:
         return None
     p = result["precision"]
     promotable = p["checked"] != "float64" and p.get("note") is None and p["model"] != "float64"
-    limits = ", ".join(f"{gradient_name(n)} " + (f"{t['resolution']:.1e}" if t["checked"] else "none (all at kinks)")
+    limits = ", ".join(f"{gradient_name(n)} " + (resolution_text(t) if t["checked"] else "none (all at kinks)")
                        for n, t in coarse)
     return (f"The forward's noise resolves only relative errors above: {limits}; a smaller error there would pass "
             f"unseen (asked threshold {result['threshold']:g})"
@@ -117,6 +123,11 @@ def tensor_verdict(t: dict, threshold: float) -> str:
         reasons.append(f"{suspects['near_kink']} near kinks closer than float arithmetic resolves, left out")
     if suspects["agrees"]:
         reasons.append(f"{suspects['agrees']} element(s) re-verified on smaller steps")
+    if suspects.get("unresolved"):
+        reasons.append(f"{suspects['unresolved']} element(s) unsettled on smaller steps, counted as noise")
+    if suspects.get("beyond_cap"):
+        reasons.append(f"{suspects['beyond_cap']} more suspect(s) beyond the re-verification cap, judged on "
+                       "their numbers")
     if t["difference"] > threshold:
         reasons.append(f"above {threshold:g} but within the forward's noise, threshold {t['threshold']:.1e}")
     return "ok" + (f"    ({'; '.join(reasons)})" if reasons else "")

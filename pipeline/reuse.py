@@ -82,7 +82,8 @@ def _other_code_note(prepared: Prepared) -> list[str]:
         except InputError:
             continue
         differing = identity.differences(meta.identity, prepared.identity)
-        if differing and set(differing) <= {"model", "modules"}:
+        same_functions = meta.model == prepared.spec.describe()  # another --backward is not a code change
+        if differing and set(differing) <= {"model", "modules"} and same_functions:
             return [f"the {identity.describe(differing)} changed since {other} was checked; checking the new code "
                     "in a new store"]
     return []

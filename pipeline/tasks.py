@@ -46,6 +46,7 @@ class TaskContext:
 class ChunkReport:
     seconds: float
     note: str | None = None  # a traced chunk that fell back to the forward, and why
+    suspects: int = 0        # elements beyond their noise bound, to be re-verified (progress shows them)
 
 
 class _Workspace:
@@ -140,7 +141,9 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
             f"{chunk.index}): {failure.detail}; finished chunks are kept in the store"
         ) from None
     store.write_chunk(workspace.group, chunk, asdict(result))
-    return ChunkReport(time.perf_counter() - started, note)
+    grad = store.read_range(workspace.group, "grad", chunk.start, chunk.stop)
+    beyond = np.abs(grad - result.gradapprox) > verify.tolerance(grad, result.noise, float(np.finfo(layout.dtype).eps))
+    return ChunkReport(time.perf_counter() - started, note, int(np.count_nonzero(beyond)))
 
 
 @_quiet

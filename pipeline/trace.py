@@ -40,8 +40,9 @@ in float32). Anything else raises ``Untraceable`` naming the operation and the u
 - ``out=`` and ``where=`` arguments, which includes ``A += B`` with A a plain array;
 - writing into a parameter or a view of one (``W[0] = 0``, ``W += 1``);
 - Python control flow or conversion on a traced value: ``if``/``while``/``and``/``assert``,
-  ``float()``, ``int()``, ``.item()``, ``.tolist()``, ``np.asarray``/``np.array``, storing it into
-  a plain array; indexing with a traced index (``v[v > 0]``);
+  ``float()`` and ``.item()`` (but on the cost the forward returns: ``return float(cost), cache``),
+  ``int()``, ``.tolist()``, ``np.asarray``/``np.array``, storing it into a plain array; indexing
+  with a traced index (``v[v > 0]``);
 - a cost not computed from the parameters, or not one floating-point value;
 - and, only when the cost depends on the array written: assignment into a traced array
   (``A[...] = v``) and augmented assignment to an array that shares memory with another. So a
@@ -108,6 +109,10 @@ def record(forward, X, Y, layout, theta) -> Graph:
     if tape.refused is not None:
         raise tape.refused
     cost = _untangle(result[0] if isinstance(result, tuple) else result)
+    for number, traced, refused in tape.numbers:  # float(cost) returned is the cost; any other, refused
+        if number is not cost:
+            raise refused
+        cost = traced
     code = getattr(forward, "__code__", None)
     where = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}" if code else ""
     if not isinstance(cost, Traced):
@@ -116,7 +121,7 @@ def record(forward, X, Y, layout, theta) -> Graph:
         raise Untraceable(f"the cost the forward returns has shape {cost.shape} and dtype {cost.dtype}, "
                           "not one floating-point value", where)
     graph, poisoned = tape.graph, tape.poisoned
-    tape.graph, tape.poisoned, tape.casts = Graph(), {}, []  # values left in user objects keep only themselves
+    tape.graph, tape.poisoned, tape.casts, tape.numbers = Graph(), {}, [], []  # values left in user objects keep only themselves
     graph.cost = cost._id
     return _pruned(graph, poisoned)
 

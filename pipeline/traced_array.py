@@ -146,7 +146,7 @@ class Traced:
         _refuse("Python control flow on a traced value (if, while, and, or, not, assert) is not supported")
 
     def __float__(self):
-        _refuse("float() of a traced value is not supported")
+        return self._number(float, "float()")
 
     def __int__(self):
         _refuse("int() of a traced value is not supported")
@@ -161,7 +161,21 @@ class Traced:
         _refuse("`in` on a traced array is not supported")
 
     def item(self, *args):
-        _refuse(".item() of a traced value is not supported")
+        if args:
+            _refuse(".item(i) of a traced value is not supported")
+        return self._number(lambda value: value.item(), ".item()")
+
+    def _number(self, convert, what: str):
+        """A plain number made of a traced value is fine only as the cost the forward returns
+        (``return float(cost), cache``): kept, and refused after the forward if it is anything else."""
+        if not self._tape.open:
+            return convert(self._value)
+        if self.size != 1 or self.dtype.kind != "f":
+            _refuse(f"{what} of a traced value is not supported")
+        number = convert(np.asarray(self._value).reshape(()))
+        self._tape.numbers.append((number, self, Untraceable(
+            f"{what} of a traced value is not supported, but on the cost the forward returns", user_line())))
+        return number
 
     def tolist(self):
         _refuse(".tolist() of a traced value is not supported")

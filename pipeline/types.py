@@ -8,6 +8,7 @@ here once; the CLI, job files and checks all read them from here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -67,12 +68,12 @@ class Precision:
 
     checked: str
     model: str
-    note: str | None = None  # why a float32/float16 model stayed in its own precision
+    note: str | None = None  # why the check did not compute in float64 (or promoted with a caveat)
 
     def describe(self) -> str:
         if self.checked == self.model:
             return f"checked in {self.checked}" + (f" ({self.note})" if self.note else "")
-        return f"checked in {self.checked}; parameters are {self.model}"
+        return f"checked in {self.checked}; parameters are {self.model}" + (f" ({self.note})" if self.note else "")
 
     def to_json(self) -> dict:
         return {"checked": self.checked, "model": self.model, "note": self.note}
@@ -180,7 +181,8 @@ class TensorResult:
 
     def to_json(self) -> dict:
         return {"difference": self.difference, "passed": self.passed, "shape": list(self.shape), "checked": self.checked,
-                "threshold": self.threshold, "resolution": self.resolution, "noise": self.noise,
+                "threshold": self.threshold, "noise": self.noise,
+                "resolution": self.resolution if math.isfinite(self.resolution) else None,  # None: no error is seen
                 "error_norm": self.error_norm, "noise_norm": self.noise_norm,
                 "diagnosis": self.diagnosis, "worst": self.worst,
                 "kinks": {"count": self.kinks, "elements": self.kink_elements},

@@ -68,6 +68,12 @@ def test_assert_backprop_names_the_tensor_and_the_diagnosis(private_tmp):
     assert "dW2 is 2.00× the numerical gradient" in message and "db1 is 4.00× the numerical gradient" in message
     assert "worst elements of W2" in message
     assert list(private_tmp.iterdir()) == []
+    # the notes the CLI prints on stderr (a path fallen back, a precision kept) end the message
+    failed = gradjob.check(networks.forward_propagation_n, networks.backward_propagation_n, *seed(), fast=False)
+    failed.notes = ["the traced fast path is off for this model: …"]
+    with pytest.raises(AssertionError) as raised:
+        gradjob.assert_passed(failed)
+    assert str(raised.value).endswith("\nnote: the traced fast path is off for this model: …")
 
 
 def test_gradients_keyed_by_parameter_name():

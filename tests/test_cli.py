@@ -94,9 +94,10 @@ def test_progress_in_a_log_and_stdout_kept_for_json(tmp_path, cluster_address):
     assert run.stdout.count("\n") == 1
     assert "\x1b[" not in run.stderr
     assert "model file imported" in run.stderr and "forward called" in run.stderr
-    assert re.search(r"^Dask dashboard: ", run.stderr, re.M)
-    assert re.search(r"^chunks \d+/\d+, [\d,]+ parameters/s, elapsed \d:\d\d:\d\d, about \d:\d\d:\d\d left$",
-                     run.stderr, re.M)
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "  # UTC: when, for a log read the next morning
+    assert re.search(rf"^{stamp}Dask dashboard: ", run.stderr, re.M)
+    assert re.search(rf"^{stamp}chunks \d+/\d+, [\d,]+ parameters/s, elapsed \d:\d\d:\d\d, about \d:\d\d:\d\d left, "
+                     r"\d+ suspect\(s\) so far$", run.stderr, re.M)
 
 
 def test_a_user_module_named_pipeline_does_not_shadow_gradjob(tmp_path):

@@ -4,9 +4,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import backprop_suite as suite
+from gradjob.diagnose import Sums, diagnose
+from gradjob.layout import Tensor
 from gradjob.verify import RUNGS
 
 SUITE = str(Path(__file__).with_name("backprop_suite.py"))
@@ -92,3 +95,31 @@ def test_dropout_with_a_fresh_mask_is_refused_and_a_fixed_mask_passes(gradjob, c
     assert fresh.stderr.startswith("gradjob: error: the forward is not deterministic: two evaluations at the same θ gave ")
     fixed = gradjob("submit", "--json", "--scheduler", cluster_address, *common, "--forward", "forward_dropout_fixed_mask")
     assert fixed.exit_code == 0 and json.loads(fixed.stdout)["difference"] < 1e-8
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing among the patterns: the fit that leaves least, the simpler on a near tie
+
+
+def diagnosis_of(grad, approx, theta, noise=1e-12):
+    sums = Sums()
+    sums.add(grad.ravel(), approx.ravel(), theta.ravel(), np.full(grad.size, noise))
+    return diagnose(Tensor("W2", grad.shape, 0), sums, [], [], lambda: {})
+
+
+@pytest.mark.parametrize("lam", [0.1, 30.0])
+def test_diagnosis_picks_the_pattern_that_fits_best_under_strong_regularisation(lam):
+    """With λ·W2 most of the gradient, a dropped regulariser leaves grad ≈ 0·gradapprox: the factor
+    fit nearly works too, but the λ·θ term fits exactly and is named, never "0.00×" or "-0.00×"."""
+    rng = np.random.default_rng(7)
+    theta, data = rng.standard_normal((12, 3)), 0.05 * rng.standard_normal((12, 3))
+    true = data + lam * theta
+    assert diagnosis_of(data, true, theta) == f"dW2 lacks a {lam:.4g}·W2 term (the L2 regularisation gradient λ·W2?)"
+    assert diagnosis_of(true + lam * theta, true, theta) == \
+        f"dW2 has an extra {lam:.4g}·W2 term (the L2 regularisation gradient counted twice?)"
+    assert diagnosis_of(2 * true, true, theta) == "dW2 is 2.00× the numerical gradient"  # simpler wins the tie
+    assert diagnosis_of(-true, true, theta) == "dW2 has the wrong sign (it is -1.00× the numerical gradient)"
+    assert diagnosis_of(2 * data + lam * theta, true, theta) == \
+        f"the data term of dW2 is 2.00× its numerical value (its regularisation term {lam:.4g}·W2 is right)"
+    assert diagnosis_of(lam * theta, true, theta) == f"dW2 is only a {lam:.4g}·W2 term: its data term is missing"
+    assert diagnosis_of(0.999 * true, true, theta) == "dW2 is 0.999× the numerical gradient"

@@ -166,14 +166,19 @@ def test_client_stopped_then_resubmitted(tmp_path, clean_run, stop, code):
     assert 3 <= finished.sum() < finished.size
     sizes = np.array([min(3, 47 - start) for start in range(0, 47, 3)])
 
+    preflight = tmp_path / "preflight.log"  # what the client spends before any chunk: --dry-run stops there
+    subprocess.run([*command, "--dry-run"], cwd=tmp_path, env={**os.environ, "GRADJOB_TEST_CALLS": str(preflight)},
+                   capture_output=True, text=True, timeout=300, check=True)
     resumed = subprocess.run(command, cwd=tmp_path, env={**os.environ, "GRADJOB_TEST_CALLS": str(calls)},
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads(resumed.stdout)
-    # two forward calls on the client (the determinism check), two per parameter not yet done, and the
-    # ladders of the suspects re-verified at the end (J at θ and 2 per rung)
+    # the client's calls (the determinism check, the noise probe), two per parameter not yet done, and
+    # the ladders of the suspects re-verified at the end (J at θ and 2 per rung)
     ladders = zarr.open_group(store, mode="r")["verify/index"].shape[0] * (1 + 2 * RUNGS)
-    assert len(calls.read_text().splitlines()) == 2 + 2 * int(sizes[~finished].sum()) + ladders
+    client_calls = len(preflight.read_text().splitlines())
+    assert 2 <= client_calls <= 2 + 3 * 7  # the determinism check, and ECnoise's 7 points a few times
+    assert len(calls.read_text().splitlines()) == client_calls + 2 * int(sizes[~finished].sum()) + ladders
     assert result["evaluated_chunks"] == int((~finished).sum())
     assert gradapprox(store).tobytes() == clean_gradapprox.tobytes()
     assert result["difference"] == clean["difference"]

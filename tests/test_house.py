@@ -47,3 +47,23 @@ def test_report_of_a_store_needs_no_cluster(tmp_path):
     again = job.reduce_store(str(tmp_path / "s.zarr"))
     assert report.to_text(again) == report.to_text(outcome)
     assert again.reduction.difference == 0.2850931567761623
+
+
+def test_log_lines_count_the_suspects_as_chunks_finish(tmp_path):
+    """A nightly log shows trouble before the end: each progress line counts the elements found beyond
+    their noise bound so far, the same ones re-verification later takes up."""
+    import io
+    import re
+
+    from gradjob.progress import LogLines
+
+    log = io.StringIO()
+    outcome = job.run(Request(case="seed", store=str(tmp_path / "s.zarr"), chunk_size=5),
+                      progress=LogLines(log, every=0.0), executor=SerialExecutor)
+    lines = re.findall(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ chunks (\d+)/10, .* left, (\d+) suspect\(s\) so far$",
+                       log.getvalue(), re.M)
+    assert [int(done) for done, _ in lines] == list(range(1, 11))
+    counts = [int(n) for _, n in lines]
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+    suspects = [t.suspects for t in outcome.reduction.tensors]
+    assert counts[-1] == sum(s.verified + s.beyond_cap for s in suspects) > 0

@@ -99,6 +99,8 @@ OPERATIONS = {
                          "+ np.astype(p['v'], np.float32).sum(dtype=np.float64))",
     "clip and copy": "np.clip(p['v'], -0.5, 0.5).sum() + p['v'].clip(0).sum() + np.copy(p['W']).sum() + p['b'].copy().sum()",
     "augmented assignment": "augmented(p, X)",
+    "float() of the returned cost": "float(np.squeeze(np.sum(p['W'] @ X) / X.shape[1]))",
+    ".item() of the returned cost": "(np.sum(p['V'] @ p['W']) * p['s']).item()",
     "a gradient beside the loss": "with_gradient(p, X)",
 }
 
@@ -435,9 +437,12 @@ REFUSED = {
         "Z = p['W'] @ X\n    T = Z.T\n    T *= 2  # here\n    return Z.sum()",
     "Python control flow on a traced value (if, while, and, or, not, assert) is not supported":
         "if np.sum(p['W']) > 0:  # here\n        return p['W'].sum()\n    return -p['W'].sum()",
-    "float() of a traced value is not supported": "return float(np.sum(p['W']))  # here",
+    "float() of a traced value is not supported, but on the cost the forward returns":
+        "return 2 * float(np.sum(p['W']))  # here",
     "int() of a traced value is not supported": "return p['s'] * int(p['s'])  # here",
-    ".item() of a traced value is not supported": "return p['s'].item()  # here",
+    ".item() of a traced value is not supported, but on the cost the forward returns":
+        "return p['s'] * p['s'].item()  # here",
+    "float() of a traced value is not supported": "return float(p['v'])  # here",
     ".tolist() of a traced value is not supported": "return sum(p['v'].tolist())  # here",
     "converting a traced array to a plain NumPy array (np.asarray, np.array, storing it into an array, "
     "or a plain array's method such as X.dot(W): write np.dot(X, W) or X @ W) is not supported":
@@ -513,7 +518,8 @@ def test_a_refusal_the_forward_catches_still_refuses():
     layout = Layout.of(parameters)
     with pytest.raises(Untraceable) as info:
         Replay.of(load(source)["forward"], X, Y, layout, layout.flatten(parameters))
-    assert str(info.value) == f"float() of a traced value is not supported (model.py:{line_of(source)})"
+    assert str(info.value) == ("float() of a traced value is not supported, but on the cost the forward returns "
+                               f"(model.py:{line_of(source)})")
 
 
 def test_a_value_left_by_an_earlier_trace_is_a_constant_in_the_next():

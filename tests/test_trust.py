@@ -101,6 +101,63 @@ def test_a_forward_computing_in_float32_inside(name, case, backward, failing, tm
         assert tensor["noise"] > 1e-9 and tensor["resolution"] >= 2 * tensor["threshold"] > 0
 
 
+CAST_INSIDE = '''
+"""float64 parameters, a float32 forward inside, a float64 cost returned: only its noise tells."""
+import numpy as np
+
+
+def forward(X, Y, p):
+    W1, b1, W2, b2 = (p[k].astype(np.float32) for k in ("W1", "b1", "W2", "b2"))
+    A1 = np.tanh(W1 @ X.astype(np.float32) + b1)
+    Z2 = W2 @ A1 + b2
+    cost = np.sum((Z2 - Y.astype(np.float32)) ** 2) / (2 * X.shape[1])
+    return cost.astype(np.float64), (X, Y, W1, W2, A1, Z2)
+
+
+def backward(X, Y, cache, scale=None):
+    X, Y, W1, W2, A1, Z2 = cache
+    dZ2 = (Z2 - Y) / X.shape[1]
+    dZ1 = (W2.T @ dZ2) * (1 - A1 ** 2)
+    g = {"dW1": dZ1 @ X.T, "db1": dZ1.sum(1, keepdims=True), "dW2": dZ2 @ A1.T, "db2": dZ2.sum(1, keepdims=True)}
+    g = {k: v.astype(np.float64) for k, v in g.items()}
+    for k, factor in (scale or {}).items():
+        g[k] = g[k] * factor
+    return g
+
+
+def backward_W1_x1_01(X, Y, cache):
+    return backward(X, Y, cache, {"dW1": 1.01})
+
+
+def backward_b2_x1_05(X, Y, cache):
+    return backward(X, Y, cache, {"db2": 1.05})
+
+
+def case():
+    rng = np.random.default_rng(2)
+    return (rng.standard_normal((6, 20)), rng.standard_normal((2, 20)),
+            {"W1": 0.5 * rng.standard_normal((8, 6)), "b1": 0.1 * rng.standard_normal((8, 1)),
+             "W2": 0.5 * rng.standard_normal((2, 8)), "b2": 0.1 * rng.standard_normal((2, 1))})
+'''
+
+
+@pytest.mark.parametrize("backward, failing", [("backward", []), ("backward_W1_x1_01", ["W1"]),
+                                               ("backward_b2_x1_05", ["b2"])])
+def test_float32_arithmetic_behind_a_float64_cost_is_measured_not_assumed(backward, failing, tmp_path):
+    """Every dtype the forward shows is float64, its noise is float32's: the check is judged at
+    float32's noise (no false alarm), says why, and still names a 1 % bug and only it."""
+    (tmp_path / "cast_inside.py").write_text(CAST_INSIDE)
+    path = str(tmp_path / "cast_inside.py")
+    outcome = job.run(Request(model=path, forward="forward", backward=backward, case=f"{path}:case",
+                              store=str(tmp_path / "s.zarr")), executor=SerialExecutor)
+    assert (outcome.precision.checked, outcome.precision.model) == ("float32", "float64")
+    assert re.fullmatch(r"the forward computes in float32 inside: its cost is that noisy \(relative noise "
+                        r"\d\.\de-0[78]\)", outcome.precision.note)
+    assert outcome.precision.describe() == f"checked in float32; parameters are float64 ({outcome.precision.note})"
+    assert outcome.reduction.failing == failing, report.to_text(outcome)
+    assert report.exit_code(outcome) == (1 if failing else 0)
+
+
 REGULARISED_AND_COURSES = cases_of("regularised", "cs231n_style", "nielsen_style")
 
 
@@ -183,7 +240,7 @@ def test_editing_a_module_the_model_imports_is_not_a_replay(gradjob, tmp_path, c
     """The same command after the helper module beside the model file changed: a new check of the new
     code, saying what changed, instead of the earlier PASS replayed from the store."""
     (tmp_path / "netcode.py").write_text(HELPER)
-    (tmp_path / "model.py").write_text("from netcode import forward, backward\n")
+    (tmp_path / "model.py").write_text("from netcode import forward, backward\n\nbackward_too = backward\n")
     command = ["submit", "--model", "model.py", "--forward", "forward", "--backward", "backward", "--case", "seed",
                "--scheduler", cluster_address]
     first = gradjob(*command)
@@ -201,6 +258,9 @@ def test_editing_a_module_the_model_imports_is_not_a_replay(gradjob, tmp_path, c
     (other / "netcode.py").write_text(HELPER)
     third = gradjob(*command[:2], str(other / "model.py"), *command[3:])
     assert third.exit_code == 0 and len(list((tmp_path / "gradjob-stores").glob("model-seed-*.zarr"))) == 3
+    # another --backward of the same code is another check, not a change of code
+    fourth = gradjob(*command[:6], "backward_too", *command[7:])
+    assert fourth.exit_code == 1 and "changed since" not in fourth.stderr
 
 
 DATA_MODEL = '''
@@ -250,3 +310,41 @@ def test_a_tensor_whose_numbers_all_sit_at_kinks_is_said_to_be_unchecked(gradjob
     word, rest = report.head_line(result)  # the text report's head, from the same JSON
     assert (word, rest.endswith(f"not checked (all at kinks): {', '.join(unchecked)}")) == ("PASS", True)
     assert report.tensor_verdict(result["tensors"]["W2"], result["threshold"]).startswith("ok    (not checked: ")
+
+
+def test_a_threshold_asked_again_applies_to_the_finished_store(tmp_path):
+    """The same check re-run with another --threshold: nothing is evaluated again, and the verdict is
+    judged by the threshold asked now, not the one the store was made with."""
+    first = run("stacked_kinks", "case_kinks", "backward", tmp_path)
+    assert first.reduction.passed and first.reduction.threshold == 2e-7
+    again = run("stacked_kinks", "case_kinks", "backward", tmp_path, threshold=1e-4)
+    assert again.evaluated_chunks == 0 and again.reduction.threshold == 1e-4
+    assert all(t.threshold >= 1e-4 for t in again.reduction.tensors)
+    assert "  b1      6×1                  6    4.4955e-10    1.0e-04  ok" in report.to_text(again)
+    assert report.to_text(again).endswith("a smaller error there would pass unseen (asked threshold 0.0001).")
+    loose = run("stacked_kinks", "case_kinks", "backward", tmp_path, threshold=1.5)  # no error could show
+    assert json.loads(json.dumps(report.to_json(loose)))["tensors"]["W1"]["resolution"] is None
+
+
+def test_the_resolution_line_names_only_passing_tensors_and_says_none_when_noise_is_the_gradient():
+    """A failing tensor was seen, so it is not among "a smaller error there would pass unseen"; a tensor
+    whose noise is as large as its gradient has no resolution (null in JSON), never "inf"."""
+    tensor = {"passed": True, "checked": 10, "threshold": 1e-3, "resolution": 2.002e-3}
+    result = {"threshold": 2e-7, "precision": {"checked": "float64", "model": "float64", "note": None},
+              "tensors": {"W1": tensor, "W2": {**tensor, "passed": False}, "b1": {**tensor, "resolution": None},
+                          "b2": {**tensor, "threshold": 2e-7, "resolution": 4e-7}}}
+    assert report.resolution_line(result) == (
+        "The forward's noise resolves only relative errors above: dW1 2.0e-03, db1 none (noise as large as the "
+        "gradient); a smaller error there would pass unseen (asked threshold 2e-07).")
+
+
+def test_a_passing_tensor_says_what_was_left_unverified():
+    """Suspects past the per-tensor cap and suspects that never settled are judged on their numbers:
+    the verdict words say so instead of a bare "ok"."""
+    suspects = {"verified": 256, "agrees": 250, "kink": 0, "near_kink": 0, "wrong": 0, "unresolved": 6,
+                "beyond_cap": 40}
+    t = {"passed": True, "checked": 5000, "difference": 1e-8, "threshold": 2e-7, "kinks": {"count": 0},
+         "suspects": suspects}
+    assert report.tensor_verdict(t, 2e-7) == (
+        "ok    (250 element(s) re-verified on smaller steps; 6 element(s) unsettled on smaller steps, counted as "
+        "noise; 40 more suspect(s) beyond the re-verification cap, judged on their numbers)")
