@@ -54,7 +54,8 @@ def choose(spec: ModelSpec, model: Model, layout: Layout, X, Y, theta: np.ndarra
         replay = Replay.of(model.forward, X, Y, layout, theta.copy())
     except Untraceable as exc:
         return "forward", f"the traced fast path is off for this model: {exc}; each evaluation calls the forward"
-    problem = mismatch(replay.costs, model, layout, X, Y, theta, cost, computed_dtype, np.arange(layout.n_parameters))
+    arithmetic = min(computed_dtype, replay.arithmetic_dtype, key=lambda d: np.dtype(d).itemsize)
+    problem = mismatch(replay.costs, model, layout, X, Y, theta, cost, arithmetic, np.arange(layout.n_parameters))
     if problem:
         return "forward", f"the traced fast path is off for this model: {problem}; each evaluation calls the forward"
     return "traced", None

@@ -91,6 +91,8 @@ def prepare(request: Request, spec: ModelSpec | None = None, case: Case | None =
         check_complex_safe(model, case, layout, theta)
     evaluator, evaluator_note = evaluators.choose(spec, model, layout, case.X, case.Y, theta, request.fast,
                                                   request.method, cost, precision.checked)
+    if precision.checked == precision.model == "float64" and not spec.is_builtin:  # after the trace, which
+        precision = noisy_inside(precision, model, case, layout, theta, grad, cost)  # shows hidden state first
     identity = job_identity.of(spec, case.digest(), hashlib.sha256(theta.tobytes()).hexdigest(), layout.to_json(),
                                request.epsilon, request.method, evaluator, precision.checked)
     path = request.store or job_identity.default_store_path(spec, case_name, identity, request.store_dir)
@@ -109,11 +111,6 @@ def at_theta(model: Model, case: Case, choice: str):
         cost, grad, computed = analytic_gradient(model, case, layout, theta)
         checked = computed if np.dtype(computed).itemsize < np.dtype(own).itemsize else own
         note = f"the forward computes in {checked} whatever it is given" if checked != own else None
-        if checked == "float64":  # a cost returned in float64 may still be computed in float32 inside
-            eta = relative_noise(model, case, layout, theta, grad, cost)
-            if eta is not None and eta > LOW_PRECISION_NOISE:
-                checked = "float32" if eta < 1e-5 else "float16"
-                note = f"the forward computes in {checked} inside: its cost is that noisy (relative noise {eta:.1e})"
         return Precision(checked, own, note), case, layout, theta, cost, grad
     promoted = promote(case)
     wide = Layout.of(promoted.parameters)
@@ -128,6 +125,21 @@ def at_theta(model: Model, case: Case, choice: str):
     theta = layout.flatten(case.parameters)
     cost, grad, computed = analytic_gradient(model, case, layout, theta)
     return Precision(own, own, problem), case, layout, theta, cost, grad
+
+
+def noisy_inside(precision: Precision, model: Model, case: Case, layout: Layout, theta: np.ndarray,
+                 grad: np.ndarray, cost: float) -> Precision:
+    """A forward whose every dtype is float64 may still compute in float32 inside (a cast, then a
+    float64 cost): its measured noise tells, and the check is then judged at that precision."""
+    try:
+        eta = relative_noise(model, case, layout, theta, grad, cost)
+    except PerturbationFailure:
+        return precision  # the cluster's evaluations will name the failure
+    if eta is None or eta <= LOW_PRECISION_NOISE:
+        return precision
+    checked = "float32" if eta < 1e-5 else "float16"
+    return Precision(checked, precision.model,
+                     f"the forward computes in {checked} inside: its cost is that noisy (relative noise {eta:.1e})")
 
 
 def promote(case: Case) -> Case:

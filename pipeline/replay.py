@@ -121,6 +121,14 @@ class Replay(_Elementwise, _Products, _Reductions):
         return cls(record(forward, X, Y, layout, theta), layout)
 
     @property
+    def arithmetic_dtype(self) -> str:
+        """The narrowest floating dtype the forward computes a value in from floating values (a mask
+        cast to float32 is exact and does not count): "float32" for a forward that casts inside."""
+        kinds = [self.dtypes[i] for i, node in enumerate(self.graph.nodes)
+                 if self.dtypes[i].kind == "f" and any(self.dtypes[j].kind == "f" for j in node.inputs)]
+        return str(min(kinds, key=lambda d: d.itemsize, default=np.dtype(np.float64)))
+
+    @property
     def cost(self) -> float:
         """J at θ as the trace computed it (the real forward's value)."""
         return complex(self._cost) if self._complex else float(self._cost)

@@ -89,8 +89,8 @@ CRASH_MESSAGE = ("\ngradjob: error: chunk 10 (parameters 30–32: W2[1, 0] to W2
 
 def suspects(stderr):
     """The chunks the job said it re-runs alone, from its progress note."""
-    note = re.search(r"\nworkers kept dying while running chunks? ([0-9, ]+); re-running each alone to find the "
-                     r"one that crashes\n", stderr)
+    note = re.search(r"^(?:\S+Z )?workers kept dying while running chunks? ([0-9, ]+); re-running each alone to "
+                     r"find the one that crashes$", stderr, re.M)  # a log line starts with its UTC time
     return [int(k) for k in note.group(1).split(", ")] if note else []
 
 
