@@ -41,7 +41,6 @@ class Sums:
     tt: float = 0.0
     dt: float = 0.0   # (g − a)·θ
     kinks: int = 0
-    wrong: int = 0
 
     def add(self, g: np.ndarray, a: np.ndarray, theta: np.ndarray, noise: np.ndarray) -> None:
         d = g - a

@@ -106,13 +106,19 @@ def numerical_gradient(costs: Costs, original: np.ndarray, start: int, steps: np
         h = (plus.astype(np.float64) - minus.astype(np.float64)) / 2
     if method == "central":
         gradapprox = (j_plus - j_minus) / (2 * h)
-        noise = 2 * cost_noise / (math.sqrt(2) * h) + curvature * h * h / 6
+        noise = central_noise(cost_noise, h, curvature)
     else:
         j_plus2 = costs(index, (original + 2 * h).astype(kind), "+ 2×")
         j_minus2 = costs(index, (original - 2 * h).astype(kind), "- 2×")
         gradapprox = (-j_plus2 + 8 * j_plus - 8 * j_minus + j_minus2) / (12 * h)
         noise = 2 * cost_noise * math.sqrt(130) / (12 * h)
     return ChunkResult(j_plus, j_minus, h, gradapprox, noise)
+
+
+def central_noise(cost_noise, h, curvature):
+    """The error bound of a central difference: twice the noise of the quotient, plus its
+    truncation |J‴|·h²/6 (the full check and the directional screen use the same bound)."""
+    return 2 * cost_noise / (math.sqrt(2) * h) + curvature * h * h / 6
 
 
 def _evaluate(cost: Callable[[], float], index: int, sign: str):

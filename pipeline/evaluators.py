@@ -41,7 +41,7 @@ def build(kind: str, model: Model, layout: Layout, X, Y, theta: np.ndarray,
 
 
 def choose(spec: ModelSpec, model: Model, layout: Layout, X, Y, theta: np.ndarray, fast: bool, method: str,
-           cost: float, computed_dtype: str) -> tuple[str, str | None]:
+           computed_dtype: str) -> tuple[str, str | None]:
     """The fastest evaluator that gives this model's own numbers, and a note when a model file
     falls back to one forward call per evaluation."""
     if not fast or method == "complex-step":
@@ -51,22 +51,21 @@ def choose(spec: ModelSpec, model: Model, layout: Layout, X, Y, theta: np.ndarra
     from .trace import Replay, Untraceable
 
     try:
-        replay = Replay.of(model.forward, X, Y, layout, theta.copy())
+        replay = Replay.of(model.forward, X, Y, layout, theta)  # the trace copies what it keeps
     except Untraceable as exc:
         return "forward", f"the traced fast path is off for this model: {exc}; each evaluation calls the forward"
     arithmetic = min(computed_dtype, replay.arithmetic_dtype, key=lambda d: np.dtype(d).itemsize)
-    problem = mismatch(replay.costs, model, layout, X, Y, theta, cost, arithmetic, np.arange(layout.n_parameters))
+    problem = mismatch(replay.costs, build("forward", model, layout, X, Y, theta.copy()), layout, theta, arithmetic,
+                       np.arange(layout.n_parameters))
     if problem:
         return "forward", f"the traced fast path is off for this model: {problem}; each evaluation calls the forward"
     return "traced", None
 
 
-def mismatch(costs: Costs, model: Model, layout: Layout, X, Y, theta: np.ndarray, cost: float, computed_dtype: str,
+def mismatch(costs: Costs, real: Costs, layout: Layout, theta: np.ndarray, computed_dtype: str,
              candidates: np.ndarray, samples: int = VALIDATION_SAMPLES) -> str | None:
-    """Compare ``costs`` with the real forward at θ and at a few perturbations drawn from
-    ``candidates``; the first disagreement beyond round-off, in words, or None."""
-    own = theta.copy()
-    real = in_place_costs(cost_function(model, X, Y, layout.views(own)), own)
+    """Compare ``costs`` with ``real`` (the forward evaluator) at θ and at a few perturbations drawn
+    from ``candidates``; the first disagreement beyond round-off, in words, or None."""
     rng = np.random.default_rng(len(candidates))
     picks = np.sort(rng.choice(candidates, size=min(samples, len(candidates)), replace=False))
     values = (theta[picks] + 1e-3 * np.maximum(1.0, np.abs(theta[picks]))).astype(theta.dtype)

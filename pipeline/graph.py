@@ -31,23 +31,27 @@ class Untraceable(Exception):
         self.reason, self.where = reason, where
 
 
+def _is_user(filename: str) -> bool:
+    """Code of the user's, not NumPy's, gradjob's or the interpreter's own."""
+    return not (filename.startswith(_NUMPY_DIR) or filename.startswith(_OWN_DIR) or filename.startswith("<frozen"))
+
+
 def user_line() -> str:
     """``file.py:LINE`` of the innermost frame outside NumPy and gradjob, or ""."""
     frame = sys._getframe(1)
     while frame is not None:
-        name = frame.f_code.co_filename
-        if not (name.startswith(_NUMPY_DIR) or name.startswith(_OWN_DIR) or name.startswith("<frozen")):
-            return f"{os.path.basename(name)}:{frame.f_lineno}"
+        if _is_user(frame.f_code.co_filename):
+            return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
         frame = frame.f_back
     return ""
 
 
 def _traceback_line(tb) -> str:
+    """``file.py:LINE`` of the innermost user frame of a traceback, or ""."""
     where = ""
     while tb is not None:
-        name = tb.tb_frame.f_code.co_filename
-        if not (name.startswith(_NUMPY_DIR) or name.startswith(_OWN_DIR) or name.startswith("<frozen")):
-            where = f"{os.path.basename(name)}:{tb.tb_lineno}"
+        if _is_user(tb.tb_frame.f_code.co_filename):
+            where = f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
         tb = tb.tb_next
     return where
 
@@ -98,14 +102,6 @@ class Node:
     @property
     def inputs(self) -> list[int]:
         return [a.id for a in self.operands if isinstance(a, Ref)]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return np.shape(self.value)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.asarray(self.value).dtype if not hasattr(self.value, "dtype") else self.value.dtype
 
 
 @dataclass

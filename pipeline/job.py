@@ -22,7 +22,7 @@ from .errors import InputError
 from .models import ModelSpec
 from .plan import Plan, default_chunk_size, make_plan
 from .progress import Progress
-from .reduce import IncompleteStore, reduce_gradients
+from .reduce import reduce_gradients
 from .types import Calibration, Outcome, Request, StoreMeta
 
 
@@ -168,15 +168,10 @@ def reduce_store(path: str, threshold: float | None = None, verdicts: dict | Non
             raise InputError(f"store {path} is unfinished: its suspects were not re-verified yet; resubmit the job "
                              "to resume")
     threshold = threshold if threshold is not None else meta.threshold
-    try:
+    with reverify.intact(path, meta):
         reduction = reduce_gradients(meta.layout, lambda a, b: store.iter_blocks(group, a, b), threshold, meta.cost,
                                      meta.calibration, verdicts, float(np.finfo(meta.layout.dtype).eps),
                                      replace=meta.epsilon is None)
-    except IncompleteStore as gap:
-        raise InputError(
-            f"store {path} is corrupted: chunk data for {meta.layout.describe(gap.index)} is missing although its "
-            "chunk is marked done; resubmit with --overwrite"
-        ) from None
     return Outcome(reduction, meta, path, meta.method, step_text(meta), meta.model, meta.case, meta.precision,
                    meta.evaluator)
 
@@ -185,7 +180,7 @@ def step_text(meta: StoreMeta) -> str:
     if meta.epsilon is not None:
         return f"ε = {meta.epsilon:g}, fixed"
     if meta.method == "complex-step":
-        return "h = 1e-20·max(1, |θᵢ|)"
+        return f"h = {noise.COMPLEX_STEP:g}·max(1, |θᵢ|)"
     scales = [t.step_scale for t in meta.calibration.tensors]
     return (f"automatic per tensor from the measured noise: {min(scales):.2g}–{max(scales):.2g}·max(1, |θᵢ|)"
             if len(set(scales)) > 1 else f"automatic from the measured noise: {scales[0]:.2g}·max(1, |θᵢ|)")

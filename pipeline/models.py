@@ -53,12 +53,6 @@ class ModelSpec:
 
         return dataclasses.replace(self, modules=digest_of(user_modules(self)))
 
-    @classmethod
-    def of_functions(cls, forward: Callable, backward: Callable) -> "ModelSpec":
-        name = f"{_qualname(forward)} / {_qualname(backward)}"
-        return cls(name, _source(forward) + "\0" + _source(backward), _qualname(forward), _qualname(backward),
-                   (forward, backward)).with_modules()
-
     @property
     def is_builtin(self) -> bool:
         return self.source is None
@@ -88,18 +82,6 @@ def _sourcefile(function: Callable) -> str | None:
         return inspect.getsourcefile(function)
     except TypeError:
         return None
-
-
-def _qualname(function: Callable) -> str:
-    return getattr(function, "__qualname__", None) or type(function).__name__
-
-
-def _source(function: Callable) -> str:
-    """The function's source where Python can find it, else its qualified name and module."""
-    try:
-        return inspect.getsource(function)
-    except (OSError, TypeError):
-        return f"{getattr(function, '__module__', '')}.{_qualname(function)}"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from .errors import InputError
 from .evaluate import PerturbationFailure, in_place_costs, numerical_gradient
 from .layout import Layout
 from .models import BUILTIN_CASE_FOR, Model, ModelSpec, as_cost, cost_dtype, cost_function, load_model, model_spec
-from .noise import measure_noise
+from .noise import COMPLEX_STEP, measure_noise
 from .types import METHODS, MODES, PRECISIONS, Precision, Request, default_threshold
 
 LOW_PRECISION_NOISE = 1e-10  # relative noise of J above which a "float64" forward computes in float32
@@ -90,7 +90,7 @@ def prepare(request: Request, spec: ModelSpec | None = None, case: Case | None =
     if request.method == "complex-step":
         check_complex_safe(model, case, layout, theta)
     evaluator, evaluator_note = evaluators.choose(spec, model, layout, case.X, case.Y, theta, request.fast,
-                                                  request.method, cost, precision.checked)
+                                                  request.method, precision.checked)
     if precision.checked == precision.model == "float64" and not spec.is_builtin:  # after the trace, which
         precision = noisy_inside(precision, model, case, layout, theta, grad, cost)  # shows hidden state first
     identity = job_identity.of(spec, case.digest(), hashlib.sha256(theta.tobytes()).hexdigest(), layout.to_json(),
@@ -177,8 +177,7 @@ def relative_noise(model: Model, case: Case, layout: Layout, theta: np.ndarray, 
                    cost: float) -> float | None:
     """The forward's measured noise relative to |J| (ECnoise along the element J is most sensitive
     to); None where it cannot be measured. Computing in float32 shows as ~1e-8, in float64 ~1e-16."""
-    own = theta.copy()
-    costs = in_place_costs(cost_function(model, case.X, case.Y, layout.views(own)), own)
+    costs = evaluators.build("forward", model, layout, case.X, case.Y, theta.copy())
     i = int(np.argmax(np.abs(grad)))
     level, _ = measure_noise(lambda offsets: costs(np.full(offsets.size, i), theta[i] + offsets, "~"),
                              math.sqrt(np.finfo(np.float64).eps) * max(1.0, abs(float(theta[i]))))
@@ -235,7 +234,7 @@ def check_complex_safe(model: Model, case: Case, layout: Layout, theta: np.ndarr
         where = layout.describe(int(i))
         scale = max(1.0, abs(float(theta[i])))
         try:
-            by_complex = numerical_gradient(complex_cost, complex_theta[i:i + 1].copy(), i, np.array([1e-20 * scale]),
+            by_complex = numerical_gradient(complex_cost, complex_theta[i:i + 1].copy(), i, np.array([COMPLEX_STEP * scale]),
                                             np.zeros(1), "complex-step").gradapprox[0]
         except PerturbationFailure as failure:
             raise InputError(f"the forward is not complex-safe: with a complex {where} it failed ({failure.detail}); {advice}") from None

@@ -70,7 +70,7 @@ def find_suspects(layout: Layout, blocks: Blocks, grad_eps: float) -> dict[str, 
         for offset, block in _checked_blocks(blocks, tensor):
             score = np.abs(block["grad"] - block["gradapprox"]) / np.maximum(
                 verify.tolerance(block["grad"], block["noise"], grad_eps), np.finfo(np.float64).tiny)
-            heap.add(offset + np.arange(score.size), score, block["step"])
+            heap.add(offset + np.arange(score.size), score, block["step"], block["grad"])
         found[tensor.name] = heap
     return found
 
@@ -174,20 +174,18 @@ def _tensor_result(layout: Layout, tensor: Tensor, acc: _Accumulator, threshold:
     sums = acc.sums
     difference = relative_difference(sums.dd, sums.gg, sums.aa)
     own = tensor_threshold(threshold, sums)
-    wrong = len(acc.wrong_elements)
-    passed = wrong == 0 and difference <= own
+    wrong = [list(layout.locate(i)[1]) for i in sorted(acc.wrong_elements)]
+    passed = not wrong and difference <= own
     worst = [{"index": list(layout.locate(-neg)[1]), "analytic": g, "numerical": a, "abs_error": d}
              for d, neg, g, a in sorted(acc.worst, reverse=True)]
     diagnosis = None
     if not passed:
-        sums.wrong = wrong
-        diagnosis = diagnose(tensor, sums, worst, [list(layout.locate(i)[1]) for i in sorted(acc.wrong_elements)],
-                             lambda: _whole(tensor, blocks))
+        diagnosis = diagnose(tensor, sums, worst, wrong, lambda: _whole(tensor, blocks))
     suspects = Suspects(verified=sum(acc.suspects[k] for k in verify.CLASSES), **acc.suspects)
     return TensorResult(tensor.name, tensor.shape, difference, own, resolution(own), noise, math.sqrt(sums.dd),
                         math.sqrt(sums.nn), passed, diagnosis, worst, sums.kinks,
                         [list(layout.locate(i)[1]) for i in acc.kink_elements], suspects,
-                        [list(layout.locate(i)[1]) for i in sorted(acc.wrong_elements)[:WORST_KEPT]],
+                        wrong[:WORST_KEPT],
                         tensor.size - sums.kinks)
 
 

@@ -52,11 +52,16 @@ from .trace import Untraceable, record
 BLOCK_BYTES = 4 << 20
 
 
+def _blocks(B: int, per_item_bytes: int) -> list[slice]:
+    """The batch of B perturbations in blocks of at most ``BLOCK_BYTES`` (one item at least)."""
+    step = max(1, BLOCK_BYTES // max(1, per_item_bytes))
+    return [slice(i, min(B, i + step)) for i in range(0, B, step)]
+
+
 def _split_by_size(B: int, per_item_bytes: int):
     if B <= 1 or B * per_item_bytes <= BLOCK_BYTES:
         return
-    step = max(1, BLOCK_BYTES // max(1, per_item_bytes))
-    raise _Split([slice(i, min(B, i + step)) for i in range(0, B, step)])
+    raise _Split(_blocks(B, per_item_bytes))
 
 
 class _Plan:
@@ -92,6 +97,7 @@ class Replay(_Elementwise, _Products, _Reductions):
     """The costs of single-element perturbations of θ, from one traced run of the forward."""
 
     _split_by_size = staticmethod(_split_by_size)  # for the rules mixed in: BLOCK_BYTES is read here
+    _blocks = staticmethod(_blocks)
 
     def __init__(self, graph: Graph, layout: Layout):
         self.graph, self.layout = graph, layout

@@ -115,8 +115,7 @@ class _Products:
             return self._product(i, r, 1, C, base), None
         # the contracted axis is pinned: one column of r moved per perturbation
         pins = r.idx[1]
-        dtype = np.result_type(r.data, C)
-        delta = r.data.astype(dtype) - np.asarray(_gather(r.base, r.kinds, r.idx, r.bpos)).astype(dtype)
+        delta = _delta(r, C)
         if k0 == "P":  # one element: one row of the product changes
             self._split_by_size(B, m * base.dtype.itemsize)
             out = self._buffer(i, (B, m), base.dtype)
@@ -152,8 +151,7 @@ class _Products:
             self._split_by_size(B, _per_item(r.kinds, r.idx, r.shape) // k * n * base.dtype.itemsize)
             return self._product(i, r, 0, C.T, base), None
         pins = r.idx[0]
-        dtype = np.result_type(r.data, C)
-        delta = r.data.astype(dtype) - np.asarray(_gather(r.base, r.kinds, r.idx, r.bpos)).astype(dtype)
+        delta = _delta(r, C)
         if k1 == "P":  # one element: one column of the product changes
             self._split_by_size(B, n * base.dtype.itemsize)
             out = self._buffer(i, (n, B), base.dtype)
@@ -213,3 +211,9 @@ class _Products:
             if grouped < D.shape[0] * count * width:
                 raise _Split(np.split(order, starts[1:]))
         return np.flatnonzero(changed)
+
+
+def _delta(r, C) -> np.ndarray:
+    """How far the perturbed operand moved from θ, in the product's dtype."""
+    dtype = np.result_type(r.data, C)
+    return r.data.astype(dtype) - np.asarray(_gather(r.base, r.kinds, r.idx, r.bpos)).astype(dtype)

@@ -1,8 +1,7 @@
 """Reductions (sums, means, maxima and minima, their NaN-ignoring forms) replayed under a batch of
 perturbations: the exact partial reduction of what did not change, kept from θ, combined with that
-of what did. A part of ``Replay`` (``replay``), mixed into it, that uses its values at θ.
-``_excluding_pins`` reads ``BLOCK_BYTES`` from ``replay`` when it needs it: a lazy import, since
-``replay`` imports this module.
+of what did. A part of ``Replay`` (``replay``), mixed into it, that uses its values at θ and its
+block sizes (``_blocks``, ``_split_by_size``).
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ class _Reductions:
             data = combine(np.expand_dims(data, d), rest)
             shape[a] = 1
             done = tuple(sorted(done + (a,)))
-        out = Rep(kinds, idx, data, bpos, shape, self._partial(source, kind, done, dtype))
+        out = Rep(kinds, idx, data, bpos, shape, self.base[i].reshape(shape))  # every axis reduced: node i at θ
         if kind == "mean":
             count = int(np.prod([rep.shape[a] for a in axes], dtype=np.int64))
             # as np.mean: divided by an intp count (a float32 sum in float64), then in the mean's dtype
@@ -73,7 +72,7 @@ class _Reductions:
         if not keepdims:
             for a in sorted(axes, reverse=True):
                 out = _unit_drop(out, a)
-        out.base = self.base[i]
+        out.base = self.base[i]  # as the forward shaped it
         return out
 
     def _excluding_pins(self, base, key, kinds, idx, bpos, a, kind, B, kwargs):
@@ -83,13 +82,8 @@ class _Reductions:
         other_pins = any(k == "P" and base.shape[x] > 1 for x, k in enumerate(kinds) if x != a)
         unpinned, loose, new_bpos, d = _unpinned(kinds, idx, bpos, a)
         if other_pins:  # each perturbation's own slice, with its pinned position left out
-            from .replay import BLOCK_BYTES  # lazy: see the module docstring
-
-            per_item = _per_item(unpinned, loose, base.shape) * base.dtype.itemsize
-            step = max(1, BLOCK_BYTES // per_item)
             results = []
-            for first in range(0, B, step):  # in blocks, without splitting the whole batch
-                part = slice(first, min(B, first + step))
+            for part in self._blocks(B, _per_item(unpinned, loose, base.shape) * base.dtype.itemsize):
                 part_idx = [i[part] if k == "P" else i for k, i in zip(unpinned, loose)]
                 block = _full_batch(np.asarray(_gather(base, unpinned, part_idx, new_bpos)), new_bpos,
                                     part.stop - part.start)

@@ -4,6 +4,8 @@ verdicts stored, so that ``report`` and a resumed run show and keep them."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from . import store, tasks, verify
@@ -15,27 +17,33 @@ from .types import StoreMeta
 LADDER_BATCH = 64  # suspects per verification task
 
 
-def verify_suspects(group, path: str, meta: StoreMeta, context: tasks.TaskContext, executor,
-                    progress: Progress) -> dict:
-    """Re-verify the worst suspects of every tensor on the executor; store and return the verdicts."""
-    blocks = lambda a, b: store.iter_blocks(group, a, b)  # noqa: E731
-    grad_eps = float(np.finfo(meta.layout.dtype).eps)
+@contextlib.contextmanager
+def intact(path: str, meta: StoreMeta):
+    """Streaming a store whose chunks are all marked done: a gap is corruption, said in one line."""
     try:
-        heaps = find_suspects(meta.layout, blocks, grad_eps)
+        yield
     except IncompleteStore as gap:
         raise InputError(f"store {path} is corrupted: chunk data for {meta.layout.describe(gap.index)} is missing "
                          "although its chunk is marked done; resubmit with --overwrite") from None
+
+
+def verify_suspects(group, path: str, meta: StoreMeta, context: tasks.TaskContext, executor,
+                    progress: Progress) -> dict:
+    """Re-verify the worst suspects of every tensor on the executor; store and return the verdicts."""
+    grad_eps = float(np.finfo(meta.layout.dtype).eps)
+    with intact(path, meta):
+        heaps = find_suspects(meta.layout, lambda a, b: store.iter_blocks(group, a, b), grad_eps)
     picked = [item for heap in heaps.values() for item in heap.picked()]
     arrays = {name: np.empty(0, dtype=np.float64) for name in store.VERIFY_ARRAYS}
     arrays["index"], arrays["klass"] = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint8)
     if picked and meta.method != "complex-step":
         progress.note(f"re-verifying {len(picked)} element(s) whose numerical gradient disagrees beyond its noise, "
                       "on smaller steps")
-        batches = [(tuple(i for i, _ in picked[k:k + LADDER_BATCH]), tuple(h for _, h in picked[k:k + LADDER_BATCH]))
-                   for k in range(0, len(picked), LADDER_BATCH)]
+        batches = [(tuple(i for i, _, _ in picked[k:k + LADDER_BATCH]),
+                    tuple(h for _, h, _ in picked[k:k + LADDER_BATCH])) for k in range(0, len(picked), LADDER_BATCH)]
         parts = executor.map(tasks.evaluate_ladders, context, batches)
         arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        grads = np.concatenate([store.read_range(group, "grad", int(i), int(i) + 1) for i in arrays["index"]])
+        grads = [g for _, _, g in picked]  # in the order of the batches, as the ladders come back
         noise_of = {t.name: t.noise for t in meta.calibration.tensors}
         decide = verify.resolution(meta.precision.checked)
         verdicts = [verify.classify(float(g), float(arrays["cost"][k]), arrays["cost_plus"][k], arrays["cost_minus"][k],
@@ -46,6 +54,6 @@ def verify_suspects(group, path: str, meta: StoreMeta, context: tasks.TaskContex
         arrays["estimate"] = np.array([v.estimate for v in verdicts])
         arrays["tolerance"] = np.array([v.tolerance for v in verdicts])
     store.write_verification(group, arrays)
-    return store.read_verification(group, path)
+    return store.verdicts_of(arrays)
 
 

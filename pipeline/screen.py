@@ -17,6 +17,7 @@ import numpy as np
 
 from . import verify
 from .diagnose import gradient_name
+from .evaluate import central_noise
 from .layout import Layout, Tensor
 from .models import cost_function
 from .noise import central_step, measure_noise
@@ -51,7 +52,7 @@ def screen(prepared: Prepared, directions: int, seed: int = 0) -> Outcome:
             arrays["grad"][at] = float(grad @ u)
             arrays["gradapprox"][at] = (j_plus - j_minus) / (2 * h)
             arrays["cost_plus"][at], arrays["cost_minus"][at], arrays["step"][at] = j_plus, j_minus, h
-            arrays["noise"][at] = 2 * noise / (math.sqrt(2) * h) + curvature * h * h / 6
+            arrays["noise"][at] = central_noise(noise, h, curvature)
         passes += 2 * directions
     grad_eps = float(np.finfo(prepared.grad.dtype).eps)
     verdicts, spent = _verify(arrays, lines, cost, noise, grad_eps, verify.resolution(prepared.precision.checked))

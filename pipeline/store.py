@@ -193,6 +193,11 @@ def read_verification(group: zarr.Group, path: str) -> dict[int, Verdict] | None
     arrays = {name: folder[name][...] for name in VERIFY_ARRAYS}
     if folder.attrs["checksum"] != _arrays_checksum(arrays):
         raise InputError(f"store {path} is corrupted: its verified suspects were edited; resubmit with --overwrite")
+    return verdicts_of(arrays)
+
+
+def verdicts_of(arrays: dict[str, np.ndarray]) -> dict[int, Verdict]:
+    """The verdicts by θ index, from the arrays ``write_verification`` stores."""
     return {int(i): Verdict(int(k), float(e), float(t))
             for i, k, e, t in zip(arrays["index"], arrays["klass"], arrays["estimate"], arrays["tolerance"])}
 

@@ -117,9 +117,8 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
     note = None
     try:
         if context.evaluator == "traced":
-            problem = evaluators.mismatch(workspace.costs, workspace.model, layout, workspace.X, workspace.Y,
-                                          workspace.theta, workspace.meta.cost, context.computed_dtype,
-                                          np.arange(chunk.start, chunk.stop), samples=2)
+            problem = evaluators.mismatch(workspace.costs, workspace.forward_costs(), layout, workspace.theta,
+                                          context.computed_dtype, np.arange(chunk.start, chunk.stop), samples=2)
             if problem:
                 note = f"chunk {chunk.index}: the traced fast path disagreed with the forward ({problem}); evaluated by the forward"
         fixed = context.epsilon is not None

@@ -86,8 +86,7 @@ def record(forward, X, Y, layout, theta) -> Graph:
     tape = _Tape()
     params = {}
     for t in layout.tensors:
-        value = np.array(theta[t.offset:t.stop]).reshape(t.shape)  # a copy: θ may change after
-        value.flags.writeable = False
+        value = np.array(theta[t.offset:t.stop]).reshape(t.shape)  # a copy: θ may change after (read-only once added)
         tape.graph.params[t.name] = tape.add("param", (), {"name": t.name}, value)
         params[t.name] = Traced(tape, tape.graph.params[t.name], value)
         _Alias(parameter=True).add(params[t.name])  # a view of θ

@@ -15,8 +15,8 @@ import numpy as np
 from .after_trace import _after_trace, _live, _values
 from .graph import Ref, Untraceable, _refuse, _Tape, np_name, user_line
 from .traced_casts import _Cast, _untangle
-from .traced_numpy import (_FUNCTIONS, _Alias, _clip, _dot, _index, _operands, _plain, _record_ufunc, _reduce,
-                           _reshape, _squeeze, _std, _transpose, _unary_node, _var)
+from .traced_numpy import (_FUNCTIONS, _Alias, _clip, _dot, _index, _max, _mean, _min, _operands, _plain,
+                           _record_ufunc, _reshape, _squeeze, _std, _sum, _transpose, _unary_node, _var)
 
 
 def _binary(ufunc):
@@ -43,9 +43,9 @@ class Traced:
     __array_priority__ = 1_000_000
     __hash__ = None  # as ndarray
 
-    def __init__(self, tape: _Tape, id: int, value, alias: "_Alias | None" = None):
+    def __init__(self, tape: _Tape, id: int, value):
         self._tape, self._id, self._value = tape, id, value
-        self._alias = alias  # the arrays this one shares memory with (views), if any
+        self._alias: _Alias | None = None  # the arrays this one shares memory with (views), if any
 
     # -- what is plain data, not a function of θ
     shape = property(lambda self: np.shape(self._value))
@@ -89,7 +89,7 @@ class Traced:
         if not self._tape.open:
             return np.array(self._value, dtype=dtype, copy=True if copy else None)
         profile = self._tape.profile
-        dot = profile.dot_of(self) if profile is not None and self._tape.open else None
+        dot = profile.dot_of(self) if profile is not None else None
         if dot is not None:  # X.dot(self): see _Dot
             return dot.argument if dtype is None else dot.argument_as(np.dtype(dtype))
         if dtype is not None and self.ndim > 0:
@@ -168,8 +168,6 @@ class Traced:
     def _number(self, convert, what: str):
         """A plain number made of a traced value is fine only as the cost the forward returns
         (``return float(cost), cache``): kept, and refused after the forward if it is anything else."""
-        if not self._tape.open:
-            return convert(self._value)
         if self.size != 1 or self.dtype.kind != "f":
             _refuse(f"{what} of a traced value is not supported")
         number = convert(np.asarray(self._value).reshape(()))
@@ -245,26 +243,7 @@ class Traced:
         value = self._value.astype(dtype, casting=casting)
         return _unary_node("astype", self, {"dtype": dtype}, value)
 
-    def sum(self, axis=None, dtype=None, out=None, keepdims=False, **kwargs):
-        return _reduce("sum", np.sum, self, axis, dtype, out, keepdims, kwargs)
-
-    def mean(self, axis=None, dtype=None, out=None, keepdims=False, **kwargs):
-        return _reduce("mean", np.mean, self, axis, dtype, out, keepdims, kwargs)
-
-    def max(self, axis=None, out=None, keepdims=False, **kwargs):
-        return _reduce("max", np.max, self, axis, None, out, keepdims, kwargs)
-
-    def min(self, axis=None, out=None, keepdims=False, **kwargs):
-        return _reduce("min", np.min, self, axis, None, out, keepdims, kwargs)
-
-    def var(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False, **kwargs):
-        return _var(self, axis, dtype, out, ddof, keepdims, **kwargs)
-
-    def std(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False, **kwargs):
-        return _std(self, axis, dtype, out, ddof, keepdims, **kwargs)
-
-    def dot(self, other, out=None):
-        return _dot(self, other, out)
+    sum, mean, max, min, var, std, dot = _sum, _mean, _max, _min, _var, _std, _dot  # as np.sum(self, ...)
 
     def clip(self, min=None, max=None, out=None, **kwargs):
         return _clip(self, min, max, out, **kwargs)

@@ -54,22 +54,22 @@ class SuspectHeap:
     """The ``CAP`` worst suspects of one tensor, by how many tolerances they are off."""
 
     def __init__(self):
-        self.heap: list[tuple[float, int, float]] = []
+        self.heap: list[tuple[float, int, float, float]] = []
         self.count = 0
 
-    def add(self, index: np.ndarray, score: np.ndarray, step: np.ndarray) -> None:
+    def add(self, index: np.ndarray, score: np.ndarray, step: np.ndarray, grad: np.ndarray) -> None:
         over = np.flatnonzero(score > 1)
         self.count += over.size
         for k in over[np.argsort(-score[over], kind="stable")[:CAP]]:
-            item = (float(score[k]), -int(index[k]), float(step[k]))
+            item = (float(score[k]), -int(index[k]), float(step[k]), float(grad[k]))
             if len(self.heap) < CAP:
                 heapq.heappush(self.heap, item)
             elif item > self.heap[0]:
                 heapq.heapreplace(self.heap, item)
 
-    def picked(self) -> list[tuple[int, float]]:
-        """(θ index, first step) of the kept suspects, in index order."""
-        return sorted((-neg, step) for _, neg, step in self.heap)
+    def picked(self) -> list[tuple[int, float, float]]:
+        """(θ index, first step, analytic gradient) of the kept suspects, in index order."""
+        return sorted((-neg, step, grad) for _, neg, step, grad in self.heap)
 
 
 def ladder(original: np.ndarray, first_step: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
