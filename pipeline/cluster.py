@@ -47,8 +47,10 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
             yield client
         return
     with dask.config.set(EMBEDDED_CLUSTER_CONFIG):
+        # the workers' own logs stay out of stderr: gradjob says each task's failure in one line, and a
+        # cluster shut down by a signal has workers log tracebacks of heartbeats to a closed scheduler
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
         with cluster, Client(cluster) as client:
             yield client
 
