@@ -29,7 +29,7 @@ import numpy as np
 from .cases import Case
 from .errors import InputError
 from .identity import digest_of, user_modules
-from .layout import numeric_array
+from .layout import numeric_array, shape_text
 from .models import ModelSpec
 
 _LOCK = threading.RLock()
@@ -71,10 +71,6 @@ def numeric(value, what: str) -> np.ndarray:
     return numeric_array(value, what, "fiub")
 
 
-def _shape(array) -> str:
-    return "×".join(map(str, np.shape(array))) or "scalar"
-
-
 # --- forward(X, Y, parameters) / backward(X, Y, cache) -------------------------------------------
 
 def functions(forward, backward, X, Y, parameters) -> tuple[ModelSpec, Case]:
@@ -83,7 +79,7 @@ def functions(forward, backward, X, Y, parameters) -> tuple[ModelSpec, Case]:
     X, Y = numeric(X, "X"), numeric(Y, "Y")
     spec = spec_of("", {"forward": forward, "backward": backward}, forward, backward,
                    "forward(X, Y, parameters) / backward(X, Y, cache)")
-    return spec, Case(X, Y, dict(parameters), f"arrays (X {_shape(X)}, Y {_shape(Y)})")
+    return spec, Case(X, Y, dict(parameters), f"arrays (X {shape_text(np.shape(X))}, Y {shape_text(np.shape(Y))})")
 
 
 # --- slots: where the user's code reads each tensor ----------------------------------------------
@@ -142,7 +138,7 @@ def loss(loss_function, params, X, y) -> tuple[ModelSpec, Case]:
     spec = spec_of(f"{_qualname(loss_function)} (loss(X, y) → (loss, grads))", {"loss": loss_function}, forward,
                    backward, "loss(X, y) -> (loss, grads)")
     case = Case(X, y, {name: container[key] for name, container, key in slots},
-                f"arrays (X {_shape(X)}, y {_shape(y)})")
+                f"arrays (X {shape_text(np.shape(X))}, y {shape_text(np.shape(y))})")
     return spec, case
 
 
@@ -192,7 +188,7 @@ def lists(cost, backprop, parameters, data, average: bool = True) -> tuple[Model
                    {"cost": cost, "backprop": backprop}, forward, backward,
                    f"lists: cost(data) / backprop(x, y) averaged={average}")
     case = Case(X, Y, {name: container[key] for name, container, key in slots},
-                f"data: {len(X)} (x, y) pairs, x {_shape(X[0])}, y {_shape(Y[0])}")
+                f"data: {len(X)} (x, y) pairs, x {shape_text(np.shape(X[0]))}, y {shape_text(np.shape(Y[0]))}")
     return spec, case
 
 

@@ -92,7 +92,8 @@ def torch_seconds_per_parameter(layers, examples: int) -> float | None:
 
 def forward_seconds(model: Model, case: Case, repeats: int = 5) -> float:
     """One bare forward call of the model at θ, best of ``repeats`` after a warm-up."""
-    parameters = Layout.of(case.parameters).views(Layout.of(case.parameters).flatten(case.parameters))
+    layout = Layout.of(case.parameters)
+    parameters = layout.views(layout.flatten(case.parameters))
     model.forward(case.X, case.Y, parameters)
     return min(timed(lambda: model.forward(case.X, case.Y, parameters)) for _ in range(repeats))
 

@@ -85,9 +85,7 @@ def user_model_figures(path: str, forward: str | None, backward: str | None, cas
         layout = outcome.meta.layout
         picked = baselines.subset(layout)
         theta = store.read_vector(group, "theta")
-        steps = np.array([group["step"][int(i)] for i in picked])
-        piped = np.array([group["gradapprox"][int(i)] for i in picked])
-        bound = np.array([group["noise"][int(i)] for i in picked])
+        steps, piped, bound = (group[name].get_coordinate_selection(picked) for name in ("step", "gradapprox", "noise"))
         X, Y = store.read_case(group)
         generic, per_element = baselines.generic_on_sample(model, layout, theta, X, Y, picked, steps)
         return {"generic_sample": {"elements": int(picked.size), "seconds_per_element": per_element,

@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -20,7 +19,7 @@ from . import __version__, bench, history, job, jobfile, outputs, preflight, rep
 from .errors import InputError, JobError
 from .options import AtLeast, OneLineErrors, OneOf, PositiveNumber, Sizes
 from .outputs import Entry, ReportFiles
-from .progress import Progress, for_stream
+from .progress import for_stream
 from .types import DEFAULT_DIRECTIONS, METHODS, MODES, PRECISIONS, Request
 
 EXIT_CODES = ("exit codes: 0 the check passes; 1 backprop disagrees with the numerical gradient; 2 bad input "
@@ -76,9 +75,7 @@ def _stop_on_signals():
             signal.signal(s, handler)
 
 
-def _stopped(exc: Stopped, progress: Progress | None = None) -> None:
-    if progress is not None:
-        progress.finish()
+def _stopped(exc: Stopped) -> None:
     typer.echo(f"gradjob: stopped by {SIGNALS.get(exc.signum, exc.signum)}; finished chunks are kept in the store: "
                "submit the same job again to resume", err=True)
     raise typer.Exit(128 + exc.signum)
@@ -144,18 +141,15 @@ def submit(
                 outcome = jobfile.run_check(request, progress)
         finally:
             progress.finish()
-        entry = Entry.of(Path(outcome.store.rstrip("/")).stem if outcome.store else "directional", outcome)
-        outputs.write(files, [entry])
-        if outcome.store is not None:
-            outputs.record(outputs.history_root(outcome), [entry])
+        entry = outputs.single_check(outcome, files)
     except (InputError, JobError) as exc:
         _fail(exc)
     except Stopped as exc:
         _stopped(exc)
     for note in outcome.notes:
         typer.echo(f"gradjob: note: {note}", err=True)
-    typer.echo(json.dumps(report.to_json(outcome)) if json_output else report.to_text(outcome))
-    raise typer.Exit(report.exit_code(outcome))
+    typer.echo(json.dumps(entry.result) if json_output else report.to_text(outcome))
+    raise typer.Exit(entry.exit_code)
 
 
 def _print_plan(request: Request) -> None:
@@ -217,12 +211,12 @@ def report_command(
     """Print the verdict of a finished store, exactly as submit printed it; write report files."""
     try:
         outcome = job.reduce_store(store, threshold)
-        entry = Entry.of(Path(store.rstrip("/")).stem, outcome)
+        entry = Entry.of(outputs.check_name(store), outcome)
         outputs.write(ReportFiles(json_file, junit, html_file), [entry])
     except (InputError, JobError) as exc:
         _fail(exc)
-    typer.echo(json.dumps(report.to_json(outcome)) if json_output else report.to_text(outcome))
-    raise typer.Exit(report.exit_code(outcome))
+    typer.echo(json.dumps(entry.result) if json_output else report.to_text(outcome))
+    raise typer.Exit(entry.exit_code)
 
 
 @app.command("history", short_help="Every run under a job's store root, newest last.")

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from .layout import Tensor
+from .layout import Tensor, element_name
 
 ISOLATED_MAX = 3     # at most this many wrong elements (and at most half) reads as "isolated"
 TRANSPOSE_MAX = 1 << 20  # square tensors up to this size are read whole to test for a transpose
@@ -108,7 +108,7 @@ def diagnose(tensor: Tensor, sums: Sums, worst: list[dict], wrong_elements: list
         return transposed
     wrong = len(wrong_elements)
     if 0 < wrong <= ISOLATED_MAX and 2 * wrong <= tensor.size:
-        where = ", ".join(f"{name}[{', '.join(map(str, index))}]" for index in wrong_elements)
+        where = ", ".join(element_name(name, index) for index in wrong_elements)
         return f"{wrong} isolated wrong element(s) in {grad}: {where}"
     if wrong:
         return f"{wrong} of {tensor.size} elements of {grad} are wrong; no simple pattern"

@@ -22,7 +22,7 @@ import math
 
 from . import store, verify
 from .junit import run_name
-from .layout import Layout
+from .layout import Layout, element_name, shape_text
 from . import plots, report
 from .report import tensor_verdict
 
@@ -31,21 +31,13 @@ STYLE = ("body{font-family:sans-serif;margin:2em} .pass{color:#2e7d32;font-weigh
          ".fail{color:#c62828;font-weight:bold} table{border-collapse:collapse;margin:1em 0} "
          "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left} th.fact{border:none;padding-right:1em} "
          "table.facts td{border:none} img{margin:0.5em;vertical-align:top} .small{color:#555;font-size:90%}")
-# how a re-verified element is drawn on a heatmap: (verify class, marker, colour, legend)
-
-def _index(name: str, index) -> str:
-    return f"{name}[{', '.join(map(str, index))}]" if len(index) else name
-
-
-def _shape(t: dict) -> str:
-    return "×".join(map(str, t["shape"])) or "scalar"
 
 
 def _listed(name: str, indices: list, total: int | None = None) -> str:
     """The first ``LISTED`` elements by index, and how many more there are of ``total``."""
     shown = indices[:LISTED]
     more = max(len(indices) if total is None else total, len(indices)) - len(shown)
-    return ", ".join(_index(name, i) for i in shown) + (f" and {more} more" if more > 0 else "")
+    return ", ".join(element_name(name, i) for i in shown) + (f" and {more} more" if more > 0 else "")
 
 
 def _verified(group, path: str, layout: Layout) -> dict[str, dict[int, list]]:
@@ -109,7 +101,7 @@ def _check_section(check: str, result: dict) -> list[str]:
                 "<th>re-verified: agrees / kink / near-kink / wrong</th><th>verdict</th></tr>")
     for name, t in result["tensors"].items():
         s = t["suspects"]
-        body.append(f"<tr><td>{e(name)}</td><td>{_shape(t)}</td><td>{math.prod(t['shape'])}</td>"
+        body.append(f"<tr><td>{e(name)}</td><td>{shape_text(t['shape'])}</td><td>{math.prod(t['shape'])}</td>"
                     f"<td>{t['difference']:.4e}</td><td>{t['threshold']:.1e}</td><td>{report.resolution_text(t)}</td>"
                     f"<td>{t['noise']:.1e}</td><td>{t['kinks']['count']}</td>"
                     f"<td>{s['agrees']} / {s['kink']} / {s['near_kink']} / {s['wrong']}</td>"
@@ -123,7 +115,7 @@ def _check_section(check: str, result: dict) -> list[str]:
         if not t["passed"] and t["worst"]:
             body.append(f"<p>worst elements of {e(name)}:</p><table><tr><th>element</th><th>analytic</th>"
                         "<th>numerical</th><th>|error|</th></tr>")
-            body += [f"<tr><td>{e(_index(name, w['index']))}</td><td>{w['analytic']:.8e}</td>"
+            body += [f"<tr><td>{e(element_name(name, w['index']))}</td><td>{w['analytic']:.8e}</td>"
                      f"<td>{w['numerical']:.8e}</td><td>{w['abs_error']:.2e}</td></tr>" for w in t["worst"]]
             body.append("</table>")
     body.append(f'<img alt="per-tensor difference of {e(check)}" src="data:image/png;base64,'

@@ -138,6 +138,7 @@ def load(path: str) -> JobFile:
     name = schema.job.name or file.stem
     root = schema.job.store_root or f"gradjob-stores/{name}"  # a path or a URL (s3://…)
     checks = []
+    cluster = schema.cluster.model_dump(exclude_none=True)
     for spec in schema.check:
         options = spec.model_dump(exclude={"name"}, exclude_none=True)
         for key in ("model", "case"):
@@ -145,7 +146,6 @@ def load(path: str) -> JobFile:
                 options[key] = _beside(file, options[key])
         if "layers" in options:
             options["layers"] = tuple(options["layers"])
-        cluster = schema.cluster.model_dump(exclude_none=True)
         request = Request(store_dir=store.join(root, spec.name), **options, **cluster)
         try:
             check_options(request)

@@ -16,6 +16,7 @@ import datetime
 import socket
 import xml.etree.ElementTree as ET
 
+from .layout import element_name
 from .report import resolution_text, tensor_verdict
 
 
@@ -56,10 +57,6 @@ def _error_cases(suite, check: str, error: str) -> list[str]:
     return ["error"]
 
 
-def _index(name: str, index: list) -> str:
-    return f"{name}[{', '.join(map(str, index))}]" if index else name
-
-
 def tensor_out(name: str, t: dict, threshold: float) -> str:
     """A tensor's ``system-out``: its numbers, its re-verified suspects and its verdict in words."""
     s = t["suspects"]
@@ -69,10 +66,10 @@ def tensor_out(name: str, t: dict, threshold: float) -> str:
              f"unresolved {s['unresolved']})"
              + (f"; {s['beyond_cap']} beyond the re-verification cap" if s.get("beyond_cap") else "")]
     if t["kinks"]["elements"]:
-        lines.append("left out at kinks: " + ", ".join(_index(name, i) for i in t["kinks"]["elements"])
+        lines.append("left out at kinks: " + ", ".join(element_name(name, i) for i in t["kinks"]["elements"])
                      + (" …" if t["kinks"]["count"] > len(t["kinks"]["elements"]) else ""))
     if s.get("wrong_elements"):
-        lines.append("wrong: " + ", ".join(_index(name, i) for i in s["wrong_elements"])
+        lines.append("wrong: " + ", ".join(element_name(name, i) for i in s["wrong_elements"])
                      + (" …" if s["wrong"] > len(s["wrong_elements"]) else ""))
     lines.append(f"verdict: {tensor_verdict(t, threshold)}")
     return "\n".join(lines)

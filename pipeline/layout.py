@@ -118,8 +118,7 @@ class Layout:
 
     def describe(self, i: int) -> str:
         """``W1[2, 3]``: θ[i] as a reader names it."""
-        name, index = self.locate(i)
-        return f"{name}[{', '.join(map(str, index))}]" if index else name
+        return element_name(*self.locate(i))
 
     def to_json(self) -> dict:
         return {"dtype": self.dtype, "tensors": [[t.name, list(t.shape), t.offset] for t in self.tensors]}
@@ -143,3 +142,13 @@ def numeric_array(value: object, what: str, kinds: str = "fiu") -> np.ndarray:
     if array.dtype.kind not in kinds:
         raise InputError(f"{what} is not a numeric array (dtype {array.dtype}); give real numbers")
     return array
+
+
+def element_name(name: str, index) -> str:
+    """``W1[2, 3]``, or ``W1`` for a scalar: an element as every report names it."""
+    return f"{name}[{', '.join(map(str, index))}]" if len(index) else name
+
+
+def shape_text(shape) -> str:
+    """``784×512``, or ``scalar``."""
+    return "×".join(map(str, shape)) or "scalar"

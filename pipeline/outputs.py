@@ -4,6 +4,7 @@ come through here, so a file means the same whoever wrote it."""
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,16 +28,21 @@ class Entry:
     def of(cls, check: str, outcome: Outcome) -> "Entry":
         return cls(check, outcome, None, report.exit_code(outcome))
 
+    @functools.cached_property
+    def result(self) -> dict:
+        """The outcome's JSON form, built once for stdout and every report file."""
+        return report.to_json(self.outcome)
+
     def to_json(self) -> dict:
         if self.error is not None:
             return {"check": self.check, "passed": False, "error": self.error, "exit_code": self.exit_code}
-        return {"check": self.check, **report.to_json(self.outcome)}
+        return {"check": self.check, **self.result}
 
     def as_report(self) -> dict:
         """The shape the JUnit and HTML writers read."""
         if self.error is not None:
             return {"check": self.check, "error": self.error}
-        return {"check": self.check, "result": report.to_json(self.outcome)}
+        return {"check": self.check, "result": self.result}
 
     def history_row(self) -> dict:
         if self.error is not None:
@@ -83,5 +89,15 @@ def record(root: str, entries: list[Entry]) -> None:
     history.append(root, [e.history_row() for e in entries])
 
 
-def history_root(outcome: Outcome) -> str:
-    return store.parent(outcome.store)
+def check_name(store_path: str | None) -> str:
+    """A single check is named by its store (``directional``: the screen has none)."""
+    return Path(store_path.rstrip("/")).stem if store_path else "directional"
+
+
+def single_check(outcome: Outcome, files: ReportFiles) -> Entry:
+    """What one ``submit`` leaves behind besides its store: its report files and history row."""
+    entry = Entry.of(check_name(outcome.store), outcome)
+    write(files, [entry])
+    if outcome.store is not None:
+        record(store.parent(outcome.store), [entry])
+    return entry

@@ -61,17 +61,16 @@ def pooled_error(group, layout: Layout, name: str, side: int = HEATMAP_SIDE) -> 
     """max |grad − gradapprox| over blocks of rows × columns of a 2-D tensor, streamed from the
     store ``store.READ_BLOCK`` elements at a time; and the rows and columns each cell pools."""
     tensor = next(t for t in layout.tensors if t.name == name)
-    grad, gradapprox = group["grad"], group["gradapprox"]  # opened once, read block by block
     rows, cols = tensor.shape
     row_step, col_step = math.ceil(rows / side), math.ceil(cols / side)
     out = np.zeros((math.ceil(rows / row_step), math.ceil(cols / col_step)))
     cells = out.reshape(-1)  # a view: maxima land in ``out``
-    for start in range(0, tensor.size, store.READ_BLOCK):
-        stop = min(tensor.size, start + store.READ_BLOCK)
-        a, b = tensor.offset + start, tensor.offset + stop
-        error = np.abs(np.asarray(grad[a:b], dtype=np.float64) - np.asarray(gradapprox[a:b], dtype=np.float64))
-        row, col = np.divmod(np.arange(start, stop), cols)
+    start = 0
+    for block in store.iter_blocks(group, tensor.offset, tensor.stop, ("grad", "gradapprox")):
+        error = np.abs(block["grad"] - block["gradapprox"])
+        row, col = np.divmod(np.arange(start, start + error.size), cols)
         np.maximum.at(cells, (row // row_step) * out.shape[1] + col // col_step, error)
+        start += error.size
     return out, row_step, col_step
 
 

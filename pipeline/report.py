@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from .diagnose import gradient_name
+from .layout import element_name, shape_text
 from .types import Outcome
 
 EXIT_PASSED, EXIT_FAILED = 0, 1
@@ -144,7 +145,7 @@ def to_text(outcome: Outcome) -> str:
     width = max(6, *(len(name) for name in data["tensors"]))
     lines.append(f"  {'tensor':<{width}}  {'shape':<12} {'size':>9}  {'difference':>12}  {'threshold':>9}  verdict")
     for name, t in data["tensors"].items():
-        shape = "×".join(map(str, t["shape"])) or "scalar"
+        shape = shape_text(t["shape"])
         lines.append(f"  {name:<{width}}  {shape:<12} {math.prod(t['shape']):>9}  {t['difference']:>12.4e}  "
                      f"{t['threshold']:>9.1e}  {tensor_verdict(t, data['threshold'])}")
     for name, t in data["tensors"].items():
@@ -152,7 +153,7 @@ def to_text(outcome: Outcome) -> str:
             continue
         lines += ["", f"  worst elements of {name}:"]
         for w in t["worst"][:3]:
-            where = f"{name}[{', '.join(map(str, w['index']))}]" if w["index"] else name
+            where = element_name(name, w["index"])
             lines.append(f"    {where:<16} analytic {w['analytic']: .8e}   numerical {w['numerical']: .8e}")
     line = resolution_line(data)
     if line:
