@@ -8,8 +8,7 @@ The Python API (``api``): ``gradjob.check(forward, backward, X, Y, parameters, *
 ``gradjob.assert_backprop(...)`` and ``gradjob.assert_passed(outcome)``.
 """
 
-__version__ = "0.1.0"
+from gradjob.api import assert_backprop, assert_passed, check, check_lists, check_loss
+from gradjob.version import __version__
 
-from .api import assert_backprop, assert_passed, check, check_lists, check_loss
-
-__all__ = ["check", "check_loss", "check_lists", "assert_backprop", "assert_passed"]
+__all__ = ["__version__", "check", "check_loss", "check_lists", "assert_backprop", "assert_passed"]

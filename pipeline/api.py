@@ -46,13 +46,14 @@ import tempfile
 
 import numpy as np
 
-from . import adapters, job, preflight, screen
-from .errors import InputError, JobError
-from .options import AtLeast, OneOf, PositiveNumber
-from .progress import Progress
-from .report import to_text
-from .serial import SerialExecutor
-from .types import METHODS, MODES, PRECISIONS, Outcome, Request
+from gradjob.cli.parsing import AtLeast, OneOf, PositiveNumber
+from gradjob.errors import InputError, JobError
+from gradjob.executors.serial import SerialExecutor
+from gradjob.model import adapters
+from gradjob.report.text import to_text
+from gradjob.run import job, preflight, screen
+from gradjob.run.progress import Progress
+from gradjob.types import METHODS, MODES, PRECISIONS, Outcome, Request
 
 __all__ = ["check", "check_loss", "check_lists", "assert_backprop", "assert_passed"]
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from .layout import Layout
+from gradjob.model.layout import Layout
 
 Method = Literal["central", "five-point", "complex-step"]
 Mode = Literal["full", "directional"]

@@ -22,7 +22,7 @@ import pytest
 from distributed import LocalCluster
 from typer.testing import CliRunner
 
-from gradjob.cli import app
+from gradjob.cli.app import app
 
 FAMILIES = Path(__file__).with_name("families")
 SEED_BUGGY_DIFFERENCE = 0.2850931567761623

@@ -32,8 +32,8 @@ import typer
 import yaml
 from distributed.utils import get_ip_interface
 
-from gradjob.cli import app
-from gradjob.cluster import EMBEDDED_CLUSTER_CONFIG
+from gradjob.cli.app import app
+from gradjob.executors.cluster import EMBEDDED_CLUSTER_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

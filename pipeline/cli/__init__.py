@@ -1,0 +1,5 @@
+"""The ``gradjob`` command (``app``): parse, call, print."""
+
+from gradjob.cli.app import app
+
+__all__ = ["app"]

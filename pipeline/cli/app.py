@@ -1,0 +1,256 @@
+"""The ``gradjob`` command: parse, call, print. No numerics here.
+
+Its length is the declarations of four commands' typed options and their help texts; every
+option is parsed by ``options`` and every action is a call into ``job``, ``jobfile``, ``bench``
+or ``outputs``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from typing import List, Optional
+
+import typer
+
+from gradjob.bench import benchmark as bench
+from gradjob.cli.parsing import AtLeast, OneLineErrors, OneOf, PositiveNumber, Sizes
+from gradjob.errors import InputError, JobError
+from gradjob.report import outputs
+from gradjob.report import text as report
+from gradjob.report.outputs import Entry, ReportFiles
+from gradjob.run import job, jobfile, preflight
+from gradjob.run.progress import for_stream
+from gradjob.storage import history
+from gradjob.types import DEFAULT_DIRECTIONS, METHODS, MODES, PRECISIONS, Request
+from gradjob.version import __version__
+
+EXIT_CODES = ("exit codes: 0 the check passes; 1 backprop disagrees with the numerical gradient; 2 bad input "
+              "(nothing stored is changed); 3 the job could not finish; 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP "
+              "(finished chunks are kept: submit again to resume)")
+DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
+SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+app = typer.Typer(cls=OneLineErrors, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+                  help="Prove a hand-written backpropagation correct by distributed gradient checking.\n\n" + EXIT_CODES)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gradjob {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print gradjob's version and exit.")) -> None:
+    """gradjob: numerical gradient checks as a Dask batch job."""
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"gradjob: error: {exc}", err=True)
+    raise typer.Exit(exc.exit_code)
+
+
+class Stopped(Exception):
+    """A stop signal (SIGTERM from Kubernetes, Slurm or systemd; SIGHUP) while a check runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals():
+    """SIGTERM and SIGHUP stop the check as SIGINT does: the store's lock is released and the
+    cluster shut down on the way out, finished chunks stay, the exit code is 128 + the signal."""
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Stopped(signal.SIGINT) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stopped(exc: Stopped) -> None:
+    typer.echo(f"gradjob: stopped by {SIGNALS.get(exc.signum, exc.signum)}; finished chunks are kept in the store: "
+               "submit the same job again to resume", err=True)
+    raise typer.Exit(128 + exc.signum)
+
+
+SINGLE_CHECK_OPTIONS = tuple(name for name in jobfile.Check.model_fields if name != "name") + ("store",)
+
+
+@app.command(short_help="Run one check, or every check of a job file.")
+def submit(
+    ctx: typer.Context,
+    job_file: Optional[str] = typer.Argument(None, help="A job file (jobs/*.toml) of checks to run instead of one check."),
+    model: str = typer.Option("seed-buggy", help="A model file (.py) or a built-in: linear, network, seed-buggy."),
+    forward: Optional[str] = typer.Option(None, help="Forward function in the model file [forward_propagation_n]."),
+    backward: Optional[str] = typer.Option(None, help="Backward function in the model file [backward_propagation_n]."),
+    case: Optional[str] = typer.Option(None, help="file.npz, case.zarr, file.py:FUNC, or seed, linear, random [the model's own]."),
+    layers: str = typer.Option("4,5,3,1", parser=Sizes("--layers"), help="Layer sizes for --case random."),
+    examples: int = typer.Option(16, parser=AtLeast("--examples"), help="Examples for --case random."),
+    seed: int = typer.Option(0, help="Random seed for --case random."),
+    epsilon: Optional[float] = typer.Option(None, parser=PositiveNumber("--epsilon"),
+                                            help="Fixed step for every parameter [automatic, from the measured noise]."),
+    method: str = typer.Option("central", parser=OneOf("--method", METHODS), help="central, five-point or complex-step (complex-safe forwards only)."),
+    fast: bool = typer.Option(True, help="Incremental evaluation: the built-in network's, a traced replay of a model file's forward (--no-fast: one forward call per evaluation)."),
+    precision: str = typer.Option("float64", parser=OneOf("--precision", PRECISIONS), help="float64: check float32/float16 models in float64 where their code allows; model: in their own dtype."),
+    threshold: Optional[float] = typer.Option(None, parser=PositiveNumber("--threshold"), help="Largest difference that passes [2e-7 for float64, 1e-3 for float32]."),
+    chunk_size: Optional[int] = typer.Option(None, parser=AtLeast("--chunk-size"), help="Parameters per task [about 8 tasks per worker]."),
+    workers: Optional[int] = typer.Option(None, parser=AtLeast("--workers"), help=f"Worker processes of the embedded cluster [{DEFAULT_WORKERS}]."),
+    scheduler: Optional[str] = typer.Option(None, envvar="DASK_SCHEDULER_ADDRESS", help="Use an existing Dask scheduler, tcp://HOST:PORT [DASK_SCHEDULER_ADDRESS]."),
+    store: Optional[str] = typer.Option(None, help="Zarr store of this check [gradjob-stores/<model>-<case>-<hash>.zarr]."),
+    overwrite: bool = typer.Option(False, help="Delete an existing store at --store and start afresh."),
+    resume: bool = typer.Option(False, help="Require an existing store and compute only its missing chunks."),
+    break_lock: bool = typer.Option(False, help="Take over the store's lock even if held from another host."),
+    mode: str = typer.Option("full", parser=OneOf("--mode", MODES), help="full: every parameter, on the cluster; directional: a quick screen on the client."),
+    directions: int = typer.Option(DEFAULT_DIRECTIONS, parser=AtLeast("--directions"), help="Random directions per tensor in directional mode."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (chunks, steps, memory, store) and stop: no store, no cluster."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
+    json_file: Optional[str] = typer.Option(None, help="Also write the JSON result to this file."),
+    junit: Optional[str] = typer.Option(None, help="Write JUnit XML: one test case per check and tensor."),
+    html_file: Optional[str] = typer.Option(None, "--html", help="Write a self-contained HTML page with plots."),
+) -> None:
+    """Check a backward pass against numerical derivatives of its forward, on a Dask cluster."""
+    files = ReportFiles(json_file, junit, html_file)
+    scheduler_given = ctx.get_parameter_source("scheduler").name in ("COMMANDLINE", "ENVIRONMENT")
+    try:
+        if workers is not None and scheduler_given:
+            raise InputError(preflight.WORKERS_WITH_SCHEDULER)
+        if job_file is not None:
+            given = [name for name in SINGLE_CHECK_OPTIONS if ctx.get_parameter_source(name).name == "COMMANDLINE"]
+            if given:
+                raise InputError(f"--{given[0].replace('_', '-')} describes a single check; with a job file put it "
+                                 "in the file's [[check]]")
+            _submit_job_file(job_file, scheduler, workers, files, json_output, dry_run)
+        request = Request(model=model, forward=forward, backward=backward, case=case, layers=layers,
+                          examples=examples, seed=seed, epsilon=epsilon, method=method, fast=fast, precision=precision,
+                          threshold=threshold, mode=mode, directions=directions, chunk_size=chunk_size,
+                          workers=DEFAULT_WORKERS if workers is None else workers, scheduler=scheduler, store=store,
+                          overwrite=overwrite, resume=resume, break_lock=break_lock)
+        if dry_run:
+            _print_plan(request)
+        progress = for_stream(sys.stderr)  # a bar on a terminal, plain lines in a log (stderr)
+        try:
+            with _stop_on_signals():
+                outcome = jobfile.run_check(request, progress)
+        finally:
+            progress.finish()
+        entry = outputs.single_check(outcome, files)
+    except (InputError, JobError) as exc:
+        _fail(exc)
+    except Stopped as exc:
+        _stopped(exc)
+    for note in outcome.notes:
+        typer.echo(f"gradjob: note: {note}", err=True)
+    typer.echo(json.dumps(entry.result) if json_output else report.to_text(outcome))
+    raise typer.Exit(entry.exit_code)
+
+
+def _print_plan(request: Request) -> None:
+    if request.mode == "directional":
+        typer.echo(f"plan    a directional screen on the client: {request.directions} random directions per tensor; "
+                   "no store, no cluster")
+        raise typer.Exit(0)
+    prepared = preflight.prepare(request)
+    for note in prepared.notes:
+        typer.echo(f"gradjob: note: {note}", err=True)
+    typer.echo(job.plan_of(prepared).to_text())
+    typer.echo(f"  precision {prepared.precision.describe()}; threshold {prepared.threshold:g}")
+    raise typer.Exit(0)
+
+
+def _submit_job_file(path: str, scheduler: str | None, workers: int | None, files: ReportFiles, json_output: bool,
+                     dry_run: bool) -> None:
+    jobs = jobfile.with_cluster(jobfile.load(path), scheduler, workers)
+    if dry_run:
+        for named in jobs.checks:
+            typer.echo(f"== {named.name}")
+            try:
+                _print_plan(named.request)
+            except typer.Exit:
+                pass
+        raise typer.Exit(0)
+
+    def on_error(name: str, exc: Exception) -> None:
+        typer.echo(f"gradjob: error in check {name}: {exc}", err=True)
+
+    try:
+        with _stop_on_signals():
+            entries, code = jobfile.run(jobs, files, lambda: for_stream(sys.stderr), on_error)
+    except Stopped as exc:
+        _stopped(exc)
+    if json_output:
+        typer.echo(json.dumps({"job": jobs.name, "passed": code == 0, "checks": [e.to_json() for e in entries]}))
+    else:
+        for entry in entries:
+            if entry.outcome is not None:
+                for note in entry.outcome.notes:
+                    typer.echo(f"gradjob: note: {entry.check}: {note}", err=True)
+                typer.echo(f"== {entry.check}\n{report.to_text(entry.outcome)}\n")
+        failing = [e.check for e in entries if e.exit_code]
+        typer.echo(f"job {jobs.name}: {len(entries) - len(failing)} of {len(entries)} checks passed"
+                   + (f"; not passed: {', '.join(failing)}" if failing else ""))
+    raise typer.Exit(code)
+
+
+@app.command("report", short_help="Print (and write) the verdict of a finished store.")
+def report_command(
+    store: str = typer.Argument(..., help="A finished gradjob store."),
+    threshold: Optional[float] = typer.Option(None, parser=PositiveNumber("--threshold"), help="Judge against this threshold [the job's]."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
+    json_file: Optional[str] = typer.Option(None, help="Also write the JSON result to this file."),
+    junit: Optional[str] = typer.Option(None, help="Write JUnit XML: one test case per check and tensor."),
+    html_file: Optional[str] = typer.Option(None, "--html", help="Write a self-contained HTML page with plots."),
+) -> None:
+    """Print the verdict of a finished store, exactly as submit printed it; write report files."""
+    try:
+        outcome = job.reduce_store(store, threshold)
+        entry = Entry.of(outputs.check_name(store), outcome)
+        outputs.write(ReportFiles(json_file, junit, html_file), [entry])
+    except (InputError, JobError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(entry.result) if json_output else report.to_text(outcome))
+    raise typer.Exit(entry.exit_code)
+
+
+@app.command("history", short_help="Every run under a job's store root, newest last.")
+def history_command(root: str = typer.Argument(..., help="A job's store root (its history.jsonl).")) -> None:
+    """Date, check, difference and verdict of every run under ROOT, newest last."""
+    rows = history.read(root)
+    if not rows:
+        _fail(InputError(f"no history under {root}: run a job with this store root first"))
+    typer.echo(history.to_text(rows))
+
+
+@app.command("bench", short_help="Speed and memory against baselines run in the same process.")
+def bench_command(
+    layers: str = typer.Option("784,512,256,1", parser=Sizes("--layers"), help="Layer sizes of the networks."),
+    examples: int = typer.Option(128, parser=AtLeast("--examples"), help="Examples in the random case."),
+    workers: List[int] = typer.Option([2], parser=AtLeast("--workers"), help="Worker processes; repeat to measure scaling (--workers 1 --workers 2)."),
+    growth_layers: Optional[str] = typer.Option(
+        None, parser=Sizes("--growth-layers"), help="Also run the pipeline alone on this larger network (e.g. 784,2048,256,1) and "
+                                       "report how peak worker memory grows."),
+    model: Optional[str] = typer.Option(None, help="Time this model file (instead of the built-in network) against its "
+                                                   "black-box floor [the shipped seed-style example, beside the built-in network]."),
+    forward: Optional[str] = typer.Option(None, help="Forward function in the model file [forward_propagation_n]."),
+    backward: Optional[str] = typer.Option(None, help="Backward function in the model file [backward_propagation_n]."),
+    case: Optional[str] = typer.Option(None, help="The model file's case [random, for --layers and --examples]."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
+) -> None:
+    """Time full checks against the seed-style loop, torch gradcheck and a model file's black-box floor."""
+    try:
+        result = bench.benchmark(layers, examples, tuple(workers), growth_layers, model, forward, backward, case)
+    except (InputError, JobError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result) if json_output else bench.to_text(result))

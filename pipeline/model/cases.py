@@ -1,0 +1,174 @@
+"""Where the gradient is checked: inputs X, labels Y and the parameter values.
+
+From an ``.npz`` file (loaded without pickle), a Zarr group of arrays (``case.zarr``), from
+``file.py:FUNC`` returning ``(X, Y, parameters)``, or built in: ``seed`` (the seed's test case, drawn as the seed draws it),
+``linear`` (x=2, θ=4) and ``random`` (a random network for ``--layers``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import runpy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gradjob.errors import InputError
+
+BUILTIN_CASES = ("seed", "linear", "random")  # the names load_case resolves itself
+
+
+@dataclass
+class Case:
+    X: np.ndarray
+    Y: np.ndarray
+    parameters: dict[str, np.ndarray]
+    description: str
+
+    def digest(self) -> str:
+        """Hash of X and Y (θ is hashed separately, from the flat vector)."""
+        h = hashlib.sha256()
+        for array in (self.X, self.Y):
+            h.update(f"{array.dtype.str}{array.shape}".encode())
+            h.update(np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()
+
+
+def seed_case() -> Case:
+    """The seed's ``gradient_check_n_test_case``: 4 features, 3 examples, layers 4-5-3-1."""
+    np.random.seed(1)
+    X = np.random.randn(4, 3)
+    Y = np.array([1, 1, 0])
+    W1 = np.random.randn(5, 4)
+    b1 = np.random.randn(5, 1)
+    W2 = np.random.randn(3, 5)
+    b2 = np.random.randn(3, 1)
+    W3 = np.random.randn(1, 3)
+    b3 = np.random.randn(1, 1)
+    parameters = {"W1": W1, "b1": b1, "W2": W2, "b2": b2, "W3": W3, "b3": b3}
+    return Case(X, Y, parameters, "seed (the seed notebook's test case)")
+
+
+def linear_case() -> Case:
+    return Case(np.array(2.0), np.array(0.0), {"theta": np.array(4.0)}, "linear (x=2, θ=4)")
+
+
+def check_network_shape(layers, examples: int, option: str = "--layers") -> None:
+    """``InputError`` unless ``layers`` and ``examples`` describe a built-in network and data set."""
+    shown = ",".join(map(str, layers))
+    if len(layers) < 2 or min(layers) < 1:
+        raise InputError(f"{option} needs at least two positive sizes, e.g. 784,512,256,1; got {shown}")
+    if layers[-1] != 1:
+        raise InputError(f"{option} must end in 1 (one sigmoid output); got {shown}")
+    if examples < 1:
+        raise InputError(f"--examples must be at least 1; got {examples}")
+
+
+def random_case(layers: list[int], examples: int, seed: int) -> Case:
+    """A random network and data set: He-scaled weights, small biases, 0/1 labels."""
+    check_network_shape(layers, examples)
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((layers[0], examples))
+    Y = rng.integers(0, 2, size=(1, examples)).astype(np.float64)
+    parameters = {}
+    for layer in range(1, len(layers)):
+        fan_in = layers[layer - 1]
+        parameters[f"W{layer}"] = rng.standard_normal((layers[layer], fan_in)) * np.sqrt(2.0 / fan_in)
+        parameters[f"b{layer}"] = rng.standard_normal((layers[layer], 1)) * 0.1
+    shape = ",".join(map(str, layers))
+    return Case(X, Y, parameters, f"random (layers {shape}, {examples} examples, seed {seed})")
+
+
+def load_case(spec: str, layers: list[int], examples: int, seed: int) -> Case:
+    """Resolve ``--case``."""
+    if spec == "seed":
+        return seed_case()
+    if spec == "linear":
+        return linear_case()
+    if spec == "random":
+        return random_case(layers, examples, seed)
+    if spec.endswith(".npz"):
+        return _npz_case(Path(spec))
+    if spec.rstrip("/").endswith(".zarr"):
+        return _zarr_case(spec)
+    if ".py:" in spec:
+        path, _, function = spec.rpartition(":")
+        return _python_case(Path(path), function)
+    raise InputError(
+        f"--case {spec!r} is not understood; give file.npz, file.py:FUNC or one of: {', '.join(BUILTIN_CASES)}"
+    )
+
+
+def _npz_case(path: Path) -> Case:
+    if not path.is_file():
+        raise InputError(f"case file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise InputError(f"case file {path} holds object arrays that need pickle; save numeric arrays only") from None
+        raise InputError(f"case file {path} is not a readable .npz: {exc}") from None
+    except Exception as exc:
+        raise InputError(f"case file {path} is not a readable .npz: {exc}") from None
+    return _split_case(arrays, f"{path.name} (npz)", str(path))
+
+
+def _zarr_case(path: str) -> Case:
+    """X, Y and the parameters from a Zarr group; parameter order from its ``parameters``
+    attribute, else by layer number then name (W1, b1, W2, b2, …)."""
+    import zarr
+
+    from gradjob.storage.urls import is_url
+
+    if not is_url(path) and not Path(path).exists():
+        raise InputError(f"case store {path!r} does not exist")
+    try:
+        group = zarr.open_group(path, mode="r")
+        arrays = {name: array[...] for name, array in group.arrays()}
+        order = group.attrs.get("parameters")
+    except Exception as exc:
+        raise InputError(f"case store {path} is not a readable Zarr group of arrays: {exc}") from None
+    names = [n for n in arrays if n not in ("X", "Y")]
+    if order is None:
+        order = sorted(names, key=lambda n: (int(re.sub(r"\D", "", n) or 0), n))
+    elif sorted(order) != sorted(names):
+        raise InputError(f"case store {path}: its 'parameters' attribute does not list exactly its parameter arrays")
+    return _split_case({k: arrays[k] for k in ["X", "Y", *order] if k in arrays}, f"{Path(path).name} (zarr)", path)
+
+
+def _python_case(path: Path, function: str) -> Case:
+    if not path.is_file():
+        raise InputError(f"case file {str(path)!r} does not exist")
+    try:
+        namespace = runpy.run_path(str(path))
+    except Exception as exc:
+        raise InputError(f"case file {path} failed to run: {type(exc).__name__}: {exc}") from None
+    if not callable(namespace.get(function)):
+        raise InputError(f"case file {path} has no function {function!r}")
+    try:
+        result = namespace[function]()
+    except Exception as exc:
+        raise InputError(f"case function {function} in {path} raised {type(exc).__name__}: {exc}") from None
+    if not (isinstance(result, tuple) and len(result) == 3 and isinstance(result[2], dict)):
+        raise InputError(f"case function {function} in {path} must return (X, Y, parameters) with parameters a dict")
+    X, Y, parameters = result
+    return _split_case({"X": X, "Y": Y, **parameters}, f"{path.name}:{function}", f"{path}:{function}")
+
+
+def _split_case(arrays: dict, description: str, where: str) -> Case:
+    missing = [name for name in ("X", "Y") if name not in arrays]
+    if missing:
+        raise InputError(f"case {where} has no {' or '.join(missing)}; it needs X, Y and one array per parameter")
+    parameters = {k: v for k, v in arrays.items() if k not in ("X", "Y")}
+    if not parameters:
+        raise InputError(f"case {where} has X and Y but no parameters; add one array per parameter")
+    data = []
+    for name in ("X", "Y"):
+        array = np.asarray(arrays[name])
+        if array.dtype.kind not in "fiub":
+            raise InputError(f"case {where}: {name} is not a numeric array (dtype {array.dtype})")
+        data.append(array)
+    return Case(data[0], data[1], parameters, description)

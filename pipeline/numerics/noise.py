@@ -1,0 +1,156 @@
+"""How noisy the forward is, and which steps balance truncation against that noise.
+
+Measured, not assumed: a cost summed over a batch, or computed in float32 inside however it is
+called, carries far more round-off than one ulp of J. ECnoise (Moré & Wild, "Estimating
+computational noise", SIAM J. Sci. Comput. 33(3), 2011) takes J at 7 equally spaced points
+along one coordinate: the k-th differences of pure noise have the known scale γₖ = (k!)²/(2k)!,
+so the order at which consecutive estimates agree and the differences change sign gives ε_f.
+
+Steps then balance central differences' truncation μ₃h²/6 against their noise ε_f/h, so
+h = (3ε_f/μ₃)^(1/3) (Moré & Wild, "Estimating derivatives of noisy simulations", ACM TOMS 38(3),
+2012), with μ₃ from a third difference at a spacing where it stands above the noise. Steps are
+kept within [√η, 4·η^(1/3)]·max(1, |θᵢ|), η = ε_f/|J|: the upper end is the classic
+4·eps^(1/3) rule with the measured relative noise in place of eps, so few kinks are crossed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from gradjob.model.layout import Layout
+from gradjob.numerics.evaluate import PerturbationFailure
+from gradjob.types import Calibration, TensorNoise
+
+POINTS = 7          # evaluations per noise estimate, as Moré & Wild recommend
+SAMPLES = 4         # elements measured per tensor; the median is robust to one at a kink
+ATTEMPTS = 4        # spacing changes by 100× per attempt when ECnoise says too small / too large
+SPACINGS = 4        # further 100× smaller spacings tried while the level keeps shrinking (a kink)
+COMPLEX_STEP = 1e-20
+
+Line = Callable[[np.ndarray], np.ndarray]
+"""``line(offsets)``: J at θ + offset·d for each offset, along one fixed direction d."""
+
+
+def ecnoise(values: np.ndarray) -> tuple[float, int]:
+    """Noise level of equally spaced function values; ``inform`` 1: measured, 2: the spacing is
+    too small (half the first differences are 0), 3: too large (no order settles)."""
+    f = np.asarray(values, dtype=np.float64).copy()
+    n = f.size
+    low, high = f.min(), f.max()
+    if high - low > 0.1 * max(abs(high), abs(low)):
+        return 0.0, 3
+    levels, sign_change, gamma = np.zeros(n - 1), np.zeros(n - 1, dtype=bool), 1.0
+    for j in range(1, n):
+        f[: n - j] = f[1 : n - j + 1] - f[: n - j]
+        diffs = f[: n - j]
+        if j == 1 and np.count_nonzero(diffs == 0) >= n / 2:
+            return 0.0, 2
+        gamma *= 0.5 * j / (2 * j - 1)
+        levels[j - 1] = math.sqrt(gamma * float(np.mean(diffs * diffs)))
+        sign_change[j - 1] = diffs.min() * diffs.max() < 0
+    for k in range(n - 3):
+        window = levels[k : k + 3]
+        if window.max() <= 4 * window.min() and sign_change[k]:
+            return float(levels[k]), 1
+    return 0.0, 3
+
+
+def measure_noise(line: Line, spacing: float) -> tuple[float | None, int]:
+    """ε_f along ``line`` (None if ECnoise never settles), and the evaluations spent.
+
+    A kink inside the sampled span looks like noise to a difference table, but its level shrinks
+    with the spacing while round-off does not: while the level keeps shrinking as the spacing
+    does (100× per step), the spacing goes on down, and the last level is kept."""
+    level, spent = _settled_level(line, spacing)
+    for _ in range(SPACINGS):
+        if level is None:
+            break
+        spacing /= 100
+        finer, more = _settled_level(line, spacing, grow=False)
+        spent += more
+        if finer is None or finer > level / 10:
+            level = level if finer is None else min(level, finer)
+            break
+        level = finer
+    return level, spent
+
+
+def _settled_level(line: Line, spacing: float, grow: bool = True) -> tuple[float | None, int]:
+    offsets = (np.arange(POINTS) - POINTS // 2).astype(np.float64)
+    spent = 0
+    for _ in range(ATTEMPTS if grow else 1):
+        level, inform = ecnoise(line(offsets * spacing))
+        spent += POINTS
+        if inform == 1:
+            return level, spent
+        spacing = spacing * 100 if inform == 2 else spacing / 100
+    return None, spent
+
+
+def central_step(line: Line, noise: float, cost: float, scale: float) -> tuple[float, float, int]:
+    """The central-difference step along ``line`` for an element of magnitude ``scale``, the third
+    derivative it is balanced against, and the evaluations spent."""
+    eta = max(noise / max(abs(cost), 1e-300), np.finfo(np.float64).eps)
+    lowest, highest = math.sqrt(eta) * scale, 4 * eta ** (1 / 3) * scale
+    h = eta ** (1 / 5) * scale  # balances a third difference's noise against its truncation
+    j = line(np.array([2 * h, h, -h, -2 * h]))
+    third = abs(j[0] - 2 * j[1] + 2 * j[2] - j[3])
+    if third < 30 * noise:      # μ₃ below detection: this bound on it gives a step of about 0.6h
+        third = 30 * noise
+    mu3 = third / (2 * h ** 3)
+    return float(np.clip((3 * noise / mu3) ** (1 / 3), lowest, highest)), float(mu3), 4
+
+
+def calibrate(costs, layout: Layout, theta: np.ndarray, cost: float, method: str, checked_dtype) -> Calibration:
+    """Noise and step scale per tensor, from ``SAMPLES`` elements each (fixed, spread, seeded).
+
+    ``costs(indices, values)`` is the evaluator the chunks will use, so the noise measured is the
+    noise of the numbers that will be compared.
+    """
+    eps = float(np.finfo(checked_dtype).eps)
+    spacing0 = math.sqrt(eps)
+    floor = eps * max(abs(cost), np.finfo(np.float64).tiny)
+    tensors, evaluations = [], 0
+    for position, tensor in enumerate(layout.tensors):
+        rng = np.random.default_rng(position)
+        picks = np.sort(rng.choice(tensor.size, size=min(SAMPLES, tensor.size), replace=False)) + tensor.offset
+        levels, steps, curvatures = [], [], []
+        for i in picks:
+            base, scale = float(theta[i]), max(1.0, abs(float(theta[i])))
+
+            def line(offsets, i=i, base=base):
+                values = (base + offsets).astype(theta.dtype)
+                return costs(np.full(offsets.size, i), values, "~")
+
+            try:
+                level, spent = measure_noise(line, spacing0 * scale)
+                evaluations += spent
+                if level is None:
+                    continue
+                levels.append(level)
+                if method == "central":
+                    h, mu3, spent = central_step(line, max(level, floor), cost, scale)
+                    evaluations += spent
+                    steps.append(h / scale)
+                    curvatures.append(mu3)
+            except PerturbationFailure:
+                continue  # the chunk holding this element will fail there and say so
+        noise = max(float(np.median(levels)), floor) if levels else floor
+        eta = max(noise / max(abs(cost), 1e-300), eps)
+        if method == "central":
+            step_scale = float(np.median(steps)) if steps else 4 * eta ** (1 / 3)
+        elif method == "five-point":
+            step_scale = 2 * eta ** (1 / 5)  # measured on the seed: 2 balances as 4·eps^(1/5) did with one-ulp noise
+        else:
+            step_scale = COMPLEX_STEP
+        curvature = float(np.median(curvatures)) if curvatures else 0.0
+        tensors.append(TensorNoise(tensor.name, noise, step_scale, len(levels), curvature))
+    return Calibration(tuple(tensors), evaluations)
+
+
+def fixed_calibration(layout: Layout, noise: float, step_scale: float) -> Calibration:
+    """One noise level and step scale for every tensor (tests, and models too small to measure)."""
+    return Calibration(tuple(TensorNoise(t.name, noise, step_scale, 0) for t in layout.tensors), 0)

@@ -1,0 +1,156 @@
+"""One self-contained HTML page per run: what the text report says, and the plots a person would
+rather look at than read.
+
+Per check: the text report's head line and its facts (model, case, precision, step, evaluator,
+store), when it ran and with which versions; a table of tensors with their difference,
+threshold, resolution, noise, kinks and re-verified suspects, and the same verdict words as the
+text (a passing tensor says why it passes); the elements left out at kinks and near-kinks and the
+elements settled as wrong, by index; the worst elements of each failing tensor; each tensor's
+difference against the asked threshold and its own; and a heatmap of |grad − gradapprox| for
+every weight matrix, max-pooled to at most ``HEATMAP_SIDE`` cells a side while streaming the
+matrix from the store ``store.READ_BLOCK`` elements at a time, with its axes in the matrix's own
+row and column indices and the re-verified kinks and wrong elements marked. Images are embedded
+PNGs. Everything is read from the report JSON (``report.to_json``), and from the store only the
+heatmaps' values and the (at most ``verify.CAP`` per tensor) re-verified suspects.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+from gradjob.model.layout import Layout
+from gradjob.model.naming import element_name, shape_text
+from gradjob.numerics import verify
+from gradjob.report import plots
+from gradjob.report import text as report
+from gradjob.report.junit import run_name
+from gradjob.report.text import tensor_verdict
+from gradjob.storage import store, verification
+
+LISTED = 12  # elements listed per class and tensor; the rest are counted
+STYLE = ("body{font-family:sans-serif;margin:2em} .pass{color:#2e7d32;font-weight:bold} "
+         ".fail{color:#c62828;font-weight:bold} table{border-collapse:collapse;margin:1em 0} "
+         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left} th.fact{border:none;padding-right:1em} "
+         "table.facts td{border:none} img{margin:0.5em;vertical-align:top} .small{color:#555;font-size:90%}")
+
+
+def _listed(name: str, indices: list, total: int | None = None) -> str:
+    """The first ``LISTED`` elements by index, and how many more there are of ``total``."""
+    shown = indices[:LISTED]
+    more = max(len(indices) if total is None else total, len(indices)) - len(shown)
+    return ", ".join(element_name(name, i) for i in shown) + (f" and {more} more" if more > 0 else "")
+
+
+def _verified(group, path: str, layout: Layout) -> dict[str, dict[int, list]]:
+    """Per tensor, per verify class, the indices (within the tensor) of its re-verified suspects."""
+    verdicts = verification.read_verification(group, path) or {}
+    out = {t.name: {} for t in layout.tensors}
+    for i in sorted(verdicts):
+        name, index = layout.locate(i)
+        out[name].setdefault(verdicts[i].klass, []).append(list(index))
+    return out
+
+
+def _elements(name: str, t: dict, classes: dict[int, list] | None) -> list[str]:
+    """The elements left out at kinks and near-kinks, settled as wrong or unresolved, by index.
+    ``classes``: the tensor's re-verified suspects by verify class; None without a store (a
+    directional screen, whose counts are of directions: only elements the report names are listed)."""
+    e, lines = html.escape, []
+    kinks, s = t["kinks"], t["suspects"]
+    if classes is None:
+        if kinks["elements"]:
+            lines.append(f"{kinks['count']} left out at kinks: {_listed(name, kinks['elements'], kinks['count'])}")
+        if s.get("wrong_elements"):
+            lines.append(f"{s['wrong']} still wrong on smaller steps: {_listed(name, s['wrong_elements'], s['wrong'])}")
+        return [f'<p class="small">{e(name)}: {e(line)}</p>' for line in lines]
+    if kinks["count"]:
+        parts = [f"{len(classes[k])} {label}: {_listed(name, classes[k])}"
+                 for k, label in ((verify.KINK, "at a kink (one-sided slopes settle at different limits)"),
+                                  (verify.NEAR_KINK, "near kinks closer than float arithmetic resolves"))
+                 if classes.get(k)]
+        past = kinks["count"] - s["kink"] - s["near_kink"]
+        if past > 0:
+            parts.append(f"{past} past the re-verification cap, judged on their one-sided slopes")
+        lines.append(f"{kinks['count']} element(s) left out of the difference: " + "; ".join(parts))
+    if s["wrong"]:
+        wrong = classes.get(verify.WRONG) or s.get("wrong_elements") or []
+        lines.append(f"{s['wrong']} element(s) settled on smaller steps and still wrong: "
+                     f"{_listed(name, wrong, s['wrong'])}")
+    if s["unresolved"]:
+        lines.append(f"{s['unresolved']} element(s) unresolved (no step quiet enough; their disagreement counts as "
+                     f"noise): {_listed(name, classes.get(verify.UNRESOLVED, []), s['unresolved'])}")
+    if s.get("beyond_cap"):
+        lines.append(f"{s['beyond_cap']} disagreeing element(s) past the re-verification cap, judged on their numbers")
+    return [f'<p class="small">{e(name)}: {e(line)}</p>' for line in lines]
+
+
+def _check_section(check: str, result: dict) -> list[str]:
+    e = html.escape
+    word, rest = report.head_line(result)
+    body = [f'<p><span class="{word.lower()}">{word}</span> {e(rest)}</p>', '<table class="facts">']
+    body += [f'<tr><th class="fact">{e(label)}</th><td>{e(value)}</td></tr>' for label, value in report.facts(result)]
+    body.append("</table>")
+    body += [f'<p class="small">note: {e(note)}</p>' for note in result.get("notes", [])]
+    group = layout = None
+    verified: dict = {}
+    if result["store"] is not None:
+        group = store.open_existing(result["store"])
+        layout = store.metadata(group).layout
+        verified = _verified(group, result["store"], layout)
+    body.append("<table><tr><th>tensor</th><th>shape</th><th>size</th><th>difference</th><th>threshold</th>"
+                "<th>resolution</th><th>noise ε_f</th><th>kinks</th>"
+                "<th>re-verified: agrees / kink / near-kink / wrong</th><th>verdict</th></tr>")
+    for name, t in result["tensors"].items():
+        s = t["suspects"]
+        body.append(f"<tr><td>{e(name)}</td><td>{shape_text(t['shape'])}</td><td>{math.prod(t['shape'])}</td>"
+                    f"<td>{t['difference']:.4e}</td><td>{t['threshold']:.1e}</td><td>{report.resolution_text(t)}</td>"
+                    f"<td>{t['noise']:.1e}</td><td>{t['kinks']['count']}</td>"
+                    f"<td>{s['agrees']} / {s['kink']} / {s['near_kink']} / {s['wrong']}</td>"
+                    f"<td>{e(tensor_verdict(t, result['threshold']))}</td></tr>")
+    body.append("</table>")
+    coarse = report.resolution_line(result)
+    if coarse:
+        body.append(f"<p>{e(coarse)}</p>")
+    for name, t in result["tensors"].items():
+        body += _elements(name, t, verified.get(name, {}) if group is not None else None)
+        if not t["passed"] and t["worst"]:
+            body.append(f"<p>worst elements of {e(name)}:</p><table><tr><th>element</th><th>analytic</th>"
+                        "<th>numerical</th><th>|error|</th></tr>")
+            body += [f"<tr><td>{e(element_name(name, w['index']))}</td><td>{w['analytic']:.8e}</td>"
+                     f"<td>{w['numerical']:.8e}</td><td>{w['abs_error']:.2e}</td></tr>" for w in t["worst"]]
+            body.append("</table>")
+    body.append(f'<img alt="per-tensor difference of {e(check)}" src="data:image/png;base64,'
+                f'{plots.png(plots.difference_figure(result))}">')
+    if group is None:  # a directional screen keeps no per-element values
+        body.append(f"<p>{e(result['method'])}: no per-element heatmaps; run a full check for them.</p>")
+        return body
+    maps = []
+    for tensor in layout.tensors:
+        if len(tensor.shape) == 2 and min(tensor.shape) > 1:
+            error, row_step, col_step = plots.pooled_error(group, layout, tensor.name)
+            image = plots.png(plots.heatmap_figure(error, tensor.name, tensor.shape, row_step, col_step, verified[tensor.name]))
+            maps.append(f'<img alt="heatmap of |grad − gradapprox| for {e(tensor.name)}" '
+                        f'src="data:image/png;base64,{image}">')
+    if maps:
+        settled = (", and elements re-verified as agreeing count with their settled estimate"
+                   if result.get("step") == "auto" else "")
+        body.append('<p class="small">|grad − gradapprox| of every element as first evaluated, before '
+                    f"re-verification: elements at kinks (marked) are left out of the difference{settled}.</p>")
+        body += maps
+    return body
+
+
+def to_html(title: str, results: list[dict]) -> str:
+    """``results``: per check, ``{"check", "result" (report JSON)}`` or ``{"check", "error"}``;
+    ``title`` names the run ("check seed", "job nightly")."""
+    heading = html.escape(run_name(title))
+    body = [f"<h1>{heading}</h1>"]
+    for entry in results:
+        body.append(f"<h2>{html.escape(entry['check'])}</h2>")
+        if entry.get("error"):
+            body.append(f'<p class="fail">ERROR: {html.escape(entry["error"])}</p>')
+        else:
+            body += _check_section(entry["check"], entry["result"])
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{heading}</title>'
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -1,0 +1,98 @@
+"""JUnit XML: one test suite per check, one test case for the check and one per tensor, so a CI
+system shows which tensor broke, with its numbers and why a passing one passes.
+
+The structure is the common (Jenkins xunit junit-10.xsd, Ant's) schema's: ``testsuites`` (name,
+tests, failures, errors, time) > ``testsuite`` (name, tests, failures, errors, time, timestamp,
+hostname) > ``testcase`` (name, classname, time) > ``failure``/``error`` (message, text) and
+``system-out``. That schema allows no ``timestamp`` or ``hostname`` on ``testsuites``: they are
+on every ``testsuite``. Times are seconds (the sum of the outcome's ``seconds`` per stage; 0 for
+a report made from a store alone), a suite's timestamp is its store's ``created`` time (ISO 8601,
+UTC), or now for a check without a store.
+"""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import xml.etree.ElementTree as ET
+
+from gradjob.model.naming import element_name
+from gradjob.report.text import resolution_text, tensor_verdict
+
+
+def run_name(title: str) -> str:
+    """``gradjob job nightly`` for the title "job nightly"; a title that already starts with
+    gradjob ("gradjob check") is not prefixed again."""
+    return title if title == "gradjob" or title.startswith("gradjob ") else f"gradjob {title}"
+
+
+def to_junit(title: str, results: list[dict]) -> str:
+    """``results``: per check, ``{"check": name, "result": <report JSON>}`` or ``{"check", "error"}``;
+    ``title`` names the run ("check seed", "job nightly")."""
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    host = socket.gethostname()
+    suites = ET.Element("testsuites", name=run_name(title))
+    totals = {"tests": 0, "failures": 0, "errors": 0, "time": 0.0}
+    for entry in results:
+        check, result, error = entry["check"], entry.get("result"), entry.get("error")
+        seconds = sum((result or {}).get("seconds", {}).values())
+        suite = ET.SubElement(suites, "testsuite", name=check, timestamp=(result or {}).get("created") or now,
+                              hostname=host, time=f"{seconds:.3f}")
+        cases = _error_cases(suite, check, error) if error else _check_cases(suite, check, result)
+        counts = {"tests": len(cases), "failures": cases.count("failure"), "errors": cases.count("error")}
+        for key, value in counts.items():
+            suite.set(key, str(value))
+            totals[key] += value
+        totals["time"] += seconds
+    for key in ("tests", "failures", "errors"):
+        suites.set(key, str(totals[key]))
+    suites.set("time", f"{totals['time']:.3f}")
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def _error_cases(suite, check: str, error: str) -> list[str]:
+    case = ET.SubElement(suite, "testcase", classname=check, name="check", time="0.000")
+    ET.SubElement(case, "error", message=error).text = error
+    return ["error"]
+
+
+def tensor_out(name: str, t: dict, threshold: float) -> str:
+    """A tensor's ``system-out``: its numbers, its re-verified suspects and its verdict in words."""
+    s = t["suspects"]
+    lines = [f"difference {t['difference']:.6e}; threshold {t['threshold']:.1e}; resolution {resolution_text(t)}; "
+             f"noise {t['noise']:.1e}; kinks {t['kinks']['count']}; re-verified {s['verified']} "
+             f"(agrees {s['agrees']}, kink {s['kink']}, near-kink {s['near_kink']}, wrong {s['wrong']}, "
+             f"unresolved {s['unresolved']})"
+             + (f"; {s['beyond_cap']} beyond the re-verification cap" if s.get("beyond_cap") else "")]
+    if t["kinks"]["elements"]:
+        lines.append("left out at kinks: " + ", ".join(element_name(name, i) for i in t["kinks"]["elements"])
+                     + (" …" if t["kinks"]["count"] > len(t["kinks"]["elements"]) else ""))
+    if s.get("wrong_elements"):
+        lines.append("wrong: " + ", ".join(element_name(name, i) for i in s["wrong_elements"])
+                     + (" …" if s["wrong"] > len(s["wrong_elements"]) else ""))
+    lines.append(f"verdict: {tensor_verdict(t, threshold)}")
+    return "\n".join(lines)
+
+
+def _check_cases(suite, check: str, result: dict) -> list[str]:
+    kinds = []
+    overall = ET.SubElement(suite, "testcase", classname=check, name="overall difference",
+                            time=f"{result.get('seconds', {}).get('evaluate', 0.0):.3f}")
+    if not result["passed"]:
+        message = f"wrong: {', '.join(result['failing'])}; difference {result['difference']:.6e}"
+        ET.SubElement(overall, "failure", message=message).text = message
+    ET.SubElement(overall, "system-out").text = (
+        f"difference {result['difference']:.6e} (all elements: {result['raw_difference']:.6e}); "
+        f"threshold {result['threshold']:g}; {result['precision']['text']}; evaluator {result['evaluator']}; "
+        f"step {result['step_text']}; {result['method']}"
+        + "".join(f"\nnote: {note}" for note in result.get("notes", [])))
+    kinds.append("ok" if result["passed"] else "failure")
+    for tensor, t in result["tensors"].items():
+        case = ET.SubElement(suite, "testcase", classname=check, name=f"tensor {tensor}", time="0.000")
+        if not t["passed"]:
+            message = t["diagnosis"] or f"{tensor}: difference {t['difference']:.6e} above {t['threshold']:.1e}"
+            ET.SubElement(case, "failure", message=message).text = message
+        ET.SubElement(case, "system-out").text = tensor_out(tensor, t, result["threshold"])
+        kinds.append("ok" if t["passed"] else "failure")
+    return kinds

@@ -1,0 +1,212 @@
+"""One check, top to bottom: prepare → plan → evaluate → verify → reduce → outcome.
+
+Every step that can refuse the request (``preflight``, ``reuse``) runs before the store is
+touched. Work runs on an executor (``serial.SerialExecutor`` or ``cluster.DaskExecutor``),
+opened only when there is work left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import platform
+import sys
+import time
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from gradjob.errors import InputError
+from gradjob.model.cases import Case
+from gradjob.model.spec import ModelSpec
+from gradjob.numerics import noise
+from gradjob.numerics.reduce import reduce_gradients
+from gradjob.run import evaluators, identity, preflight, reuse, reverify, tasks
+from gradjob.run.plan import Plan, default_chunk_size, make_plan
+from gradjob.run.progress import Progress
+from gradjob.storage import lock, store, urls, verification
+from gradjob.types import Calibration, Outcome, Request, StoreMeta
+from gradjob.version import __version__
+
+
+def run(request: Request, progress: Progress | None = None,
+        executor: Callable[[], contextlib.AbstractContextManager] | None = None,
+        model: ModelSpec | None = None, case: Case | None = None) -> Outcome:
+    """Run one check end to end and return its verdict. ``executor()`` opens where tasks run
+    (default: the Dask cluster the request names); ``model`` and ``case`` (the Python API) stand
+    for the request's model and case names."""
+    progress = progress or Progress()
+    executor = executor or (lambda: _dask(request))
+    seconds, notes = {}, []
+    with _user_output_to_stderr():
+        started = time.perf_counter()
+        prepared = preflight.prepare(request, model, case)
+        store_notes, afresh = reuse.existing_store(prepared)
+        notes += [*prepared.notes, *store_notes]
+        seconds["prepare"] = time.perf_counter() - started
+        tracker = _Tracker(progress)
+        with lock.holding(prepared.store, request.break_lock) as lock_note:
+            notes += [lock_note] if lock_note else []
+            resumed = None if afresh or not urls.exists(prepared.store) else resume(prepared)
+            if resumed and not resumed.plan.todo and resumed.verdicts is not None:
+                meta, plan, verdicts = resumed  # finished: nothing to run
+            else:
+                with executor() as ex:  # connected first: an unreachable cluster refuses before a store is written
+                    meta, plan = (resumed.meta, resumed.plan) if resumed else create(prepared, seconds)
+                    verdicts = evaluate(prepared, meta, plan, ex, progress, tracker, seconds)
+        started = time.perf_counter()
+        outcome = reduce_store(prepared.store, request.threshold, verdicts)  # a threshold asked now wins
+        seconds["reduce"] = time.perf_counter() - started
+    outcome.evaluated_chunks = len(plan.todo)
+    outcome.notes = notes + tracker.notes
+    outcome.task_seconds, outcome.peak_worker_rss_bytes, outcome.seconds = tracker.task_seconds, tracker.peak_rss, seconds
+    return outcome
+
+
+class _Tracker:
+    """What the chunks report back while they run."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.task_seconds, self.notes, self.peak_rss = progress, [], [], None
+
+    def done(self, chunk, report: tasks.ChunkReport) -> None:
+        self.task_seconds.append(report.seconds)
+        if report.note:
+            self.notes.append(report.note)
+        self.progress.advance(chunk.size, report.suspects)
+
+
+def plan_of(prepared: preflight.Prepared, done=None, chunk_size: int | None = None) -> Plan:
+    """The plan of a prepared check, before (``gradjob submit --dry-run``) or after its store exists."""
+    request, n = prepared.request, prepared.layout.n_parameters
+    size = chunk_size or request.chunk_size or default_chunk_size(n, request.workers)
+    steps = (f"ε = {request.epsilon:g}, fixed" if request.epsilon is not None
+             else "automatic, from the forward's noise measured per tensor (ECnoise)")
+    held = evaluators.held_bytes(prepared.evaluator, prepared.layout, prepared.case.X, prepared.case.Y, size)
+    return make_plan(n, request.workers, size, done, store=prepared.store, evaluator=prepared.evaluator, steps=steps,
+                     worker_bytes=held)
+
+
+class Resumed(NamedTuple):
+    meta: StoreMeta
+    plan: Plan
+    verdicts: dict | None  # None until the suspects are re-verified
+
+
+def resume(prepared: preflight.Prepared) -> Resumed:
+    """The existing store of this job: its metadata, what is left to do, its verified suspects."""
+    group = store.open_existing(prepared.store, mode="r")
+    meta = store.metadata(group)
+    return Resumed(meta, plan_of(prepared, store.done_mask(group), meta.chunk_size),
+                   verification.read_verification(group, prepared.store))
+
+
+def create(prepared: preflight.Prepared, seconds: dict) -> tuple[StoreMeta, Plan]:
+    """A new store for this job (replacing one of other code or ``--overwrite``), after measuring
+    the forward's noise, which sets its steps."""
+    request, path = prepared.request, prepared.store
+    plan = plan_of(prepared)
+    started = time.perf_counter()
+    calibration = calibrate(prepared)
+    seconds["calibrate"] = time.perf_counter() - started
+    meta = StoreMeta(
+        identity=prepared.identity, layout=prepared.layout, chunk_size=plan.chunk_size, n_chunks=len(plan.chunks),
+        epsilon=request.epsilon, method=request.method, threshold=prepared.threshold, cost=prepared.cost,
+        evaluator=plan.evaluator, precision=prepared.precision, calibration=calibration,
+        model=prepared.spec.describe(), case=prepared.case.description,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), versions=versions())
+    if urls.exists(path):
+        urls.remove(path)  # --overwrite of a gradjob store, or a store of other code (see ``reuse``)
+    store.create(path, meta, prepared.theta, prepared.grad, prepared.case.X, prepared.case.Y)
+    return meta, plan
+
+
+def evaluate(prepared: preflight.Prepared, meta: StoreMeta, plan: Plan, executor, progress: Progress,
+             tracker: "_Tracker", seconds: dict) -> dict:
+    """The chunks still to do, then the re-verification of suspects, on ``executor``."""
+    context = task_context(prepared, meta)
+    progress.start(len(plan.chunks), len(plan.chunks) - len(plan.todo), executor.dashboard)
+    started = time.perf_counter()
+    executor.run_chunks(tasks.evaluate_chunk, context, plan.todo, tracker.done, meta.layout.describe, progress.note)
+    seconds["evaluate"] = time.perf_counter() - started
+    started = time.perf_counter()
+    group = store.open_existing(prepared.store, mode="r+")
+    verdicts = reverify.verify_suspects(group, prepared.store, meta, context, executor, progress)
+    seconds["verify"] = time.perf_counter() - started
+    tracker.peak_rss = executor.peak_worker_rss()
+    progress.finish()
+    return verdicts
+
+
+def calibrate(prepared: preflight.Prepared) -> Calibration:
+    """The forward's noise and the steps per tensor, measured with the chunks' own evaluator."""
+    layout, theta = prepared.layout, prepared.theta
+    if prepared.request.method == "complex-step":
+        eps = float(np.finfo(theta.dtype).eps)
+        return noise.fixed_calibration(layout, eps * abs(prepared.cost), noise.COMPLEX_STEP)
+    costs = evaluators.build(prepared.evaluator, prepared.model, layout, prepared.case.X,
+                             prepared.case.Y, theta.copy())
+    return noise.calibrate(costs, layout, theta, prepared.cost, prepared.request.method,
+                           np.dtype(prepared.precision.checked))
+
+
+def task_context(prepared: preflight.Prepared, meta: StoreMeta) -> tasks.TaskContext:
+    return tasks.TaskContext(urls.location(prepared.store), prepared.spec, meta.evaluator, meta.method, meta.epsilon,
+                             meta.calibration, meta.precision.checked, identity.digest(meta.identity))
+
+
+def reduce_store(path: str, threshold: float | None = None, verdicts: dict | None = None) -> Outcome:
+    """The verdict of a finished store (``gradjob report``)."""
+    if not urls.exists(path):
+        raise InputError(f"there is no store at {path}")
+    group = store.open_existing(path)
+    meta = store.metadata(group)
+    done = store.done_mask(group)
+    if not done.all():
+        missing = int((~done).sum())
+        raise InputError(f"store {path} is unfinished: {missing} of {done.size} chunks not done; resubmit the job to resume")
+    if verdicts is None:
+        verdicts = verification.read_verification(group, path)
+        if verdicts is None:
+            raise InputError(f"store {path} is unfinished: its suspects were not re-verified yet; resubmit the job "
+                             "to resume")
+    threshold = threshold if threshold is not None else meta.threshold
+    with reverify.intact(path, meta):
+        reduction = reduce_gradients(meta.layout, lambda a, b: store.iter_blocks(group, a, b), threshold, meta.cost,
+                                     meta.calibration, verdicts, float(np.finfo(meta.layout.dtype).eps),
+                                     replace=meta.epsilon is None)
+    return Outcome(reduction, meta, path, meta.method, step_text(meta), meta.model, meta.case, meta.precision,
+                   meta.evaluator)
+
+
+def step_text(meta: StoreMeta) -> str:
+    if meta.epsilon is not None:
+        return f"ε = {meta.epsilon:g}, fixed"
+    if meta.method == "complex-step":
+        return f"h = {noise.COMPLEX_STEP:g}·max(1, |θᵢ|)"
+    scales = [t.step_scale for t in meta.calibration.tensors]
+    return (f"automatic per tensor from the measured noise: {min(scales):.2g}–{max(scales):.2g}·max(1, |θᵢ|)"
+            if len(set(scales)) > 1 else f"automatic from the measured noise: {scales[0]:.2g}·max(1, |θᵢ|)")
+
+
+def versions() -> dict:
+    import dask
+    import distributed
+    import zarr
+
+    return {"gradjob": __version__, "numpy": np.__version__, "dask": dask.__version__,
+            "distributed": distributed.__version__, "zarr": zarr.__version__,
+            "python": platform.python_version()}
+
+
+def _dask(request: Request):
+    from gradjob.executors.cluster import DaskExecutor
+
+    return DaskExecutor(request.scheduler, request.workers)
+
+
+@contextlib.contextmanager
+def _user_output_to_stderr():
+    """Whatever the user's code prints goes to stderr: stdout is gradjob's (``--json``)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield

@@ -1,0 +1,240 @@
+"""Job files: a TOML list of checks that ``gradjob submit jobs/FILE.toml`` runs in order.
+
+    [job]
+    name = "nightly"
+    store_root = "gradjob-stores/nightly"   # stores and history.jsonl go here (relative: to the cwd)
+                                            # each check's store: <root>/<check>/<model>-<case>-<hash>.zarr,
+                                            # so a rerun of the same job resumes and new weights get a new store
+
+    [cluster]                               # optional; command-line options override it
+    scheduler = "tcp://127.0.0.1:8786"      # or: workers = 2
+                                            # (neither: DASK_SCHEDULER_ADDRESS if set, else an embedded cluster)
+
+    [reports]                               # optional; --json-file/--junit/--html override it
+    json = "reports/nightly.json"
+    junit = "reports/nightly.xml"
+    html = "reports/nightly.html"
+
+    [[check]]
+    name = "fraud-network"
+    model = "models/fraud_network.py"       # model and case files: relative to the job file
+    case = "random"                          # any --case: file.npz, file.py:FUNC, store.zarr, seed, …
+    layers = [64, 128, 64, 1]
+    # also: forward, backward, examples, seed, epsilon, method, precision, threshold, chunk_size,
+    # fast, mode = "directional" with directions = 3 (a quick screen on the client: no store, no cluster)
+
+Every key is typed by the schema below (``Check``): a wrong type or value is one line naming the
+file, the check, the key, what was expected and what was found, and exit code 2. The module
+holds the schema, the one-line messages made from its errors, and the running of a file's checks.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gradjob.errors import InputError, JobError
+from gradjob.model import cases
+from gradjob.model import spec as models
+from gradjob.report import outputs
+from gradjob.report import text as report
+from gradjob.report.outputs import Entry, ReportFiles
+from gradjob.run import job, preflight, screen
+from gradjob.run.preflight import check_options
+from gradjob.run.progress import Progress
+from gradjob.storage import urls
+from gradjob.types import DEFAULT_DIRECTIONS, Method, Mode, Outcome, PrecisionChoice, Request
+
+Positive = Annotated[int, Field(ge=1)]
+PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # "greater than 0"
+BUILTIN_NAMES = set(models.BUILTIN_MODELS) | set(cases.BUILTIN_CASES)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Check(_Strict):
+    name: str
+    model: str = "seed-buggy"
+    forward: str | None = None
+    backward: str | None = None
+    case: str | None = None
+    layers: list[Positive] | None = None
+    examples: Positive = 16
+    seed: int = 0
+    epsilon: PositiveNumber | None = None
+    method: Method = "central"
+    precision: PrecisionChoice = "float64"
+    threshold: PositiveNumber | None = None
+    chunk_size: Positive | None = None
+    fast: bool = True
+    mode: Mode = "full"
+    directions: Positive = DEFAULT_DIRECTIONS
+
+
+class Job(_Strict):
+    name: str | None = None
+    store_root: str | None = None
+
+
+class Cluster(_Strict):
+    scheduler: str | None = None
+    workers: Positive | None = None
+
+
+class Reports(_Strict):
+    json_: str | None = Field(None, alias="json")
+    junit: str | None = None
+    html: str | None = None
+
+
+class Schema(_Strict):
+    job: Job = Job()
+    cluster: Cluster = Cluster()
+    reports: Reports = Reports()
+    check: list[Check] = []
+
+
+@dataclass(frozen=True)
+class NamedCheck:
+    name: str
+    request: Request
+
+
+@dataclass(frozen=True)
+class JobFile:
+    name: str
+    path: Path
+    store_root: str
+    checks: tuple[NamedCheck, ...]
+    reports: ReportFiles = field(default_factory=ReportFiles)
+
+
+EXPECTED = {"int_type": "a whole number", "float_type": "a number", "bool_type": "true or false",
+            "string_type": "a string", "list_type": "a list", "finite_number": "a finite number",
+            "model_type": "a table", "dict_type": "a table"}
+
+
+def load(path: str) -> JobFile:
+    """Parse and validate a job file; every problem is one ``InputError`` line naming it."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"job file {path!r} does not exist")
+    try:
+        data = tomllib.loads(file.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"job file {path} is not valid TOML: {exc}") from None
+    try:
+        schema = Schema.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_message(path, data, exc.errors()[0])) from None
+    if not schema.check:
+        raise InputError(f"job file {path} has no [[check]]; add at least one")
+    seen = set()
+    for spec in schema.check:
+        if spec.name in seen:
+            raise InputError(f"job file {path}: two checks are named {spec.name!r}")
+        seen.add(spec.name)
+    name = schema.job.name or file.stem
+    root = schema.job.store_root or f"gradjob-stores/{name}"  # a path or a URL (s3://…)
+    checks = []
+    cluster = schema.cluster.model_dump(exclude_none=True)
+    for spec in schema.check:
+        options = spec.model_dump(exclude={"name"}, exclude_none=True)
+        for key in ("model", "case"):
+            if key in options:
+                options[key] = _beside(file, options[key])
+        if "layers" in options:
+            options["layers"] = tuple(options["layers"])
+        request = Request(store_dir=urls.join(root, spec.name), **options, **cluster)
+        try:
+            check_options(request)
+        except InputError as exc:
+            raise InputError(f"job file {path}: check {spec.name!r}: {exc}") from None
+        checks.append(NamedCheck(spec.name, request))
+    reports = schema.reports
+    return JobFile(name, file, root, tuple(checks), ReportFiles(reports.json_, reports.junit, reports.html))
+
+
+def _message(path: str, data: dict, error: dict) -> str:
+    """One line from pydantic's first error: where, what was expected, what was found."""
+    loc, kind = error["loc"], error["type"]
+    if kind == "extra_forbidden" and len(loc) == 1:
+        return f"job file {path}: unknown section [{loc[0]}]; use check, cluster, job, reports"
+    if loc and loc[0] == "check" and len(loc) >= 2 and isinstance(loc[1], int):
+        entry = data["check"][loc[1]] if isinstance(data.get("check"), list) else {}
+        where = f"check {entry['name']!r}" if isinstance(entry, dict) and isinstance(entry.get("name"), str) \
+            else f"check {loc[1] + 1}"
+        key = loc[2:]
+        section = "check"
+    else:
+        where, key, section = f"[{loc[0]}]" if loc else "the file", loc[1:], loc[0] if loc else ""
+    name = "".join(f"[{k}]" if isinstance(k, int) else (f".{k}" if i else str(k)) for i, k in enumerate(key))
+    if kind == "extra_forbidden":
+        return f"job file {path}: unknown key(s) {key[-1]} in [{section}]"
+    if kind == "missing":
+        return f"job file {path}: {where} has no {name}"
+    ctx = error.get("ctx") or {}
+    if kind in EXPECTED:
+        expected = EXPECTED[kind]
+    elif kind == "literal_error":
+        expected = f"one of {ctx['expected']}"
+    elif kind == "greater_than":
+        expected = f"greater than {ctx['gt']:g}"
+    elif kind == "greater_than_equal":
+        expected = f"at least {ctx['ge']}"
+    else:
+        expected = error["msg"].removeprefix("Input should be ")
+    return f"job file {path}: {where}: {name} must be {expected}; got {error['input']!r}"
+
+
+def _beside(job_file: Path, value: str) -> str:
+    """Model and case files are named relative to the job file; built-in names stay as they are."""
+    if value in BUILTIN_NAMES or urls.is_url(value):
+        return value
+    path, colon, function = value.partition(":") if ".py:" in value else (value, "", "")
+    resolved = path if Path(path).is_absolute() else str(job_file.parent / path)
+    return resolved + colon + function
+
+
+def with_cluster(jobs: JobFile, scheduler: str | None, workers: int | None) -> JobFile:
+    """Command-line cluster options override the file's."""
+    overrides = {k: v for k, v in (("scheduler", scheduler), ("workers", workers)) if v is not None}
+    if not overrides:
+        return jobs
+    return JobFile(jobs.name, jobs.path, jobs.store_root,
+                   tuple(NamedCheck(c.name, c.request.replace(**overrides)) for c in jobs.checks), jobs.reports)
+
+
+def run_check(request: Request, progress: Progress | None = None) -> Outcome:
+    """One check: the full pipeline on the cluster, or the directional screen on the client."""
+    if request.mode == "directional":
+        prepared = preflight.prepare(request)
+        return screen.screen(prepared, request.directions, request.seed)
+    return job.run(request, progress)
+
+
+def run(jobs: JobFile, files: ReportFiles, progress_for, on_error) -> tuple[list[Entry], int]:
+    """Every check of a job file in order (an error in one is reported and the others still run);
+    then its reports and history. Returns the entries and the job's exit code: the first error's,
+    else 1 if any check failed, else 0."""
+    entries = []
+    for named in jobs.checks:
+        progress = progress_for()
+        try:
+            entries.append(Entry.of(named.name, run_check(named.request, progress)))
+        except (InputError, JobError) as exc:
+            on_error(named.name, exc)
+            entries.append(Entry(named.name, None, str(exc), exc.exit_code))
+        finally:
+            progress.finish()
+    outputs.record(jobs.store_root, entries)
+    outputs.write(files.merged(jobs.reports), entries, jobs.name)
+    codes = [e.exit_code for e in entries]
+    errors = [c for c in codes if c not in (report.EXIT_PASSED, report.EXIT_FAILED)]
+    return entries, errors[0] if errors else max(codes)

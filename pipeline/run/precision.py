@@ -1,0 +1,143 @@
+"""J(θ), the backward's gradient at θ, and the precision they are checked in.
+
+A float32 or float16 model is checked in float64 where its code allows it. θ, X and Y are
+promoted; the forward must then compute in float64 (its cost's dtype, and its measured noise
+along one coordinate, say so), agree with its own-precision cost to that precision's round-off,
+and the backward must run on the float64 cache. Anything else falls back to the model's
+precision with a note; ``precision="model"`` asks for that directly. A float64 forward may still
+compute in float32 inside: its measured noise tells (``noisy_inside``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gradjob.errors import InputError
+from gradjob.model.cases import Case
+from gradjob.model.layout import Layout
+from gradjob.model.spec import Model, as_cost, cost_dtype
+from gradjob.numerics.evaluate import PerturbationFailure
+from gradjob.numerics.noise import measure_noise
+from gradjob.run import evaluators
+from gradjob.types import Precision
+
+LOW_PRECISION_NOISE = 1e-10  # relative noise of J above which a "float64" forward computes in float32
+
+
+def at_theta(model: Model, case: Case, choice: str):
+    """(precision, case, layout, θ, J(θ), gradient) in the precision the check will use."""
+    layout = Layout.of(case.parameters)
+    own = layout.dtype
+    if choice == "model" or np.dtype(own).itemsize >= 8:
+        theta = layout.flatten(case.parameters)
+        cost, grad, computed = analytic_gradient(model, case, layout, theta)
+        checked = computed if np.dtype(computed).itemsize < np.dtype(own).itemsize else own
+        note = f"the forward computes in {checked} whatever it is given" if checked != own else None
+        return Precision(checked, own, note), case, layout, theta, cost, grad
+    promoted = promote(case)
+    wide = Layout.of(promoted.parameters)
+    theta = wide.flatten(promoted.parameters)
+    try:
+        cost, grad, computed = analytic_gradient(model, promoted, wide, theta)
+        problem = _why_not_float64(model, case, layout, promoted, wide, theta, cost, grad, computed)
+    except InputError as exc:
+        problem = f"with float64 inputs it fails ({exc})"
+    if problem is None:
+        return Precision("float64", own), promoted, wide, theta, cost, grad
+    theta = layout.flatten(case.parameters)
+    cost, grad, computed = analytic_gradient(model, case, layout, theta)
+    return Precision(own, own, problem), case, layout, theta, cost, grad
+
+
+def noisy_inside(precision: Precision, model: Model, case: Case, layout: Layout, theta: np.ndarray,
+                 grad: np.ndarray, cost: float) -> Precision:
+    """A forward whose every dtype is float64 may still compute in float32 inside (a cast, then a
+    float64 cost): its measured noise tells, and the check is then judged at that precision."""
+    try:
+        eta = relative_noise(model, case, layout, theta, grad, cost)
+    except PerturbationFailure:
+        return precision  # the cluster's evaluations will name the failure
+    if eta is None or eta <= LOW_PRECISION_NOISE:
+        return precision
+    checked = "float32" if eta < 1e-5 else "float16"
+    return Precision(checked, precision.model,
+                     f"the forward computes in {checked} inside: its cost is that noisy (relative noise {eta:.1e})")
+
+
+def promote(case: Case) -> Case:
+    """θ, and X and Y where they are floating point, in float64."""
+    def wide(array):
+        array = np.asarray(array)
+        return array.astype(np.float64) if array.dtype.kind == "f" and array.dtype.itemsize < 8 else array
+
+    return Case(wide(case.X), wide(case.Y), {k: wide(v) for k, v in case.parameters.items()}, case.description)
+
+
+def _why_not_float64(model, case, layout, promoted, wide, theta, cost64, grad64, computed) -> str | None:
+    """None when the promoted forward really computes in float64, else why not (one clause)."""
+    if np.dtype(computed).itemsize < 8:
+        return f"its forward or backward computes in {computed} even with float64 inputs"
+    narrow = layout.flatten(case.parameters)
+    try:
+        own_cost = as_cost(model.forward(case.X, case.Y, layout.views(narrow)))
+    except Exception as exc:
+        raise InputError(f"the forward raised at the case's parameters: {type(exc).__name__}: {exc}") from None
+    eps = float(np.finfo(layout.dtype).eps)
+    if abs(own_cost - cost64) > 1e3 * eps * max(1.0, abs(own_cost)):
+        return (f"its float64 cost {cost64:.9g} differs from its {layout.dtype} cost {own_cost:.9g} by more than "
+                f"{layout.dtype} round-off")
+    try:
+        eta = relative_noise(model, promoted, wide, theta, grad64, cost64)
+    except PerturbationFailure as failure:
+        return f"with float64 inputs the forward fails near {wide.describe(failure.index)} ({failure.detail})"
+    if eta is not None and eta > LOW_PRECISION_NOISE:
+        return f"its cost is as noisy as {layout.dtype} arithmetic even with float64 inputs (relative noise {eta:.1e})"
+    return None
+
+
+def relative_noise(model: Model, case: Case, layout: Layout, theta: np.ndarray, grad: np.ndarray,
+                   cost: float) -> float | None:
+    """The forward's measured noise relative to |J| (ECnoise along the element J is most sensitive
+    to); None where it cannot be measured. Computing in float32 shows as ~1e-8, in float64 ~1e-16."""
+    costs = evaluators.build("forward", model, layout, case.X, case.Y, theta.copy())
+    i = int(np.argmax(np.abs(grad)))
+    level, _ = measure_noise(lambda offsets: costs(np.full(offsets.size, i), theta[i] + offsets, "~"),
+                             math.sqrt(np.finfo(np.float64).eps) * max(1.0, abs(float(theta[i]))))
+    return None if level is None else level / max(abs(cost), 1e-300)
+
+
+def analytic_gradient(model: Model, case: Case, layout: Layout, theta: np.ndarray) -> tuple[float, np.ndarray, str]:
+    """J(θ), the backward's gradient at θ, and the narrowest dtype either was computed in;
+    refuses a forward that is not deterministic."""
+    views = layout.views(theta)
+    try:
+        first = model.forward(case.X, case.Y, views)
+        second = model.forward(case.X, case.Y, views)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"the forward raised at the case's parameters: {type(exc).__name__}: {exc}") from None
+    cost, again = as_cost(first), as_cost(second)
+    if not math.isfinite(cost):
+        raise InputError(f"the forward's cost at the case's parameters is {cost}; the check needs a finite cost")
+    if cost != again:
+        raise InputError(
+            f"the forward is not deterministic: two evaluations at the same θ gave {cost!r} and {again!r}; "
+            "fix its randomness (e.g. one dropout mask for the whole job) before checking"
+        )
+    cache = first[1] if isinstance(first, tuple) and len(first) > 1 else None
+    try:
+        gradients = model.backward(case.X, case.Y, cache)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"the backward raised: {type(exc).__name__}: {exc}") from None
+    grad = layout.flatten_gradients(gradients)
+    if not np.all(np.isfinite(grad)):
+        raise InputError(f"the backward returned non-finite gradient values (first at {layout.describe(int(np.flatnonzero(~np.isfinite(grad))[0]))})")
+    dtypes = [np.dtype(d) for d in (cost_dtype(first), *layout.gradient_dtypes(gradients)) if d is not None
+              and np.dtype(d).kind == "f"]
+    computed = min(dtypes, key=lambda d: d.itemsize, default=np.dtype(layout.dtype))
+    return cost, grad, computed.name

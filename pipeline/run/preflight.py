@@ -1,0 +1,102 @@
+"""Everything a check settles on the client before a store or a cluster is touched.
+
+Options are validated; the model and case are loaded; the precision to check in is chosen; the
+analytic gradient and J(θ) are computed (every run, fresh or resumed, so a verdict is always
+about the code that runs now, in the precision ``precision`` chooses); complex step is probed
+(``complex_step``); the evaluator is chosen; and the job's identity names its store. A refused
+request therefore never changes an existing store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradjob.errors import InputError
+from gradjob.model.cases import Case, load_case
+from gradjob.model.layout import Layout
+from gradjob.model.spec import (
+    BUILTIN_CASE_FOR,
+    Model,
+    ModelSpec,
+    load_model,
+    model_spec,
+)
+from gradjob.run import complex_step, evaluators
+from gradjob.run import identity as job_identity
+from gradjob.run import precision as precisions
+from gradjob.types import METHODS, MODES, PRECISIONS, Precision, Request, default_threshold
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request at the precision it is checked in."""
+
+    request: Request
+    spec: ModelSpec
+    model: Model
+    case: Case
+    case_name: str
+    layout: Layout
+    theta: np.ndarray
+    grad: np.ndarray
+    cost: float
+    precision: Precision
+    threshold: float
+    evaluator: str          # see ``evaluators``: part of the job's identity
+    identity: dict
+    store: str
+    notes: tuple[str, ...]  # said to the user: a fallback of precision or of the evaluator
+
+
+def check_options(request: Request) -> None:
+    """``InputError`` for any option out of range, before anything is loaded."""
+    if request.epsilon is not None and not (math.isfinite(request.epsilon) and request.epsilon > 0):
+        raise InputError(f"--epsilon must be a positive finite number; got {request.epsilon}")
+    if request.threshold is not None and not (math.isfinite(request.threshold) and request.threshold > 0):
+        raise InputError(f"--threshold must be a positive finite number; got {request.threshold}")
+    for option, value, allowed in (("--method", request.method, METHODS), ("--mode", request.mode, MODES),
+                                   ("--precision", request.precision, PRECISIONS)):
+        if value not in allowed:
+            raise InputError(f"{option} must be one of {', '.join(allowed)}; got {value!r}")
+    if request.chunk_size is not None and request.chunk_size < 1:
+        raise InputError(f"--chunk-size must be at least 1; got {request.chunk_size}")
+    if request.workers < 1:
+        raise InputError(f"--workers must be at least 1; got {request.workers}")
+    if request.directions < 1:
+        raise InputError(f"--directions must be at least 1; got {request.directions}")
+    if request.overwrite and request.resume:
+        raise InputError("--overwrite and --resume contradict each other; choose one")
+
+
+WORKERS_WITH_SCHEDULER = ("--workers sizes the embedded cluster; with --scheduler (or DASK_SCHEDULER_ADDRESS) the "
+                          "cluster's own workers run the job: drop one of them")
+
+
+def prepare(request: Request, spec: ModelSpec | None = None, case: Case | None = None) -> Prepared:
+    """Validate everything that can be validated on the client; J(θ) and the analytic gradient.
+    ``spec`` and ``case``, when given (the Python API), stand for ``--model`` and ``--case``."""
+    check_options(request)
+    spec = spec or model_spec(request.model, request.forward, request.backward)
+    case_name = "arrays" if case is not None else (request.case or BUILTIN_CASE_FOR.get(request.model, "seed"))
+    case = case or load_case(case_name, list(request.layers), request.examples, request.seed)
+    model = load_model(spec)
+    precision, case, layout, theta, cost, grad = precisions.at_theta(model, case, request.precision)
+    if request.method == "complex-step":
+        complex_step.check_complex_safe(model, case, layout, theta)
+    evaluator, evaluator_note = evaluators.choose(spec, model, layout, case.X, case.Y, theta, request.fast,
+                                                  request.method, precision.checked)
+    if precision.checked == precision.model == "float64" and not spec.is_builtin:  # after the trace, which
+        precision = precisions.noisy_inside(precision, model, case, layout, theta, grad, cost)  # shows hidden state first
+    identity = job_identity.of(spec, case.digest(), hashlib.sha256(theta.tobytes()).hexdigest(), layout.to_json(),
+                               request.epsilon, request.method, evaluator, precision.checked)
+    path = request.store or job_identity.default_store_path(spec, case_name, identity, request.store_dir)
+    threshold = request.threshold if request.threshold is not None else default_threshold(precision.checked)
+    notes = tuple(n for n in (evaluator_note, precision.describe() if precision.note else None) if n)
+    return Prepared(request, spec, model, case, case_name, layout, theta, grad, cost, precision, threshold, evaluator,
+                    identity, path, notes)
+
+

@@ -1,0 +1,116 @@
+"""Progress of a running check, where its reader is: a bar on a terminal, plain lines in a log.
+
+A nightly job's stderr is a log file: it gets one line at a steady cadence (chunks, parameters
+per second, time left), no ANSI codes, and every note on its own line. A terminal gets a live
+bar. The base class shows nothing (the Python API, benchmarks).
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    """Hooks a check calls; this one shows nothing."""
+
+    def start(self, total: int, already_done: int, dashboard: str | None) -> None: ...
+
+    def advance(self, parameters: int, suspects: int = 0) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class LogLines(Progress):
+    """One plain line every ``every`` seconds and at the end, for logs read after the fact."""
+
+    def __init__(self, stream: TextIO | None = None, every: float = 30.0):
+        self.stream, self.every = stream, every
+        self.total = self.done = self.evaluated = self.parameters = self.suspects = 0
+        self.started = self.last = 0.0
+
+    def _write(self, text: str) -> None:
+        """One line, stamped with the UTC time: a log read the next morning says when."""
+        stream = self.stream or sys.stderr
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stream.write(f"{stamp} {text}\n")
+        stream.flush()
+
+    def start(self, total: int, already_done: int, dashboard: str | None) -> None:
+        self.total, self.done = total, already_done
+        self.started = self.last = time.monotonic()
+        if dashboard:
+            self._write(f"Dask dashboard: {dashboard}")
+        if already_done:
+            self._write(f"resuming: {already_done} of {total} chunks already in the store")
+        self._write(f"chunks {self.done}/{self.total}")
+
+    def advance(self, parameters: int, suspects: int = 0) -> None:
+        self.done += 1
+        self.evaluated += 1
+        self.parameters += parameters
+        self.suspects += suspects
+        now = time.monotonic()
+        if now - self.last >= self.every or self.done == self.total:
+            self.last = now
+            self._write(self.line(now))
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.parameters / elapsed
+        left = self.total - self.done
+        per_chunk = elapsed / max(1, self.evaluated)
+        return (f"chunks {self.done}/{self.total}, {rate:,.0f} parameters/s, elapsed {_eta(elapsed)}, "
+                f"about {_eta(left * per_chunk)} left, {self.suspects:,} suspect(s) so far")
+
+    def note(self, text: str) -> None:
+        self._write(text)
+
+
+class TerminalBar(Progress):
+    """A rich progress bar on stderr, so stdout stays clean for --json."""
+
+    def __init__(self):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.bar = self.task = None
+
+    def start(self, total: int, already_done: int, dashboard: str | None) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        if dashboard:
+            self.console.print(f"Dask dashboard: {dashboard}", soft_wrap=True, highlight=False)
+        if already_done:
+            self.console.print(f"resuming: {already_done} of {total} chunks already in the store", highlight=False)
+        self.bar = Bar(TextColumn("chunks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       console=self.console, transient=False)
+        self.task = self.bar.add_task("chunks", total=total, completed=already_done)
+        self.bar.start()
+
+    def advance(self, parameters: int, suspects: int = 0) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def note(self, text: str) -> None:
+        self.console.print(text, soft_wrap=True, markup=False, highlight=False)  # above the bar while it runs
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def for_stream(stream: TextIO) -> Progress:
+    """A bar when ``stream`` is a terminal, plain lines otherwise."""
+    return TerminalBar() if stream.isatty() else LogLines()

@@ -1,0 +1,168 @@
+"""The units of work that run on a worker: evaluate one chunk and write it to the store; evaluate
+the ladders of a batch of suspects.
+
+Everything a task needs besides its chunk (θ, X, Y, the model) is read once per worker thread and
+kept: tasks carry only small arguments. A traced model's chunk is also checked against the real
+forward at two of its elements; on a mismatch the chunk is evaluated by the forward instead and
+the task says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+
+import numpy as np
+
+from gradjob.errors import JobError
+from gradjob.model.layout import Layout
+from gradjob.model.spec import ModelSpec, load_model
+from gradjob.numerics import verify
+from gradjob.numerics.evaluate import PerturbationFailure, numerical_gradient, per_element, step_sizes
+from gradjob.run import evaluators
+from gradjob.run.plan import Chunk
+from gradjob.storage import store
+from gradjob.types import Calibration
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What every task of one job shares; small, hashable, cheap to send."""
+
+    store: str
+    model: ModelSpec
+    evaluator: str
+    method: str
+    epsilon: float | None
+    calibration: Calibration
+    computed_dtype: str
+    token: str  # the job's identity digest: a new job never reuses a worker's cached θ
+
+
+@dataclass(frozen=True)
+class ChunkReport:
+    seconds: float
+    note: str | None = None  # a traced chunk that fell back to the forward, and why
+    suspects: int = 0        # elements beyond their noise bound, to be re-verified (progress shows them)
+
+
+class _Workspace:
+    def __init__(self, context: TaskContext):
+        self.context = context
+        self.group = store.open_existing(context.store, mode="r+")
+        self.meta = store.metadata(self.group)
+        self.layout: Layout = self.meta.layout
+        self.X, self.Y = store.read_case(self.group)
+        self.model = load_model(context.model)
+        self._forward = None
+        if context.evaluator == "incremental":  # the built-in network holds b1…bL and streams W1
+            self.costs = evaluators.build("incremental", self.model, self.layout, self.X, self.Y, None,
+                                          read=partial(store.read_range, self.group, "theta"))
+            self.fast = self.costs.__self__
+            return
+        self.fast = None
+        self.theta = store.read_vector(self.group, "theta")  # this thread's own, writable copy
+        if context.method == "complex-step":
+            self.theta = self.theta.astype(np.result_type(self.theta.dtype, np.complex64))
+        self.costs = evaluators.build(context.evaluator, self.model, self.layout, self.X, self.Y, self.theta)
+
+    def forward_costs(self):
+        """The plain forward evaluator, for checking a traced chunk (built once, on first use)."""
+        if self._forward is None:
+            self._forward = evaluators.build("forward", self.model, self.layout, self.X, self.Y, self.theta.copy())
+        return self._forward
+
+    def original(self, start: int, stop: int) -> np.ndarray:
+        """θ[start:stop], unperturbed."""
+        if self.fast is not None:
+            return self.fast.unperturbed(np.arange(start, stop))
+        return self.theta[start:stop].copy()
+
+
+_local = threading.local()
+
+
+def _workspace(context: TaskContext) -> _Workspace:
+    cached = getattr(_local, "workspace", None)
+    if cached is None or cached[0] != context:
+        _local.workspace = None  # free the previous job's θ before reading this one's
+        _local.workspace = (context, _Workspace(context))
+    return _local.workspace[1]
+
+
+def _quiet(task):
+    """Run ``task`` with the user's prints on stderr: a worker of the embedded cluster shares the
+    client's stdout, which belongs to gradjob (``--json``)."""
+    @functools.wraps(task)
+    def run(*args):
+        with contextlib.redirect_stdout(sys.stderr):
+            return task(*args)
+    return run
+
+
+@_quiet
+def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
+    """The numerical gradient of ``chunk``, written to the store."""
+    started = time.perf_counter()
+    workspace = _workspace(context)
+    layout = workspace.layout
+    original = workspace.original(chunk.start, chunk.stop)
+    steps = step_sizes(original, layout, chunk.start, context.calibration, context.epsilon)
+    tensors = context.calibration.tensors
+    noise = per_element(layout, chunk.start, chunk.size, [t.noise for t in tensors])
+    curvature = per_element(layout, chunk.start, chunk.size, [t.curvature for t in tensors])
+    note = None
+    try:
+        if context.evaluator == "traced":
+            problem = evaluators.mismatch(workspace.costs, workspace.forward_costs(), layout, workspace.theta,
+                                          context.computed_dtype, np.arange(chunk.start, chunk.stop), samples=2)
+            if problem:
+                note = f"chunk {chunk.index}: the traced fast path disagreed with the forward ({problem}); evaluated by the forward"
+        fixed = context.epsilon is not None
+        if context.evaluator == "traced" and note is None:
+            try:
+                result = numerical_gradient(workspace.costs, original, chunk.start, steps, noise, context.method,
+                                            fixed=fixed, curvature=curvature)
+            except Exception as exc:  # the replay, not the model, failed: the forward decides
+                detail = exc.detail if isinstance(exc, PerturbationFailure) else f"{type(exc).__name__}: {exc}"
+                note = f"chunk {chunk.index}: the traced fast path failed ({detail}); evaluated by the forward"
+        if context.evaluator != "traced" or note is not None:
+            costs = workspace.forward_costs() if context.evaluator == "traced" else workspace.costs
+            result = numerical_gradient(costs, original, chunk.start, steps, noise, context.method,
+                                        fixed=fixed, curvature=curvature)
+    except PerturbationFailure as failure:
+        where = layout.describe(failure.index)
+        raise JobError(
+            f"the forward failed at {where} {failure.sign} step (parameter {failure.index}, chunk "
+            f"{chunk.index}): {failure.detail}; finished chunks are kept in the store"
+        ) from None
+    store.write_chunk(workspace.group, chunk, asdict(result))
+    grad = store.read_range(workspace.group, "grad", chunk.start, chunk.stop)
+    beyond = np.abs(grad - result.gradapprox) > verify.tolerance(grad, result.noise, float(np.finfo(layout.dtype).eps))
+    return ChunkReport(time.perf_counter() - started, note, int(np.count_nonzero(beyond)))
+
+
+@_quiet
+def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps: tuple[float, ...]) -> dict:
+    """J at θ and at θᵢ ± hᵢ·10⁻ᵏ (see ``verify.ladder``) for a batch of suspects."""
+    workspace = _workspace(context)
+    index = np.asarray(indices, dtype=np.int64)
+    original = np.concatenate([workspace.original(int(i), int(i) + 1) for i in index])
+    plus, minus, step_plus, step_minus = verify.ladder(original, np.asarray(first_steps, dtype=np.float64))
+    rungs = plus.shape[1]
+    repeated = np.repeat(index, rungs)
+    costs = workspace.costs
+    try:
+        cost = costs(index, original, "")
+        cost_plus = costs(repeated, plus.ravel(), "+").reshape(-1, rungs)
+        cost_minus = costs(repeated, minus.ravel(), "-").reshape(-1, rungs)
+    except PerturbationFailure as failure:
+        raise JobError(f"the forward failed at {workspace.layout.describe(failure.index)} while re-verifying it "
+                       f"on smaller steps: {failure.detail}") from None
+    return {"index": index, "cost": cost, "cost_plus": cost_plus, "cost_minus": cost_minus,
+            "step_plus": step_plus, "step_minus": step_minus}

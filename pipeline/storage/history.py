@@ -1,0 +1,65 @@
+"""History of runs under a store root: one JSON line per check and run, newest last, so a
+regression shows with the night it appeared (``gradjob history ROOT``)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import fsspec
+
+from gradjob.storage import urls
+
+FILE = "history.jsonl"
+
+
+def append(root: str, entries: list[dict]) -> None:
+    """Add entries to ``<root>/history.jsonl``; object stores have no append, so there the file
+    is rewritten (one job per store root)."""
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    text = "".join(json.dumps({"time": now, **entry}) + "\n" for entry in entries)
+    if urls.is_url(str(root)):
+        fs, folder = fsspec.core.url_to_fs(str(root))
+        path = f"{folder.rstrip('/')}/{FILE}"
+        old = fs.cat_file(path).decode() if fs.exists(path) else ""
+        fs.pipe_file(path, (old + text).encode())
+        return
+    path = Path(root) / FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def read(root: str) -> list[dict]:
+    if urls.is_url(str(root)):
+        fs, folder = fsspec.core.url_to_fs(str(root))
+        path = f"{folder.rstrip('/')}/{FILE}"
+        text = fs.cat_file(path).decode() if fs.exists(path) else ""
+    else:
+        path = Path(root) / FILE
+        text = path.read_text() if path.is_file() else ""
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a crash is skipped, not fatal
+    return sorted(rows, key=lambda r: r.get("time", ""))
+
+
+def to_text(rows: list[dict]) -> str:
+    """A table, newest last; a failing run after a passing one of the same check is marked."""
+    lines = [f"{'date':<26} {'check':<24} {'difference':>12}  verdict"]
+    last_verdict: dict[str, str] = {}
+    for row in rows:
+        verdict = row.get("verdict", "?")
+        mark = ""
+        if verdict != "pass" and last_verdict.get(row["check"]) == "pass":
+            mark = "   ← new since the previous run"
+        last_verdict[row["check"]] = verdict
+        difference = row.get("difference")
+        shown = f"{difference:.4e}" if isinstance(difference, float) else "-"
+        failing = f" ({', '.join(row['failing'])})" if row.get("failing") else ""
+        lines.append(f"{row['time']:<26} {row['check']:<24} {shown:>12}  {verdict.upper()}{failing}{mark}")
+    return "\n".join(lines)

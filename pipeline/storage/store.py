@@ -1,0 +1,135 @@
+"""The Zarr store of one check: the only state a job has, and the truth for resume.
+
+Layout of the group::
+
+    zarr.json            attrs["gradjob"]: identity, layout, options, provenance (written once)
+    theta, grad          θ and the analytic gradient, written by the client before any task
+    gradapprox, cost_plus, cost_minus, step, noise
+                         per-parameter results; Zarr chunk = job chunk, so each task writes
+                         whole chunks that no other task touches
+    done                 one uint8 per job chunk (Zarr chunk of 1), set after its data is written
+    case/X, case/Y       the inputs, so workers read them once from the store
+    verify/…             the re-verified suspects (see ``verification``): index, class,
+                         estimate, tolerance and their ladders; written once by the client, sealed
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Iterator
+
+import numpy as np
+import zarr
+
+from gradjob.errors import InputError
+from gradjob.run.plan import Chunk
+from gradjob.types import StoreMeta
+
+FORMAT = 2
+RESULT_ARRAYS = ("gradapprox", "cost_plus", "cost_minus", "step", "noise")
+READ_BLOCK = 1 << 16  # elements per read when streaming; fixed, so results never depend on chunking
+
+
+def create(path: str, meta: StoreMeta, theta: np.ndarray, grad: np.ndarray, X: np.ndarray, Y: np.ndarray,
+) -> None:
+    """Write a new store: metadata, θ, the gradient and the case, before any task runs."""
+    try:
+        group = zarr.open_group(path, mode="w")
+    except Exception as exc:  # local OSErrors, and whatever an fsspec backend raises
+        raise InputError(f"cannot write the store at {path}: {exc}; choose another --store") from None
+    n = theta.size
+    block = min(n, READ_BLOCK)
+    for name, vector in (("theta", theta), ("grad", grad)):  # NaN fill: a lost chunk reads as missing, not 0
+        group.create_array(name, shape=(n,), chunks=(block,), dtype=vector.dtype, fill_value=np.nan)
+        group[name][:] = vector
+    for name in RESULT_ARRAYS:
+        group.create_array(name, shape=(n,), chunks=(meta.chunk_size,), dtype="f8", fill_value=np.nan,
+                           config={"write_empty_chunks": True})
+    group.create_array("done", shape=(meta.n_chunks,), chunks=(1,), dtype="u1", fill_value=0)
+    case = group.create_group("case")
+    case.create_array("X", data=np.asarray(X))
+    case.create_array("Y", data=np.asarray(Y))
+    group.attrs["gradjob"] = sealed(meta.to_json())
+
+
+def sealed(meta: dict) -> dict:
+    """Metadata with a checksum, so that an edited store is recognised instead of trusted."""
+    return {**meta, "format": FORMAT, "checksum": _checksum(meta)}
+
+
+def _checksum(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k not in ("checksum", "format")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def recognised(path: str) -> bool:
+    """Is there a gradjob store at ``path``, intact or not? Only such a store may be overwritten."""
+    try:
+        return isinstance(zarr.open_group(path, mode="r").attrs.get("gradjob"), dict)
+    except Exception:
+        return False
+
+
+def open_existing(path: str, mode: str = "r") -> zarr.Group:
+    """An existing gradjob store, checked for tampering; ``InputError`` for anything else."""
+    try:
+        group = zarr.open_group(path, mode=mode)
+    except Exception:
+        raise InputError(f"{path} is not a gradjob store (no Zarr group there)") from None
+    meta = group.attrs.get("gradjob")
+    if not isinstance(meta, dict) or "checksum" not in meta:
+        raise InputError(f"{path} is a Zarr group but not a gradjob store (no gradjob metadata)")
+    if meta.get("format") != FORMAT:
+        raise InputError(f"store {path} was written by another version of gradjob (store format {meta.get('format')}, "
+                         f"this one reads {FORMAT}); resubmit with --overwrite")
+    if meta["checksum"] != _checksum(meta):
+        raise InputError(f"store {path} is corrupted: its gradjob metadata was edited; resubmit with --overwrite")
+    return group
+
+
+def metadata(group: zarr.Group) -> StoreMeta:
+    return StoreMeta.from_json(dict(group.attrs["gradjob"]))
+
+
+def done_mask(group: zarr.Group) -> np.ndarray:
+    return np.asarray(group["done"][:], dtype=bool)
+
+
+def read_vector(group: zarr.Group, name: str) -> np.ndarray:
+    """A whole vector; see ``read_range``."""
+    return read_range(group, name, 0, group[name].shape[0])
+
+
+def read_range(group: zarr.Group, name: str, start: int, stop: int) -> np.ndarray:
+    """[start, stop) of a vector, read block by block into one array: peak memory is the range
+    plus a block, not twice the range (zarr assembles a read in a buffer of its own)."""
+    array = group[name]
+    out = np.empty(stop - start, dtype=array.dtype)
+    for first in range(start, stop, READ_BLOCK):
+        last = min(stop, first + READ_BLOCK)
+        out[first - start:last - start] = array[first:last]
+    return out
+
+
+def read_case(group: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
+    return group["case/X"][...], group["case/Y"][...]
+
+
+def write_chunk(group: zarr.Group, chunk: Chunk, results: dict[str, np.ndarray]) -> None:
+    """Write one chunk's results, then mark it done: a done chunk always has its data."""
+    chunk_size = group["gradapprox"].chunks[0]
+    if chunk.start % chunk_size or (chunk.size != chunk_size and chunk.stop != group["gradapprox"].shape[0]):
+        raise ValueError(f"chunk {chunk} does not align with the store's Zarr chunks of {chunk_size}")
+    for name in RESULT_ARRAYS:
+        group[name][chunk.start : chunk.stop] = results[name]
+    group["done"][chunk.index] = 1
+
+
+def iter_blocks(group: zarr.Group, start: int, stop: int,
+                names: tuple[str, ...] = ("theta", "grad") + RESULT_ARRAYS) -> Iterator[dict[str, np.ndarray]]:
+    """[start, stop) of the named vectors, READ_BLOCK elements at a time."""
+    arrays = {name: group[name] for name in names}
+    for block_start in range(start, stop, READ_BLOCK):
+        block_stop = min(stop, block_start + READ_BLOCK)
+        yield {name: np.asarray(a[block_start:block_stop], dtype=np.float64) for name, a in arrays.items()}

@@ -1,0 +1,50 @@
+"""The re-verified suspects in a store (``verify/``): their index, class, settled estimate and
+tolerance, and the ladders they were classed from; written once from the client, sealed by a
+checksum, so that ``report`` and a resumed run show and keep them."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import zarr
+
+from gradjob.errors import InputError
+from gradjob.numerics.verify import Verdict
+
+VERIFY_ARRAYS = ("index", "klass", "estimate", "tolerance", "cost", "cost_plus", "cost_minus", "step_plus",
+                 "step_minus")
+
+
+def write_verification(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None:
+    """The verified suspects and their ladders, once, from the client; sealed by a checksum."""
+    folder = group.require_group("verify")
+    for name in VERIFY_ARRAYS:
+        folder.create_array(name, data=np.ascontiguousarray(arrays[name]), overwrite=True)
+    folder.attrs["checksum"] = _arrays_checksum(arrays)
+
+
+def read_verification(group: zarr.Group, path: str) -> dict[int, Verdict] | None:
+    """The stored verdicts by θ index, or None if this store was never verified."""
+    if "verify" not in group or "checksum" not in group["verify"].attrs:
+        return None
+    folder = group["verify"]
+    arrays = {name: folder[name][...] for name in VERIFY_ARRAYS}
+    if folder.attrs["checksum"] != _arrays_checksum(arrays):
+        raise InputError(f"store {path} is corrupted: its verified suspects were edited; resubmit with --overwrite")
+    return verdicts_of(arrays)
+
+
+def verdicts_of(arrays: dict[str, np.ndarray]) -> dict[int, Verdict]:
+    """The verdicts by θ index, from the arrays ``write_verification`` stores."""
+    return {int(i): Verdict(int(k), float(e), float(t))
+            for i, k, e, t in zip(arrays["index"], arrays["klass"], arrays["estimate"], arrays["tolerance"])}
+
+
+def _arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in VERIFY_ARRAYS:
+        array = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}{array.dtype.str}{array.shape}".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()

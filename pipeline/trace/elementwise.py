@@ -1,0 +1,110 @@
+"""Elementwise operations (every ufunc, ``np.where``, ``np.clip``, casts), reshapes and indexing,
+replayed under a batch of perturbations: a part of ``Replay`` (``replay``), mixed into it, that
+uses its values at θ (``self.base``, ``self.dtypes``), its per-thread buffers and its block split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradjob.trace.batched import (
+    Rep,
+    _align,
+    _dense,
+    _expand,
+    _gather,
+    _per_item,
+    _result_bpos,
+    _same,
+    _unit_drop,
+    _unit_insert,
+)
+
+
+class _Elementwise:
+    """``Replay``'s rules for elementwise operations, reshapes and indexing."""
+
+    def _elementwise(self, node, i, reps, function, kwargs, B, reusable=None):
+        shape = self.base[i].shape
+        nd = len(shape)
+        changed = [r for r in reps if r is not None]
+        first = changed[0]
+        if len(changed) == 1 and first.shape == shape:  # the common case: nothing to reconcile
+            kinds, idx, bpos = first.kinds, first.idx, first.bpos
+            self._split_by_size(B, _per_item(kinds, idx, shape) * self.dtypes[i].itemsize)
+        else:
+            kinds, idx = [], []
+            for a in range(nd):
+                kind, ix = None, None
+                for r in changed:
+                    pa = a - (nd - len(r.shape))
+                    if pa < 0 or r.kinds[pa] == "F" or (r.shape[pa] == 1 and shape[a] != 1):
+                        kind = "F"
+                        break
+                    if kind is None:
+                        kind, ix = r.kinds[pa], r.idx[pa]
+                    elif kind != r.kinds[pa] or not _same(ix, r.idx[pa]):
+                        kind = "F"
+                        break
+                kinds.append(kind or "F")
+                idx.append(ix if kind in ("S", "P") else None)
+            kinds, idx = tuple(kinds), tuple(idx)
+            self._split_by_size(B, _per_item(kinds, idx, shape) * self.dtypes[i].itemsize)
+            for n, r in enumerate(reps):
+                if r is not None:
+                    pad = nd - len(r.shape)
+                    for pa, k in enumerate(r.kinds):
+                        if k != "F" and kinds[pa + pad] == "F":
+                            r = _expand(r, pa)
+                    reps[n] = r
+            bpos = _result_bpos(max((r for r in reps if r is not None), key=lambda r: r.data.size), kinds)
+        args = [_align(r, kinds, bpos) if r is not None else _gather(self._operand_value(o), kinds, idx, bpos)
+                for r, o in zip(reps, node.operands)]
+        shape_out = np.broadcast_shapes(*(np.shape(a) for a in args if a is not None))
+        if reusable is not None and reusable.data.shape == shape_out and reusable.data.dtype == self.dtypes[i] \
+                and any(a is reusable.data for a in args):
+            out = reusable.data
+        else:
+            like = max((a for a in args if isinstance(a, np.ndarray)), key=lambda a: a.size, default=None)
+            out = self._buffer_like(i, shape_out, self.dtypes[i], like)
+        if isinstance(function, np.ufunc):
+            function(*args, out=out, **kwargs)
+        elif function is np.where:
+            np.copyto(out, args[2])
+            np.copyto(out, args[1], where=np.broadcast_to(args[0], out.shape))
+        elif function is np.clip:
+            np.clip(*args, out=out)
+        else:
+            function(*args, out=out)
+        return Rep(kinds, idx, out, bpos, shape, self.base[i], owned=True)
+
+    # -- shapes and indexing
+    def _reshape(self, rep: Rep, shape: tuple, base, B: int) -> Rep:
+        if [s for s in rep.shape if s != 1] == [s for s in shape if s != 1]:
+            for a in range(len(rep.shape) - 1, -1, -1):  # only axes of length 1 come or go
+                if rep.shape[a] == 1:
+                    rep = _unit_drop(rep, a)
+            for a, s in enumerate(shape):
+                if s == 1:
+                    rep = _unit_insert(rep, a)
+            return Rep(rep.kinds, rep.idx, rep.data, rep.bpos, rep.shape, base)
+        self._split_by_size(B, int(np.prod(rep.shape)) * base.dtype.itemsize)
+        d = np.moveaxis(_dense(rep).data, rep.bpos, 0)
+        return Rep("F" * len(shape), (None,) * len(shape), d.reshape((B,) + tuple(shape)), 0, shape, base)
+
+    def _index(self, rep: Rep, key: tuple, base, B: int) -> Rep:
+        self._split_by_size(B, int(np.prod(rep.shape)) * base.dtype.itemsize)
+        d = np.moveaxis(_dense(rep).data, rep.bpos, -1)  # batch last: indexing leaves it last
+        used = sum(p.ndim if isinstance(p, np.ndarray) and p.dtype == bool else (p is not None and p is not Ellipsis)
+                   for p in key)
+        full = []
+        for p in key:
+            full.extend([slice(None)] * (len(rep.shape) - used) if p is Ellipsis else [p])
+        if not any(p is Ellipsis for p in key):
+            full.extend([slice(None)] * (len(rep.shape) - used))
+        out = d[tuple(full) + (slice(None),)]
+        return Rep("F" * base.ndim, (None,) * base.ndim, out, base.ndim, base.shape, base)
+
+
+def _astype(a, out):
+    np.copyto(out, a, casting="unsafe")

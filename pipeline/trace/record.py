@@ -1,0 +1,121 @@
+"""Recording a user's NumPy forward once, as a graph that ``replay`` evaluates incrementally.
+
+``Replay.of(forward, X, Y, layout, theta)`` calls the forward once with each parameter wrapped in
+``Traced``, a stand-in for an ndarray that computes every operation with NumPy itself (so the
+traced cost is the real forward's, bit for bit) and records it. X, Y and everything not computed
+from the parameters stay plain arrays: constants of the graph (copied when recorded). Values
+derived from parameters are never frozen: a mask such as ``Z > 0`` is a node of the graph,
+recomputed under every perturbation.
+
+Supported on parameters and on values computed from them (this list is the README's):
+
+- ``np.dot``, ``@``/``np.matmul``, ``.dot`` (operands of 1 or 2 dimensions; ``np.dot`` with a
+  scalar), including ``X.dot(W)`` with X a plain array;
+- every elementwise NumPy ufunc, called or through an operator, with broadcasting, with Python
+  scalars or constant arrays on either side: ``+ - * / // % **``, unary ``-``, ``abs()``,
+  ``np.add``/``subtract``/``multiply``/``divide``/``power``/``negative``,
+  ``np.maximum``/``minimum``, ``np.exp``/``log``/``log1p``/``tanh``/``sqrt``/``abs``/``square``
+  and the rest; comparisons (``A > 0``) and ``& | ^`` on masks; ``np.where(cond, a, b)``,
+  ``np.clip``/``.clip``;
+- ``np.sum``/``mean``/``max``/``min``/``amax``/``amin``/``nansum``/``nanmax``/``nanmin`` and the
+  methods ``.sum``/``.mean``/``.max``/``.min``, with ``axis``, ``keepdims`` and ``dtype``;
+  ``np.var``/``np.std``/``.var``/``.std`` (with ``ddof``); ``np.linalg.norm(x)`` (the default
+  norm, over all elements);
+- ``.T``, ``np.transpose``/``.transpose``, ``np.reshape``/``.reshape``, ``np.squeeze``/``.squeeze``,
+  ``np.expand_dims``, ``np.ravel``/``.ravel``/``.flatten``, ``np.copy``/``.copy``,
+  ``.astype``/``np.astype``, and NumPy's scalar types as casts (``np.int64(A > 0)``);
+- indexing with constants: integers, slices, ``None``, ``...``, integer and boolean arrays
+  (``scores[np.arange(N), y]``);
+- ``len()``, ``.shape``, ``.ndim``, ``.size``, ``.dtype``, iterating over the first axis,
+  ``np.zeros_like``/``ones_like``/``full_like`` (constants), printing a value;
+- augmented assignment: ``loss += reg`` on scalars; ``scores -= scores.max(axis=1, keepdims=True)``
+  on arrays that share memory with no other (no views).
+
+Values keep the dtypes the real forward gives them (a forward computing in float32 is replayed
+in float32). Anything else raises ``Untraceable`` naming the operation and the user's line
+(``file.py:LINE``, the innermost frame outside NumPy and gradjob):
+
+- NumPy functions outside the list (``np.linalg.svd``, ``np.concatenate``, ``np.einsum``, ...),
+  ufunc methods (``np.add.reduce``), ufuncs with more than one output;
+- ``out=`` and ``where=`` arguments, which includes ``A += B`` with A a plain array;
+- writing into a parameter or a view of one (``W[0] = 0``, ``W += 1``);
+- Python control flow or conversion on a traced value: ``if``/``while``/``and``/``assert``,
+  ``float()`` and ``.item()`` (but on the cost the forward returns: ``return float(cost), cache``),
+  ``int()``, ``.tolist()``, ``np.asarray``/``np.array``, storing it into a plain array; indexing
+  with a traced index (``v[v > 0]``);
+- a cost not computed from the parameters, or not one floating-point value;
+- and, only when the cost depends on the array written: assignment into a traced array
+  (``A[...] = v``) and augmented assignment to an array that shares memory with another. So a
+  gradient computed beside the loss (cs231n's ``dx[np.arange(N), y] -= 1``) is no obstacle.
+
+A forward that raises while traced is refused with its error. Tracing leaves the user's objects
+as a real forward would: a traced value the forward kept (a running mean in a dict) acts as its
+value at θ once the trace is over.
+
+The trace, module by module; each imports only those listed before it, but for the lazy imports
+its docstring names:
+
+- ``graph``: the graph (``Ref``, ``Node``, ``Graph``), the tape that records it, ``Untraceable``;
+- ``traced_casts``: where NumPy converts instead of dispatching (``np.int64(A > 0)``, ``X.dot(W)``);
+- ``traced_numpy``: the supported NumPy functions, each recorded as a node, and their table;
+- ``after_trace``: a traced value the forward kept, once the trace is over;
+- ``traced_array``: ``Traced``, the stand-in array;
+- here: ``record``, and ``Replay`` (from ``replay``, which imports this module).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from gradjob.trace.array import Traced
+from gradjob.trace.casts import _Profile, _untangle
+from gradjob.trace.functions import _Alias
+from gradjob.trace.graph import Graph, Untraceable, _current, _pruned, _Tape, _traceback_line
+
+
+def record(forward, X, Y, layout, theta) -> Graph:
+    """Run the forward once on traced parameters; the graph of the cost, pruned to what it
+    depends on. Raises ``Untraceable``."""
+    tape = _Tape()
+    params = {}
+    for t in layout.tensors:
+        value = np.array(theta[t.offset:t.stop]).reshape(t.shape)  # a copy: θ may change after (read-only once added)
+        tape.graph.params[t.name] = tape.add("param", (), {"name": t.name}, value)
+        params[t.name] = Traced(tape, tape.graph.params[t.name], value)
+        _Alias(parameter=True).add(params[t.name])  # a view of θ
+    token = _current.set(tape)
+    previous = sys.getprofile()
+    tape.profile = _Profile(previous)
+    sys.setprofile(tape.profile)
+    try:
+        result = forward(X, Y, params)
+    except Untraceable:
+        raise
+    except Exception as exc:
+        where = _traceback_line(exc.__traceback__)
+        raise Untraceable(f"the forward raised {type(exc).__name__} while traced: {exc}", where) from exc
+    finally:
+        sys.setprofile(previous)
+        _current.reset(token)
+        tape.close()
+    if tape.refused is not None:
+        raise tape.refused
+    cost = _untangle(result[0] if isinstance(result, tuple) else result)
+    for number, traced, refused in tape.numbers:  # float(cost) returned is the cost; any other, refused
+        if number is not cost:
+            raise refused
+        cost = traced
+    code = getattr(forward, "__code__", None)
+    where = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}" if code else ""
+    if not isinstance(cost, Traced):
+        raise Untraceable("the cost the forward returns is not computed from the parameters", where)
+    if cost.size != 1 or cost.dtype.kind not in "fc":
+        raise Untraceable(f"the cost the forward returns has shape {cost.shape} and dtype {cost.dtype}, "
+                          "not one floating-point value", where)
+    graph, poisoned = tape.graph, tape.poisoned
+    tape.graph, tape.poisoned, tape.casts, tape.numbers = Graph(), {}, [], []  # values left in user objects keep only themselves
+    graph.cost = cost._id
+    return _pruned(graph, poisoned)

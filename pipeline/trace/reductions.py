@@ -1,0 +1,110 @@
+"""Reductions (sums, means, maxima and minima, their NaN-ignoring forms) replayed under a batch of
+perturbations: the exact partial reduction of what did not change, kept from θ, combined with that
+of what did. A part of ``Replay`` (``replay``), mixed into it, that uses its values at θ and its
+block sizes (``_blocks``, ``_split_by_size``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradjob.trace.batched import Rep, _dpos, _full_batch, _gather, _per_item, _unit_drop, _unpinned
+
+_REDUCERS = {"sum": (np.add, np.sum), "mean": (np.add, np.sum), "max": (np.maximum, np.max),
+             "min": (np.minimum, np.min), "nansum": (np.add, np.nansum), "nanmax": (np.fmax, np.nanmax),
+             "nanmin": (np.fmin, np.nanmin)}
+
+
+class _Reductions:
+    """``Replay``'s rules for reductions."""
+
+    def _partial(self, source: int, kind: str, done: tuple, dtype):
+        """The value at θ of node ``source`` reduced over the axes ``done`` (kept, length 1)."""
+        key = (source, kind, done, dtype)
+        value = self._partials.get(key)
+        if value is None:
+            kwargs = {"dtype": dtype} if dtype is not None else {}
+            value = _REDUCERS[kind][1](self.base[source], axis=done, keepdims=True, **kwargs) if done \
+                else self.base[source]
+            self._partials[key] = value
+        return value
+
+    def _reduce(self, node, i, rep: Rep, source: int, B: int):
+        kind, axes, keepdims = node.attrs["kind"], node.attrs["axes"], node.attrs["keepdims"]
+        combine, reducer = _REDUCERS[kind]
+        dtype = node.attrs["dtype"]
+        if kind == "mean" and dtype is None:  # as np.mean accumulates
+            given = rep.base.dtype
+            dtype = np.dtype(np.float64) if given.kind in "biu" else (np.dtype(np.float32) if given == np.float16 else None)
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        kinds, idx, data, bpos = list(rep.kinds), list(rep.idx), rep.data, rep.bpos
+        shape = list(rep.shape)
+        done: tuple = ()
+        full = [a for a in axes if kinds[a] == "F"]
+        if full:
+            data = reducer(data, axis=tuple(_dpos(kinds, bpos, a) for a in full), keepdims=True, **kwargs)
+            for a in full:
+                shape[a] = 1
+            done = tuple(full)
+        for a in [x for x in axes if kinds[x] == "S"]:  # what changed, plus what did not
+            base = self._partial(source, kind, done, dtype)
+            d = _dpos(kinds, bpos, a)
+            part = reducer(data, axis=d, keepdims=True, **kwargs)
+            rest = np.setdiff1d(np.arange(shape[a]), idx[a], assume_unique=True)
+            if rest.size:
+                others = np.asarray(_gather(base, kinds[:a] + ["S"] + kinds[a + 1:], idx[:a] + [rest] + idx[a + 1:], bpos))
+                part = combine(part, reducer(others, axis=d, keepdims=True, **kwargs))
+            data, kinds[a], idx[a], shape[a] = part, "F", None, 1
+            done = tuple(sorted(done + (a,)))
+        for a in [x for x in axes if kinds[x] == "P"]:  # the changed position, plus all others
+            base = self._partial(source, kind, done, dtype)
+            rest = self._excluding_pins(base, (source, kind, done, dtype), kinds, idx, bpos, a, kind, B, kwargs)
+            new_kinds, new_idx, bpos, d = _unpinned(kinds, idx, bpos, a)
+            kinds, idx = list(new_kinds), list(new_idx)
+            data = combine(np.expand_dims(data, d), rest)
+            shape[a] = 1
+            done = tuple(sorted(done + (a,)))
+        out = Rep(kinds, idx, data, bpos, shape, self.base[i].reshape(shape))  # every axis reduced: node i at θ
+        if kind == "mean":
+            count = int(np.prod([rep.shape[a] for a in axes], dtype=np.int64))
+            # as np.mean: divided by an intp count (a float32 sum in float64), then in the mean's dtype
+            out.data = np.true_divide(out.data, np.intp(count)).astype(self.dtypes[i], copy=False)
+        if not keepdims:
+            for a in sorted(axes, reverse=True):
+                out = _unit_drop(out, a)
+        out.base = self.base[i]  # as the forward shaped it
+        return out
+
+    def _excluding_pins(self, base, key, kinds, idx, bpos, a, kind, B, kwargs):
+        """Per perturbation, ``base`` reduced over axis ``a`` without the pinned position,
+        laid out like the result's data with ``a`` held as a full axis of length 1."""
+        reducer = _REDUCERS[kind][1]
+        other_pins = any(k == "P" and base.shape[x] > 1 for x, k in enumerate(kinds) if x != a)
+        unpinned, loose, new_bpos, d = _unpinned(kinds, idx, bpos, a)
+        if other_pins:  # each perturbation's own slice, with its pinned position left out
+            results = []
+            for part in self._blocks(B, _per_item(unpinned, loose, base.shape) * base.dtype.itemsize):
+                part_idx = [i[part] if k == "P" else i for k, i in zip(unpinned, loose)]
+                block = _full_batch(np.asarray(_gather(base, unpinned, part_idx, new_bpos)), new_bpos,
+                                    part.stop - part.start)
+                moved = np.moveaxis(block, new_bpos, 0)
+                da = _dpos(unpinned, 0, a)
+                at = (np.arange(part.stop - part.start),) + (slice(None),) * (da - 1)
+                pins = idx[a][part]
+                if kind in ("sum", "mean", "nansum"):
+                    moved[at + (pins,)] = 0
+                else:  # max/min: a neighbour's value changes nothing
+                    moved[at + (pins,)] = moved[at + ((pins + 1) % base.shape[a],)]
+                results.append(reducer(block, axis=d, keepdims=True, **kwargs))
+            return results[0] if len(results) == 1 else np.concatenate(results, axis=new_bpos)
+        unique, inverse = np.unique(idx[a], return_inverse=True)
+        parts = []
+        for u in unique.tolist():  # each position left out once for the life of the replay
+            value = self._excluding.get((key, a, u))
+            if value is None:
+                value = self._excluding[(key, a, u)] = reducer(np.delete(base, u, axis=a), axis=a,
+                                                               keepdims=True, **kwargs)
+            parts.append(value)
+        table = np.concatenate(parts, axis=a)  # along a: one entry per position left out
+        gathered = _gather(table, kinds, idx[:a] + [inverse.reshape(-1)] + idx[a + 1:], bpos)
+        return np.expand_dims(gathered, d)
