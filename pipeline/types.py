@@ -222,3 +222,11 @@ class Outcome:
     peak_worker_rss_bytes: int | None = None
     seconds: dict = field(default_factory=dict)  # wall time per stage: calibrate, evaluate, verify, reduce
     forward_passes_per_tensor: int | None = None  # directional screens only
+
+    @property
+    def passed(self) -> bool:
+        """The verdict: every tensor within its threshold and shaped as its parameter."""
+        return self.reduction.passed
+
+    def __bool__(self) -> bool:  # ``assert gradjob.check(...)`` asserts the verdict
+        return self.passed

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gradjob.errors import InputError
+from gradjob.model.usercode import Guarded, escaped, with_frames
 
 BUILTIN_CASES = ("seed", "linear", "random")  # the names load_case resolves itself
 
@@ -144,14 +145,19 @@ def _python_case(path: Path, function: str) -> Case:
         raise InputError(f"case file {str(path)!r} does not exist")
     try:
         namespace = runpy.run_path(str(path))
-    except Exception as exc:
-        raise InputError(f"case file {path} failed to run: {type(exc).__name__}: {exc}") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # sys.exit(0) too: an error, never a pass
+        error = exc if isinstance(exc, Exception) else escaped(exc)
+        raise with_frames(InputError(f"case file {path} failed to run: {type(error).__name__}: {error}"),
+                          exc) from None
     if not callable(namespace.get(function)):
         raise InputError(f"case file {path} has no function {function!r}")
     try:
-        result = namespace[function]()
+        result = Guarded(namespace[function])()
     except Exception as exc:
-        raise InputError(f"case function {function} in {path} raised {type(exc).__name__}: {exc}") from None
+        raise with_frames(InputError(f"case function {function} in {path} raised {type(exc).__name__}: {exc}"),
+                          exc) from None
     if not (isinstance(result, tuple) and len(result) == 3 and isinstance(result[2], dict)):
         raise InputError(f"case function {function} in {path} must return (X, Y, parameters) with parameters a dict")
     X, Y, parameters = result

@@ -7,6 +7,7 @@ without copying the vector or rebuilding the dict.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -23,6 +24,7 @@ class Tensor:
     name: str
     shape: tuple[int, ...]
     offset: int
+    gradient_shape: tuple[int, ...] | None = None  # the backward's, where it differs: the tensor fails
 
     @property
     def size(self) -> int:
@@ -98,12 +100,22 @@ class Layout:
         grad = np.empty(self.n_parameters, dtype=self.dtype)
         for t, key in zip(self.tensors, keys):
             array = numeric_array(gradients[key], f"gradient {key!r}")
-            if _without_unit_dims(array.shape) != _without_unit_dims(t.shape):
+            if array.size != t.size:
                 raise InputError(
                     f"gradient {key!r} has shape {array.shape} but parameter {t.name!r} has shape {t.shape}"
                 )
             grad[t.offset : t.stop] = array.reshape(-1)
         return grad
+
+    def with_gradient_shapes(self, gradients: Mapping) -> "Layout":
+        """This layout noting each gradient whose shape differs from its parameter's although its
+        size matches (a ``(5,)`` or ``(1, 5)`` ``db1`` for a ``(5, 1)`` ``b1``): its numbers are
+        still compared, but the tensor fails, since ``b1 -= lr * db1`` would broadcast to ``(5, 5)``."""
+        tensors = []
+        for t, key in zip(self.tensors, self.gradient_keys(gradients)):
+            shape = tuple(int(s) for s in np.shape(gradients[key]))
+            tensors.append(dataclasses.replace(t, gradient_shape=shape if shape != t.shape else None))
+        return Layout(tuple(tensors), self.dtype)
 
     def gradient_dtypes(self, gradients) -> list[np.dtype]:
         """The dtypes of the backward's arrays for these parameters (scalars: none)."""
@@ -122,16 +134,15 @@ class Layout:
         return element_name(*self.locate(i))
 
     def to_json(self) -> dict:
-        return {"dtype": self.dtype, "tensors": [[t.name, list(t.shape), t.offset] for t in self.tensors]}
+        data = {"dtype": self.dtype, "tensors": [[t.name, list(t.shape), t.offset] for t in self.tensors]}
+        mismatched = {t.name: list(t.gradient_shape) for t in self.tensors if t.gradient_shape is not None}
+        return {**data, "gradient_shapes": mismatched} if mismatched else data  # stores without: none differ
 
     @classmethod
     def from_json(cls, data: dict) -> "Layout":
-        return cls(tuple(Tensor(n, tuple(s), o) for n, s, o in data["tensors"]), data["dtype"])
-
-
-def _without_unit_dims(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Shapes equal but for axes of length 1 (a (5, 1) bias and its (5,) gradient) are accepted."""
-    return tuple(s for s in shape if s != 1)
+        shapes = data.get("gradient_shapes", {})
+        return cls(tuple(Tensor(n, tuple(s), o, tuple(shapes[n]) if n in shapes else None)
+                         for n, s, o in data["tensors"]), data["dtype"])
 
 
 def numeric_array(value: object, what: str, kinds: str = "fiu") -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 
 from gradjob.errors import InputError
 from gradjob.model import imports, networks
+from gradjob.model.usercode import Guarded, escaped, with_frames
 
 DEFAULT_FORWARD = "forward_propagation_n"
 DEFAULT_BACKWARD = "backward_propagation_n"
@@ -122,7 +123,7 @@ def model_spec(model: str, forward: str | None = None, backward: str | None = No
 def load_model(spec: ModelSpec) -> Model:
     """The model's two functions; a file's source is executed once per process."""
     if spec.functions is not None:
-        return Model(*spec.functions)
+        return Model(*map(Guarded, spec.functions))
     if spec.is_builtin:
         forward, backward, _ = BUILTIN_MODELS[spec.name]
         return Model(forward, backward)
@@ -136,8 +137,12 @@ def load_model(spec: ModelSpec) -> Model:
         sys.path.insert(0, folder)
     try:
         exec(compile(spec.source, spec.name, "exec"), module.__dict__)
-    except Exception as exc:
-        raise InputError(f"model file {spec.name} failed to load: {type(exc).__name__}: {exc}") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # sys.exit(0) at import too: an error, never a pass
+        error = escaped(exc) if not isinstance(exc, Exception) else exc
+        raise with_frames(InputError(f"model file {spec.name} failed to load: {type(error).__name__}: {error}"),
+                          exc) from None
     functions = []
     for role, name in (("forward", spec.forward), ("backward", spec.backward)):
         function = getattr(module, name, None)
@@ -145,7 +150,7 @@ def load_model(spec: ModelSpec) -> Model:
             raise InputError(
                 f"model file {spec.name} has no {role} function {name!r}; name it with --{role}"
             )
-        functions.append(function)
+        functions.append(Guarded(function))
     return Model(*functions)
 
 
@@ -164,22 +169,32 @@ def _forget_user_modules(spec: ModelSpec) -> None:
 def cost_function(model: Model, X, Y, parameters) -> Callable[[], float]:
     """J as a function of nothing: it reads ``parameters`` (views into θ) at each call."""
 
-    def cost() -> float:
-        return as_cost(model.forward(X, Y, parameters))
+    def cost() -> float:  # a new dict of the same views per call: a forward that rebinds a key
+        return as_cost(model.forward(X, Y, dict(parameters)))  # (p["W1"] = clip(p["W1"])) stays on θ
 
     return cost
 
 
+def _cost_of(result):
+    """The cost in a forward's ``cost`` or ``(cost, cache)``."""
+    if isinstance(result, tuple) and not result:
+        raise InputError("forward must return a scalar cost or (cost, cache); it returned an empty tuple ()")
+    return result[0] if isinstance(result, tuple) else result
+
+
 def cost_dtype(result) -> np.dtype | None:
     """The dtype the forward computed its cost in, when it says (a NumPy scalar or array)."""
-    cost = result[0] if isinstance(result, tuple) else result
+    cost = _cost_of(result)
     return cost.dtype if isinstance(cost, (np.ndarray, np.generic)) else None
 
 
 def as_cost(result) -> float | complex:
     """The cost from a forward's ``cost`` or ``(cost, cache)``; complex only under complex step."""
-    cost = result[0] if isinstance(result, tuple) else result
-    array = np.asarray(cost)
+    cost = _cost_of(result)
+    try:
+        array = np.asarray(cost)
+    except Exception:  # ragged sequences and the like
+        array = np.asarray(None)
     if array.size != 1 or array.dtype.kind not in "fiuc":
         raise InputError(f"forward must return a scalar cost or (cost, cache); it returned {type(cost).__name__} of shape {array.shape}")
     value = array.reshape(())

@@ -25,7 +25,7 @@ import numpy as np
 
 from gradjob.model.layout import Layout, Tensor
 from gradjob.numerics import verify
-from gradjob.numerics.diagnose import diagnose
+from gradjob.numerics.diagnose import diagnose, gradient_name
 from gradjob.numerics.sums import Sums
 from gradjob.types import Calibration, Reduction, Suspects, TensorResult
 
@@ -101,6 +101,7 @@ def reduce_gradients(layout: Layout, blocks: Blocks, threshold: float, cost: flo
         raw_total.merge(acc.raw)
         noise = calibration.of(tensor.name).noise if calibration else math.nan
         results.append(_tensor_result(layout, tensor, acc, threshold, noise, blocks))
+    results = [_shape_verdict(tensor, result) for tensor, result in zip(layout.tensors, results)]
     passed = all(t.passed for t in results)
     return Reduction(relative_difference(total.dd, total.gg, total.aa),
                      relative_difference(raw_total.dd, raw_total.gg, raw_total.aa),
@@ -188,6 +189,23 @@ def _tensor_result(layout: Layout, tensor: Tensor, acc: _Accumulator, threshold:
                         [list(layout.locate(i)[1]) for i in acc.kink_elements], suspects,
                         wrong[:WORST_KEPT],
                         tensor.size - sums.kinks)
+
+
+def shape_mismatch(tensor: Tensor) -> str | None:
+    """``db1 has shape (5,) but b1 is (5, 1)``, where the backward's gradient is shaped unlike its
+    parameter (see ``Layout.with_gradient_shapes``); None where the shapes are equal."""
+    if tensor.gradient_shape is None:
+        return None
+    return f"{gradient_name(tensor.name)} has shape {tensor.gradient_shape} but {tensor.name} is {tensor.shape}"
+
+
+def _shape_verdict(tensor: Tensor, result: TensorResult) -> TensorResult:
+    """A gradient shaped unlike its parameter fails its tensor, whatever its numbers say."""
+    mismatch = shape_mismatch(tensor)
+    if mismatch is not None:
+        result.passed = False
+        result.diagnosis = mismatch + (f"; {result.diagnosis}" if result.diagnosis else "")
+    return result
 
 
 def _whole(tensor: Tensor, blocks: Blocks) -> dict[str, np.ndarray]:

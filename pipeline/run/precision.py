@@ -18,6 +18,7 @@ from gradjob.errors import InputError
 from gradjob.model.cases import Case
 from gradjob.model.layout import Layout
 from gradjob.model.spec import Model, as_cost, cost_dtype
+from gradjob.model.usercode import with_frames
 from gradjob.numerics.evaluate import PerturbationFailure
 from gradjob.numerics.noise import measure_noise
 from gradjob.run import evaluators
@@ -32,7 +33,7 @@ def at_theta(model: Model, case: Case, choice: str):
     own = layout.dtype
     if choice == "model" or np.dtype(own).itemsize >= 8:
         theta = layout.flatten(case.parameters)
-        cost, grad, computed = analytic_gradient(model, case, layout, theta)
+        cost, grad, computed, layout = analytic_gradient(model, case, layout, theta)
         checked = computed if np.dtype(computed).itemsize < np.dtype(own).itemsize else own
         note = f"the forward computes in {checked} whatever it is given" if checked != own else None
         return Precision(checked, own, note), case, layout, theta, cost, grad
@@ -40,14 +41,14 @@ def at_theta(model: Model, case: Case, choice: str):
     wide = Layout.of(promoted.parameters)
     theta = wide.flatten(promoted.parameters)
     try:
-        cost, grad, computed = analytic_gradient(model, promoted, wide, theta)
+        cost, grad, computed, wide = analytic_gradient(model, promoted, wide, theta)
         problem = _why_not_float64(model, case, layout, promoted, wide, theta, cost, grad, computed)
     except InputError as exc:
         problem = f"with float64 inputs it fails ({exc})"
     if problem is None:
         return Precision("float64", own), promoted, wide, theta, cost, grad
     theta = layout.flatten(case.parameters)
-    cost, grad, computed = analytic_gradient(model, case, layout, theta)
+    cost, grad, computed, layout = analytic_gradient(model, case, layout, theta)
     return Precision(own, own, problem), case, layout, theta, cost, grad
 
 
@@ -83,7 +84,8 @@ def _why_not_float64(model, case, layout, promoted, wide, theta, cost64, grad64,
     try:
         own_cost = as_cost(model.forward(case.X, case.Y, layout.views(narrow)))
     except Exception as exc:
-        raise InputError(f"the forward raised at the case's parameters: {type(exc).__name__}: {exc}") from None
+        raise with_frames(InputError(f"the forward raised at the case's parameters: {type(exc).__name__}: {exc}"),
+                          exc) from None
     eps = float(np.finfo(layout.dtype).eps)
     if abs(own_cost - cost64) > 1e3 * eps * max(1.0, abs(own_cost)):
         return (f"its float64 cost {cost64:.9g} differs from its {layout.dtype} cost {own_cost:.9g} by more than "
@@ -108,18 +110,23 @@ def relative_noise(model: Model, case: Case, layout: Layout, theta: np.ndarray, 
     return None if level is None else level / max(abs(cost), 1e-300)
 
 
-def analytic_gradient(model: Model, case: Case, layout: Layout, theta: np.ndarray) -> tuple[float, np.ndarray, str]:
-    """J(θ), the backward's gradient at θ, and the narrowest dtype either was computed in;
-    refuses a forward that is not deterministic."""
+def analytic_gradient(model: Model, case: Case, layout: Layout,
+                      theta: np.ndarray) -> tuple[float, np.ndarray, str, Layout]:
+    """J(θ), the backward's gradient at θ, the narrowest dtype either was computed in, and the
+    layout noting gradients shaped unlike their parameters; refuses a nondeterministic forward."""
     views = layout.views(theta)
-    try:
-        first = model.forward(case.X, case.Y, views)
-        second = model.forward(case.X, case.Y, views)
+    try:  # each call gets its own dict of θ's views, whatever the last one did to its dict
+        first = model.forward(case.X, case.Y, dict(views))
+        second = model.forward(case.X, case.Y, dict(views))
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"the forward raised at the case's parameters: {type(exc).__name__}: {exc}") from None
+        raise with_frames(InputError(f"the forward raised at the case's parameters: {type(exc).__name__}: {exc}"),
+                          exc) from None
     cost, again = as_cost(first), as_cost(second)
+    if isinstance(cost, complex):
+        raise InputError(f"the forward's cost at the case's parameters is complex ({cost}); the cost must be a real "
+                         "number")
     if not math.isfinite(cost):
         raise InputError(f"the forward's cost at the case's parameters is {cost}; the check needs a finite cost")
     if cost != again:
@@ -133,11 +140,11 @@ def analytic_gradient(model: Model, case: Case, layout: Layout, theta: np.ndarra
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"the backward raised: {type(exc).__name__}: {exc}") from None
+        raise with_frames(InputError(f"the backward raised: {type(exc).__name__}: {exc}"), exc) from None
     grad = layout.flatten_gradients(gradients)
     if not np.all(np.isfinite(grad)):
         raise InputError(f"the backward returned non-finite gradient values (first at {layout.describe(int(np.flatnonzero(~np.isfinite(grad))[0]))})")
     dtypes = [np.dtype(d) for d in (cost_dtype(first), *layout.gradient_dtypes(gradients)) if d is not None
               and np.dtype(d).kind == "f"]
     computed = min(dtypes, key=lambda d: d.itemsize, default=np.dtype(layout.dtype))
-    return cost, grad, computed.name
+    return cost, grad, computed.name, layout.with_gradient_shapes(gradients)

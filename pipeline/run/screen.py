@@ -57,7 +57,7 @@ def screen(prepared: Prepared, directions: int, seed: int = 0) -> Outcome:
     grad_eps = float(np.finfo(prepared.grad.dtype).eps)
     verdicts, spent = _verify(arrays, lines, cost, noise, grad_eps, verify.resolution(prepared.precision.checked))
     passes += spent
-    directions_layout = Layout(tuple(Tensor(t.name, (directions,), i * directions)
+    directions_layout = Layout(tuple(Tensor(t.name, (directions,), i * directions, t.gradient_shape)
                                      for i, t in enumerate(layout.tensors)), "float64")
     reduction = reduce_gradients(directions_layout, lambda a, b: [{k: v[a:b] for k, v in arrays.items()}],
                                  prepared.threshold, prepared.cost, Calibration(tuple(measured), passes), verdicts,
@@ -66,7 +66,7 @@ def screen(prepared: Prepared, directions: int, seed: int = 0) -> Outcome:
     for result, tensor in zip(reduction.tensors, layout.tensors):
         result.shape = tensor.shape
         result.worst, result.kink_elements = [], []
-        if result.diagnosis and not _names_a_factor(result.diagnosis):
+        if result.diagnosis and not _names_a_factor(result.diagnosis) and tensor.gradient_shape is None:
             result.diagnosis = f"{gradient_name(tensor.name)} disagrees with the numerical derivative along random directions"
     step = (f"ε = {epsilon:g} along each unit direction" if epsilon is not None
             else f"automatic from the measured noise, {step_scale:.2g}·max(1, max|θ|) along each unit direction")
