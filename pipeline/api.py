@@ -50,6 +50,7 @@ from gradjob.cli.parsing import AtLeast, OneOf, PositiveNumber
 from gradjob.errors import InputError, JobError
 from gradjob.executors.serial import SerialExecutor
 from gradjob.model import adapters
+from gradjob.model.usercode import with_notes
 from gradjob.report.text import to_text
 from gradjob.run import job, preflight, screen
 from gradjob.run.progress import Progress
@@ -160,7 +161,7 @@ def _run(function: str, spec, case, options: dict) -> Outcome:
         kept = "; finished chunks are kept in the store"
         if kept not in str(exc):
             raise
-        raise JobError(str(exc).replace(kept, "; the temporary store is removed (pass store= to keep finished "
-                                              "chunks)")) from exc.__cause__
+        raise with_notes(JobError(str(exc).replace(kept, "; the temporary store is removed (pass store= to keep "
+                                                         "finished chunks)")), exc) from exc.__cause__
     finally:
         shutil.rmtree(folder, ignore_errors=True)

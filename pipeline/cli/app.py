@@ -52,6 +52,8 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 def _fail(exc: Exception) -> None:
     typer.echo(f"gradjob: error: {exc}", err=True)
+    for note in getattr(exc, "__notes__", ()):  # the user's frames, where the error arose in their code
+        typer.echo(note, err=True)
     raise typer.Exit(exc.exit_code)
 
 

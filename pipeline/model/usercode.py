@@ -101,3 +101,10 @@ def with_frames(error: Exception, cause: BaseException) -> Exception:
     if frames:
         error.add_note(frames)
     return error
+
+
+def with_notes(error: Exception, source: BaseException) -> Exception:
+    """``error`` carrying ``source``'s notes (the user's frames of a failure it reports)."""
+    for note in getattr(source, "__notes__", ()):
+        error.add_note(note)
+    return error

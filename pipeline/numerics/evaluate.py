@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from gradjob.model.layout import Layout
+from gradjob.model.usercode import with_frames
 from gradjob.types import Calibration
 
 
@@ -126,7 +127,7 @@ def _evaluate(cost: Callable[[], float], index: int, sign: str):
     try:
         value = cost()
     except Exception as exc:
-        raise PerturbationFailure(index, sign, f"{type(exc).__name__}: {exc}") from None
+        raise with_frames(PerturbationFailure(index, sign, f"{type(exc).__name__}: {exc}"), exc) from None
     if not np.isfinite(value):
         raise PerturbationFailure(index, sign, f"the cost is {value}")
     return value

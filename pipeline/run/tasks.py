@@ -22,6 +22,7 @@ import numpy as np
 from gradjob.errors import JobError
 from gradjob.model.layout import Layout
 from gradjob.model.spec import ModelSpec, load_model
+from gradjob.model.usercode import with_notes
 from gradjob.numerics import verify
 from gradjob.numerics.evaluate import PerturbationFailure, numerical_gradient, per_element, step_sizes
 from gradjob.run import evaluators
@@ -137,10 +138,10 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
                                         fixed=fixed, curvature=curvature)
     except PerturbationFailure as failure:
         where = layout.describe(failure.index)
-        raise JobError(
+        raise with_notes(JobError(
             f"the forward failed at {where} {failure.sign} step (parameter {failure.index}, chunk "
             f"{chunk.index}): {failure.detail}; finished chunks are kept in the store"
-        ) from None
+        ), failure) from None
     store.write_chunk(workspace.group, chunk, asdict(result))
     grad = store.read_range(workspace.group, "grad", chunk.start, chunk.stop)
     beyond = np.abs(grad - result.gradapprox) > verify.tolerance(grad, result.noise, float(np.finfo(layout.dtype).eps))
@@ -162,7 +163,7 @@ def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps
         cost_plus = costs(repeated, plus.ravel(), "+").reshape(-1, rungs)
         cost_minus = costs(repeated, minus.ravel(), "-").reshape(-1, rungs)
     except PerturbationFailure as failure:
-        raise JobError(f"the forward failed at {workspace.layout.describe(failure.index)} while re-verifying it "
-                       f"on smaller steps: {failure.detail}") from None
+        raise with_notes(JobError(f"the forward failed at {workspace.layout.describe(failure.index)} while "
+                                  f"re-verifying it on smaller steps: {failure.detail}"), failure) from None
     return {"index": index, "cost": cost, "cost_plus": cost_plus, "cost_minus": cost_minus,
             "step_plus": step_plus, "step_minus": step_minus}

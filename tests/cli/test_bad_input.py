@@ -37,7 +37,7 @@ def missing(X, Y, cache):
 
 def wrong_shape(X, Y, cache):
     gradients = network_backward(X, Y, cache)
-    gradients["dW1"] = gradients["dW1"].T
+    gradients["dW1"] = gradients["dW1"][:, :3]  # of another size (another shape of the same size fails the tensor)
     return gradients
 
 
@@ -83,7 +83,7 @@ ROWS = [
     ("gradient missing a parameter", lambda t, s: grads(t, "missing"),
      "backward returned no gradient for db3; add them to its dict"),
     ("gradient of the wrong shape", lambda t, s: grads(t, "wrong_shape"),
-     "gradient 'dW1' has shape (4, 5) but parameter 'W1' has shape (5, 4)"),
+     "gradient 'dW1' has shape (5, 3) but parameter 'W1' has shape (5, 4)"),
     ("gradient not numeric", lambda t, s: grads(t, "not_numeric"),
      "gradient 'dW2' is not a numeric array (dtype <U4); give real numbers"),
     ("forward not deterministic", lambda t, s: grads(t, "network_backward", forward="noisy_forward"),

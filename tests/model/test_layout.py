@@ -67,3 +67,14 @@ def test_bad_gradients_are_named(gradients, message):
 def test_non_numeric_parameters_are_refused():
     with pytest.raises(InputError, match="parameter 'W' is not a numeric array"):
         Layout.of({"W": np.array(["x"])})
+
+
+def test_gradients_shaped_unlike_their_parameters_are_noted_and_stored():
+    """Issue 17.2: a (2,) gradient for a (2, 1) bias is compared by value but noted, JSON and all."""
+    layout = Layout.of({"W": np.zeros((2, 2)), "b": np.zeros((2, 1))})
+    gradients = {"dW": np.ones((2, 2)), "db": np.array([2.0, 3.0])}
+    noted = layout.with_gradient_shapes(gradients)
+    assert [t.gradient_shape for t in noted.tensors] == [None, (2,)]
+    assert noted.to_json()["gradient_shapes"] == {"b": [2]}
+    assert Layout.from_json(noted.to_json()) == noted
+    assert "gradient_shapes" not in layout.with_gradient_shapes({**gradients, "db": np.ones((2, 1))}).to_json()

@@ -1,0 +1,193 @@
+"""Issue 17 (points 2, 3, 6), 19 and 20: what the user's model file does can neither end the check as a
+pass nor lose where it went wrong. Model files through the CLI, on the session's real cluster."""
+
+import json
+
+import pytest
+
+NETWORK = '''
+import sys
+import numpy as np
+from gradjob.model.networks import network_forward, network_backward, forward_propagation_n
+
+B3 = []
+
+
+def backward(X, Y, cache):
+    return network_backward(X, Y, cache)
+
+
+def exiting_backward(X, Y, cache):
+    raise SystemExit(0)
+
+
+def exiting_forward(X, Y, parameters):
+    sys.exit(0)
+
+
+def exiting_three(X, Y, parameters):
+    sys.exit(3)
+
+
+def empty_forward(X, Y, parameters):
+    return ()
+
+
+def complex_forward(X, Y, parameters):
+    cost, cache = network_forward(X, Y, parameters)
+    return cost + 1j, cache
+
+
+def exit_when_b3_moves(X, Y, parameters):
+    B3.append(float(parameters["b3"][0, 0])) if not B3 else None
+    if float(parameters["b3"][0, 0]) != B3[0]:
+        sys.exit(0)
+    return network_forward(X, Y, parameters)
+
+
+def misaligned(X, Y, parameters):
+    cost, cache = network_forward(X, Y, parameters)
+    return np.dot(np.ones((8, 6)), np.ones((3, 20)))
+
+
+def clipping(X, Y, parameters):
+    parameters["W1"] = np.clip(parameters["W1"], -10, 10)   # rebinds the key: a new array, not θ's view
+    return network_forward(X, Y, parameters)
+
+
+def flat_db1(X, Y, cache):
+    gradients = network_backward(X, Y, cache)
+    gradients["db1"] = gradients["db1"].reshape(-1)
+    return gradients
+
+
+def row_db1(X, Y, cache):
+    gradients = network_backward(X, Y, cache)
+    gradients["db1"] = gradients["db1"].reshape(1, -1)
+    return gradients
+
+
+def transposed_dw1(X, Y, cache):
+    gradients = network_backward(X, Y, cache)
+    gradients["dW1"] = gradients["dW1"].T
+    return gradients
+'''
+
+CASE = '''
+import sys
+from gradjob.model.cases import seed_case
+
+
+def exiting():
+    sys.exit(0)
+
+
+def good():
+    case = seed_case()
+    return case.X, case.Y, case.parameters
+'''
+
+
+@pytest.fixture
+def model(write_model):
+    return write_model(NETWORK)
+
+
+def submit(gradjob, cluster_address, model, forward, backward="backward", *more):
+    return gradjob("submit", "--model", model, "--forward", forward, "--backward", backward, "--case", "seed",
+                   "--scheduler", cluster_address, "--store", "check.zarr", *more)
+
+
+# --- 17.3: sys.exit in the user's code is an error, never a pass ----------------------------------
+
+@pytest.mark.parametrize("forward, backward, where", [
+    ("exiting_forward", "backward", "the forward raised at the case's parameters: SystemExit: sys.exit(0) was called"),
+    ("exiting_three", "backward", "the forward raised at the case's parameters: SystemExit: sys.exit(3) was called"),
+    ("network_forward", "exiting_backward", "the backward raised: SystemExit: sys.exit(0) was called"),
+])
+def test_sys_exit_in_the_forward_or_backward_is_one_line_exit_2(gradjob, cluster_address, model, tmp_path,
+                                                                  forward, backward, where):
+    run = submit(gradjob, cluster_address, model, forward, backward)
+    assert run.exit_code == 2 and run.stdout == ""
+    assert run.stderr.splitlines()[0] == f"gradjob: error: {where}"
+    assert not (tmp_path / "check.zarr").exists()
+
+
+def test_sys_exit_at_import_and_in_the_case_function(gradjob, cluster_address, write_model, tmp_path):
+    exiting = write_model("import sys\nsys.exit(0)\n", "exiting.py")
+    run = gradjob("submit", "--model", exiting, "--scheduler", cluster_address)
+    assert run.exit_code == 2
+    assert run.stderr.splitlines() == [
+        f"gradjob: error: model file {exiting} failed to load: SystemExit: sys.exit(0) was called",
+        f'  File "{exiting}", line 2, in <module>', "    sys.exit(0)"]
+    case = write_model(CASE, "case.py")
+    run = gradjob("submit", "--model", write_model(NETWORK), "--forward", "network_forward", "--backward", "backward",
+                  "--case", f"{case}:exiting", "--scheduler", cluster_address)
+    assert run.exit_code == 2
+    assert run.stderr.splitlines()[0] == (f"gradjob: error: case function exiting in {case} raised SystemExit: "
+                                          "sys.exit(0) was called")
+
+
+def test_sys_exit_at_a_perturbation_ends_the_job_with_exit_3(gradjob, cluster_address, model):
+    run = submit(gradjob, cluster_address, model, "exit_when_b3_moves", "backward", "--no-fast")
+    assert run.exit_code == 3 and run.stdout == ""
+    errors = [line for line in run.stderr.splitlines() if line.startswith("gradjob: error:")]
+    assert errors == ["gradjob: error: the forward failed at b3[0, 0] + step (parameter 46, chunk 15): SystemExit: "
+                      "sys.exit(0) was called; finished chunks are kept in the store"]
+    assert run.stderr.splitlines()[-2:] == [f'  File "{model}", line 37, in exit_when_b3_moves', "    sys.exit(0)"]
+
+
+# --- 19: costs that are no costs -------------------------------------------------------------------
+
+@pytest.mark.parametrize("forward, message", [
+    ("empty_forward", "forward must return a scalar cost or (cost, cache); it returned an empty tuple ()"),
+    ("complex_forward", "the forward's cost at the case's parameters is complex ((2.407833389834357+1j)); the cost "
+                        "must be a real number"),
+])
+def test_an_empty_or_complex_cost_is_one_line_exit_2(gradjob, cluster_address, model, forward, message):
+    run = submit(gradjob, cluster_address, model, forward)
+    assert (run.exit_code, run.stderr) == (2, f"gradjob: error: {message}\n")
+
+
+# --- 20: the user's frames under the line ----------------------------------------------------------
+
+def test_an_error_in_the_forward_keeps_the_users_frames(gradjob, cluster_address, model):
+    run = submit(gradjob, cluster_address, model, "misaligned")
+    assert run.exit_code == 2
+    assert run.stderr.splitlines() == [
+        "gradjob: error: the forward raised at the case's parameters: ValueError: shapes (8,6) and (3,20) not "
+        "aligned: 6 (dim 1) != 3 (dim 0)",
+        f'  File "{model}", line 43, in misaligned', "    return np.dot(np.ones((8, 6)), np.ones((3, 20)))"]
+
+
+# --- 17.6: a forward that rebinds a key of its dict still reads θ ---------------------------------
+
+def test_a_forward_rebinding_its_parameters_passes_on_the_generic_path(gradjob, cluster_address, model):
+    run = submit(gradjob, cluster_address, model, "clipping", "backward", "--no-fast", "--json")
+    assert run.exit_code == 0, run.stdout
+    result = json.loads(run.stdout)
+    assert result["passed"] and result["evaluator"] == "forward" and result["failing"] == []
+
+
+# --- 17.2: a gradient shaped unlike its parameter fails that tensor --------------------------------
+
+@pytest.mark.parametrize("backward, tensor, diagnosis", [
+    ("flat_db1", "b1", "db1 has shape (5,) but b1 is (5, 1)"),
+    ("row_db1", "b1", "db1 has shape (1, 5) but b1 is (5, 1)"),
+    ("transposed_dw1", "W1", "dW1 has shape (4, 5) but W1 is (5, 4)"),
+])
+def test_a_gradient_of_another_shape_fails_its_tensor_and_report_agrees(gradjob, cluster_address, model,
+                                                                        backward, tensor, diagnosis):
+    run = submit(gradjob, cluster_address, model, "network_forward", backward, "--json")
+    assert run.exit_code == 1, run.stderr
+    result = json.loads(run.stdout)
+    assert result["failing"] == [tensor]
+    assert result["tensors"][tensor]["diagnosis"].startswith(diagnosis)
+    others = {name: t for name, t in result["tensors"].items() if name != tensor}
+    assert len(others) == 5 and all(t["passed"] and t["difference"] < 2e-7 for t in others.values())
+    reported = gradjob("report", "check.zarr", "--json")
+    assert reported.exit_code == 1
+    again = json.loads(reported.stdout)
+    assert again["failing"] == [tensor] and again["tensors"][tensor]["diagnosis"] == result["tensors"][tensor]["diagnosis"]
+    text = gradjob("report", "check.zarr").stdout
+    assert f"wrong: {tensor}" in text and diagnosis in text
