@@ -118,6 +118,7 @@ def check_lists(cost, backprop, parameters, data, *, average: bool = True, **opt
 def assert_passed(outcome: Outcome) -> Outcome:
     """``outcome`` if its check passed, else ``AssertionError`` whose message is the text report and
     the notes the CLI would print (a fallback to another path, a precision kept)."""
+    __tracebackhide__ = True  # pytest shows the test's line and the report, not gradjob's frames
     if not outcome.reduction.passed:
         raise AssertionError("\n".join([to_text(outcome), *(f"note: {note}" for note in outcome.notes)]))
     return outcome
@@ -127,6 +128,7 @@ def assert_backprop(forward, backward, X, Y, parameters, **options) -> Outcome:
     """For a test suite: ``check`` and raise ``AssertionError`` with the text report (which tensor
     is wrong and how) unless it passes; returns the ``Outcome`` when it does. For the other
     shapes: ``gradjob.assert_passed(gradjob.check_loss(...))``."""
+    __tracebackhide__ = True
     return assert_passed(check(forward, backward, X, Y, parameters, **options))
 
 
@@ -156,7 +158,9 @@ def _run(function: str, spec, case, options: dict) -> Outcome:
         return job.run(request, progress, executor, spec, case)
     folder = tempfile.mkdtemp(prefix="gradjob-")
     try:
-        return job.run(request.replace(store=os.path.join(folder, "check.zarr")), progress, executor, spec, case)
+        outcome = job.run(request.replace(store=os.path.join(folder, "check.zarr")), progress, executor, spec, case)
+        outcome.store = None  # removed below: no report names it
+        return outcome
     except JobError as exc:
         kept = "; finished chunks are kept in the store"
         if kept not in str(exc):

@@ -230,3 +230,16 @@ class Outcome:
 
     def __bool__(self) -> bool:  # ``assert gradjob.check(...)`` asserts the verdict
         return self.passed
+
+    def __repr__(self) -> str:
+        """A few lines, for a prompt or a test failure: the verdict, its difference, what fails and why."""
+        r = self.reduction
+        head = (f"<Outcome {'PASS' if r.passed else 'FAIL'}: difference {r.difference:.6e} over {r.n_parameters} "
+                f"parameters in {len(r.tensors)} tensors; {self.model}>")
+        return "\n".join([head, *(f"  wrong: {t.name}: {t.diagnosis}" for t in r.tensors if not t.passed)])
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the verdict, the tensor table and the worst elements."""
+        from gradjob.report import html, text  # the report stage, which imports this one
+
+        return html.summary(text.to_json(self))

@@ -101,7 +101,7 @@ def reduce_gradients(layout: Layout, blocks: Blocks, threshold: float, cost: flo
         raw_total.merge(acc.raw)
         noise = calibration.of(tensor.name).noise if calibration else math.nan
         results.append(_tensor_result(layout, tensor, acc, threshold, noise, blocks))
-    results = [_shape_verdict(tensor, result) for tensor, result in zip(layout.tensors, results)]
+    results = [shape_verdict(tensor, result) for tensor, result in zip(layout.tensors, results)]
     passed = all(t.passed for t in results)
     return Reduction(relative_difference(total.dd, total.gg, total.aa),
                      relative_difference(raw_total.dd, raw_total.gg, raw_total.aa),
@@ -199,7 +199,7 @@ def shape_mismatch(tensor: Tensor) -> str | None:
     return f"{gradient_name(tensor.name)} has shape {tensor.gradient_shape} but {tensor.name} is {tensor.shape}"
 
 
-def _shape_verdict(tensor: Tensor, result: TensorResult) -> TensorResult:
+def shape_verdict(tensor: Tensor, result: TensorResult) -> TensorResult:
     """A gradient shaped unlike its parameter fails its tensor, whatever its numbers say."""
     mismatch = shape_mismatch(tensor)
     if mismatch is not None:

@@ -85,22 +85,18 @@ def _elements(name: str, t: dict, classes: dict[int, list] | None) -> list[str]:
     return [f'<p class="small">{e(name)}: {e(line)}</p>' for line in lines]
 
 
-def _check_section(check: str, result: dict) -> list[str]:
-    e = html.escape
+def verdict_line(result: dict) -> str:
+    """The head line of a check, its verdict word marked."""
     word, rest = report.head_line(result)
-    body = [f'<p><span class="{word.lower()}">{word}</span> {e(rest)}</p>', '<table class="facts">']
-    body += [f'<tr><th class="fact">{e(label)}</th><td>{e(value)}</td></tr>' for label, value in report.facts(result)]
-    body.append("</table>")
-    body += [f'<p class="small">note: {e(note)}</p>' for note in result.get("notes", [])]
-    group = layout = None
-    verified: dict = {}
-    if result["store"] is not None:
-        group = store.open_existing(result["store"])
-        layout = store.metadata(group).layout
-        verified = _verified(group, result["store"], layout)
-    body.append("<table><tr><th>tensor</th><th>shape</th><th>size</th><th>difference</th><th>threshold</th>"
-                "<th>resolution</th><th>noise ε_f</th><th>kinks</th>"
-                "<th>re-verified: agrees / kink / near-kink / wrong</th><th>verdict</th></tr>")
+    return f'<p><span class="{word.lower()}">{word}</span> {html.escape(rest)}</p>'
+
+
+def tensor_table(result: dict) -> list[str]:
+    """Per tensor: difference, threshold, resolution, noise, kinks, re-verified suspects, verdict."""
+    e = html.escape
+    body = ["<table><tr><th>tensor</th><th>shape</th><th>size</th><th>difference</th><th>threshold</th>"
+            "<th>resolution</th><th>noise ε_f</th><th>kinks</th>"
+            "<th>re-verified: agrees / kink / near-kink / wrong</th><th>verdict</th></tr>"]
     for name, t in result["tensors"].items():
         s = t["suspects"]
         body.append(f"<tr><td>{e(name)}</td><td>{shape_text(t['shape'])}</td><td>{math.prod(t['shape'])}</td>"
@@ -112,14 +108,45 @@ def _check_section(check: str, result: dict) -> list[str]:
     coarse = report.resolution_line(result)
     if coarse:
         body.append(f"<p>{e(coarse)}</p>")
+    return body
+
+
+def elements(result: dict, verified: dict | None) -> list[str]:
+    """Per tensor, the elements left out or settled wrong (see ``_elements``; ``verified``: the
+    store's re-verified suspects, or None to list only what the JSON names) and a failing
+    tensor's worst elements."""
+    e, body = html.escape, []
     for name, t in result["tensors"].items():
-        body += _elements(name, t, verified.get(name, {}) if group is not None else None)
+        body += _elements(name, t, verified.get(name, {}) if verified is not None else None)
         if not t["passed"] and t["worst"]:
             body.append(f"<p>worst elements of {e(name)}:</p><table><tr><th>element</th><th>analytic</th>"
                         "<th>numerical</th><th>|error|</th></tr>")
             body += [f"<tr><td>{e(element_name(name, w['index']))}</td><td>{w['analytic']:.8e}</td>"
                      f"<td>{w['numerical']:.8e}</td><td>{w['abs_error']:.2e}</td></tr>" for w in t["worst"]]
             body.append("</table>")
+    return body
+
+
+def summary(result: dict) -> str:
+    """A check's verdict, tensor table and worst elements, from its JSON alone: what a notebook
+    shows for an ``Outcome`` (no plots, no store read)."""
+    return "\n".join(["<div>", verdict_line(result), *tensor_table(result), *elements(result, None), "</div>"])
+
+
+def _check_section(check: str, result: dict) -> list[str]:
+    e = html.escape
+    body = [verdict_line(result), '<table class="facts">']
+    body += [f'<tr><th class="fact">{e(label)}</th><td>{e(value)}</td></tr>' for label, value in report.facts(result)]
+    body.append("</table>")
+    body += [f'<p class="small">note: {e(note)}</p>' for note in result.get("notes", [])]
+    group = layout = None
+    verified: dict | None = None
+    if result["store"] is not None:
+        group = store.open_existing(result["store"])
+        layout = store.metadata(group).layout
+        verified = _verified(group, result["store"], layout)
+    body += tensor_table(result)
+    body += elements(result, verified)
     body.append(f'<img alt="per-tensor difference of {e(check)}" src="data:image/png;base64,'
                 f'{plots.png(plots.difference_figure(result))}">')
     if group is None:  # a directional screen keeps no per-element values

@@ -35,11 +35,12 @@ def facts(result: dict) -> list[tuple[str, str]]:
     and, after a run (not from a store alone), its wall time per stage."""
     rows = [("model", result["model"]), ("case", result["case"]), ("precision", result["precision"]["text"]),
             ("step", f"{result['step_text']}; {result['method']}")]
+    if result["mode"] == "full":
+        rows.append(("evaluator", result["evaluator"]))
     if result["store"] is not None:
-        rows += [("evaluator", result["evaluator"]),
-                 ("store", f"{result['store']} ({result['n_parameters']} parameters in {result['n_chunks']} chunks "
-                           f"of {result['chunk_size']})")]
-    else:
+        rows.append(("store", f"{result['store']} ({result['n_parameters']} parameters in {result['n_chunks']} chunks "
+                              f"of {result['chunk_size']})"))
+    else:  # a directional screen, or a check whose temporary store is removed
         rows.append(("parameters", str(result["n_parameters"])))
     if result.get("created"):
         rows.append(("run", result["created"]))
@@ -95,7 +96,7 @@ def to_json(outcome: Outcome) -> dict:
         "tensors": {t.name: t.to_json() for t in r.tensors},
         "model": outcome.model,
         "case": outcome.case,
-        "mode": "directional" if outcome.store is None else "full",
+        "mode": "directional" if outcome.meta is None else "full",
         "store": outcome.store,
         "chunk_size": meta.chunk_size if meta else None,
         "n_chunks": meta.n_chunks if meta else None,
@@ -104,7 +105,7 @@ def to_json(outcome: Outcome) -> dict:
         "versions": meta.versions if meta else None,
         "notes": list(outcome.notes),
         "seconds": dict(outcome.seconds),
-        **({"forward_passes_per_tensor": outcome.forward_passes_per_tensor} if outcome.store is None else {}),
+        **({"forward_passes_per_tensor": outcome.forward_passes_per_tensor} if outcome.meta is None else {}),
     }
 
 

@@ -21,7 +21,7 @@ from gradjob.numerics import verify
 from gradjob.numerics.diagnose import gradient_name
 from gradjob.numerics.evaluate import central_noise
 from gradjob.numerics.noise import central_step, measure_noise
-from gradjob.numerics.reduce import reduce_gradients
+from gradjob.numerics.reduce import reduce_gradients, shape_verdict
 from gradjob.run.preflight import Prepared
 from gradjob.types import Calibration, Outcome, TensorNoise
 
@@ -57,7 +57,7 @@ def screen(prepared: Prepared, directions: int, seed: int = 0) -> Outcome:
     grad_eps = float(np.finfo(prepared.grad.dtype).eps)
     verdicts, spent = _verify(arrays, lines, cost, noise, grad_eps, verify.resolution(prepared.precision.checked))
     passes += spent
-    directions_layout = Layout(tuple(Tensor(t.name, (directions,), i * directions, t.gradient_shape)
+    directions_layout = Layout(tuple(Tensor(t.name, (directions,), i * directions)
                                      for i, t in enumerate(layout.tensors)), "float64")
     reduction = reduce_gradients(directions_layout, lambda a, b: [{k: v[a:b] for k, v in arrays.items()}],
                                  prepared.threshold, prepared.cost, Calibration(tuple(measured), passes), verdicts,
@@ -66,8 +66,10 @@ def screen(prepared: Prepared, directions: int, seed: int = 0) -> Outcome:
     for result, tensor in zip(reduction.tensors, layout.tensors):
         result.shape = tensor.shape
         result.worst, result.kink_elements = [], []
-        if result.diagnosis and not _names_a_factor(result.diagnosis) and tensor.gradient_shape is None:
+        if result.diagnosis and not _names_a_factor(result.diagnosis):
             result.diagnosis = f"{gradient_name(tensor.name)} disagrees with the numerical derivative along random directions"
+        shape_verdict(tensor, result)
+    reduction.passed = all(t.passed for t in reduction.tensors)
     step = (f"ε = {epsilon:g} along each unit direction" if epsilon is not None
             else f"automatic from the measured noise, {step_scale:.2g}·max(1, max|θ|) along each unit direction")
     return Outcome(reduction, None, None, f"directional, {directions} random directions per tensor", step,

@@ -51,7 +51,7 @@ def test_seed_numbers_through_the_api(private_tmp):
     assert traced.evaluator == "traced"
     assert traced.reduction.difference == pytest.approx(SEED_BUGGY_DIFFERENCE, rel=1e-8)
     for outcome in (buggy, correct, traced):  # each store was temporary and is gone, lock and all
-        assert not os.path.exists(outcome.store)
+        assert outcome.store is None  # removed, and named nowhere
     assert list(private_tmp.iterdir()) == []
     assert report.to_json(correct)["passed"] is True and "PASS" in report.to_text(correct)
 
@@ -253,7 +253,7 @@ def test_on_a_local_cluster(cluster_address):
     outcome = gradjob.check(networks.network_forward, broken, *seed(), scheduler=cluster_address)
     assert outcome.reduction.failing == ["W3"]
     assert outcome.reduction.tensors[4].diagnosis.startswith("dW3 has the wrong sign")
-    assert not os.path.exists(outcome.store)
+    assert outcome.store is None
 
     cs = family("cs231n_style")
     X, y, _ = cs.case_bn_dropout()
