@@ -25,7 +25,8 @@ Options (keyword only; they are ``gradjob submit``'s, and a bad value raises
   per tensor, no store;
 - ``store``: keep the Zarr store at this path or URL (then ``overwrite``, ``resume``,
   ``break_lock`` as on the command line); ``chunk_size``; ``progress``: a
-  ``gradjob.progress.Progress`` (default: silent);
+  ``gradjob.run.progress.Progress`` (default: silent; in a notebook, one line updated in place once a
+  check runs more than a few seconds; ``progress=None``: silent there too);
 - ``workers=N``: run on an embedded Dask cluster of N processes; ``scheduler="tcp://host:port"``:
   on an existing cluster. The forward and backward (and the objects they reference, e.g. the
   model whose ``loss`` is checked) then travel to the workers by cloudpickle: functions of an
@@ -53,7 +54,7 @@ from gradjob.model import adapters
 from gradjob.model.usercode import with_notes
 from gradjob.report.text import to_text
 from gradjob.run import job, preflight, screen
-from gradjob.run.progress import Progress
+from gradjob.run.progress import InPlaceLine, Progress, in_notebook
 from gradjob.types import METHODS, MODES, PRECISIONS, Outcome, Request
 
 __all__ = ["check", "check_loss", "check_lists", "assert_backprop", "assert_passed"]
@@ -139,13 +140,19 @@ def request_of(function: str, options: dict) -> tuple[Request, Progress | None]:
         raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}; "
                         f"options are {', '.join(OPTIONS)}")
     if options.get("progress") is not None and not isinstance(options["progress"], Progress):
-        raise TypeError(f"{function}(): progress must be a gradjob.progress.Progress (e.g. LogLines()) or None")
+        raise TypeError(f"{function}(): progress must be a gradjob.run.progress.Progress (e.g. LogLines()) or None")
     values = {k: _PARSERS[k](v) for k, v in options.items() if k != "progress" and v is not None}
     if "workers" in values and values.get("scheduler"):
         raise InputError(preflight.WORKERS_WITH_SCHEDULER)
     if "workers" not in values and not values.get("scheduler"):
         values["workers"] = 1  # the serial executor: chunks sized for one
-    return Request(model="python", **values), options.get("progress")
+    progress = options["progress"] if "progress" in options else default_progress()
+    return Request(model="python", **values), progress
+
+
+def default_progress() -> Progress | None:
+    """A line updated in place in a notebook (once a check runs a few seconds); silent elsewhere."""
+    return InPlaceLine() if in_notebook() else None
 
 
 def _run(function: str, spec, case, options: dict) -> Outcome:

@@ -114,3 +114,50 @@ class TerminalBar(Progress):
 def for_stream(stream: TextIO) -> Progress:
     """A bar when ``stream`` is a terminal, plain lines otherwise."""
     return TerminalBar() if stream.isatty() else LogLines()
+
+
+class InPlaceLine(Progress):
+    """One line on stderr, rewritten in place (a carriage return: a notebook's output area and a
+    terminal both honour it), shown only once a check has run ``after`` seconds, so quick checks
+    stay silent. The Python API's default in a notebook; needs nothing installed."""
+
+    def __init__(self, stream: TextIO | None = None, after: float = 3.0, every: float = 1.0, clock=time.monotonic):
+        self.lines = LogLines(stream, every)
+        self.after, self.clock, self.shown = after, clock, False
+
+    def start(self, total: int, already_done: int, dashboard: str | None) -> None:
+        lines = self.lines
+        lines.total, lines.done = total, already_done
+        lines.started = lines.last = self.clock()
+
+    def advance(self, parameters: int, suspects: int = 0) -> None:
+        lines = self.lines
+        lines.done, lines.evaluated = lines.done + 1, lines.evaluated + 1
+        lines.parameters, lines.suspects = lines.parameters + parameters, lines.suspects + suspects
+        now = self.clock()
+        if now - lines.started >= self.after and (now - lines.last >= lines.every or lines.done == lines.total):
+            lines.last, self.shown = now, True
+            self._write(f"\r{lines.line(now)}")
+
+    def note(self, text: str) -> None:
+        self._write(("\n" if self.shown else "") + text + "\n")
+        self.shown = False
+
+    def finish(self) -> None:
+        if self.shown:
+            self._write("\n")
+            self.shown = False
+
+    def _write(self, text: str) -> None:
+        stream = self.lines.stream or sys.stderr
+        stream.write(text)
+        stream.flush()
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (IPython's ZMQ shell)."""
+    shell = sys.modules.get("IPython")
+    try:
+        return shell is not None and type(shell.get_ipython()).__name__ == "ZMQInteractiveShell"
+    except Exception:
+        return False
