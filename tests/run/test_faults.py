@@ -257,7 +257,9 @@ def test_forward_failing_at_one_perturbation_names_the_parameter(tmp_path, write
     run = gradjob("submit", "--store", tmp_path / "s.zarr", "--scheduler", cluster_address,
                   *model_args(model, forward))
     assert run.exit_code == 3
-    assert run.stderr.endswith(f"\ngradjob: error: {message}\n")  # after the progress bar, one line
+    error = run.stderr[run.stderr.index("\ngradjob: error: "):]
+    assert error.startswith(f"\ngradjob: error: {message}\n")  # after the progress bar, one line
+    assert all(line.startswith(("  File \"", "    ")) for line in error.splitlines()[2:])  # then the user's frames
     report = gradjob("report", tmp_path / "s.zarr")
     assert report.exit_code == 2 and "is unfinished" in report.stderr  # no NaN is reduced
 
