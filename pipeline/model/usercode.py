@@ -68,6 +68,8 @@ class Guarded:
             raise escaped(exc) from exc
 
     def __getattr__(self, name: str):
+        if name == "function":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.function, name)
 
 
