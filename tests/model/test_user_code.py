@@ -10,7 +10,7 @@ import sys
 import numpy as np
 from gradjob.model.networks import network_forward, network_backward, forward_propagation_n
 
-B3 = []
+B3, W1 = [], []
 
 
 def backward(X, Y, cache):
@@ -71,6 +71,14 @@ def transposed_dw1(X, Y, cache):
     gradients = network_backward(X, Y, cache)
     gradients["dW1"] = gradients["dW1"].T
     return gradients
+
+
+def exit_when_w1_moves_far(X, Y, parameters):
+    if isinstance(parameters["W1"], np.ndarray):
+        W1.append(parameters["W1"].copy()) if not W1 else None   # per process: a worker's first W1 is θ's ± h
+        if np.abs(parameters["W1"] - W1[0]).max() > 5e-4:
+            sys.exit(0)
+    return network_forward(X, Y, parameters)
 '''
 
 CASE = '''
@@ -135,6 +143,16 @@ def test_sys_exit_at_a_perturbation_ends_the_job_with_exit_3(gradjob, cluster_ad
     assert errors == ["gradjob: error: the forward failed at b3[0, 0] + step (parameter 46, chunk 15): SystemExit: "
                       "sys.exit(0) was called; finished chunks are kept in the store"]
     assert run.stderr.splitlines()[-2:] == [f'  File "{model}", line 37, in exit_when_b3_moves', "    sys.exit(0)"]
+
+
+def test_a_forward_failing_only_where_the_replay_is_validated_falls_back(gradjob, cluster_address, model):
+    """The traced replay is validated at θ moved by 1e-3; a forward failing only that far away (5e-4) is
+    checked by the forward at its real steps (it was a PerturbationFailure traceback, exit 1)."""
+    run = submit(gradjob, cluster_address, model, "exit_when_w1_moves_far", "backward", "--json")
+    assert run.exit_code == 0
+    assert json.loads(run.stdout)["evaluator"] == "forward"
+    assert ("gradjob: note: the traced fast path is off for this model: the forward itself failed at W1[0, 3] moved "
+            "by 1e-3 (SystemExit: sys.exit(0) was called); each evaluation calls the forward") in run.stderr
 
 
 # --- 19: costs that are no costs -------------------------------------------------------------------
