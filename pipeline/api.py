@@ -10,8 +10,9 @@ and the shapes real code comes in, with no glue (see ``adapters``):
                         {"biases": net.biases, "weights": net.weights}, data)
 
 Each returns the check's ``Outcome``: ``outcome.passed`` and ``bool(outcome)`` are its verdict
-(``.reduction.failing``, ``.reduction.tensors``; ``gradjob.report.to_text(outcome)`` / ``to_json``). By default the check runs in this process on
-a temporary store that is removed afterwards: no cluster, nothing left on disk.
+(``.reduction.failing``, ``.reduction.tensors``; ``gradjob.report.to_text(outcome)`` / ``to_json``).
+By default the check runs in this process on a temporary store that is removed afterwards: no
+cluster, nothing left on disk.
 
 Options (keyword only; they are ``gradjob submit``'s, and a bad value raises
 ``gradjob.errors.InputError`` with the CLI's one-line message):

@@ -16,7 +16,9 @@ CELLS = [
 
 def test_a_notebook_displays_the_outcome_as_html(tmp_path):
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in CELLS])
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    client = NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
     outputs = notebook.cells[1].outputs
     shown = [o for o in outputs if o.output_type == "execute_result"]
     assert len(shown) == 1, outputs
@@ -46,9 +48,9 @@ def test_the_in_place_line_shows_only_checks_that_take_a_few_seconds():
     now[0] = 5.0
     line.advance(10)                      # the last chunk: always
     line.finish()
-    assert stream.getvalue() == ("\rchunks 2/4, 5 parameters/s, elapsed 0:00:04, about 0:00:04 left, 0 suspect(s) so far"
-                                 "\rchunks 4/4, 8 parameters/s, elapsed 0:00:05, about 0:00:00 left, 0 suspect(s) so far"
-                                 "\n")
+    assert stream.getvalue() == (
+        "\rchunks 2/4, 5 parameters/s, elapsed 0:00:04, about 0:00:04 left, 0 suspect(s) so far"
+        "\rchunks 4/4, 8 parameters/s, elapsed 0:00:05, about 0:00:00 left, 0 suspect(s) so far\n")
     quick = io.StringIO()
     line = InPlaceLine(quick, clock=lambda: 0.0)
     line.start(2, 0, None)
