@@ -83,17 +83,16 @@ def user_frames(exc: BaseException) -> str:
     ``  File "model.py", line 12, in forward`` and the code line; "" where there are none."""
     if isinstance(exc, Escaped) and exc.__cause__ is not None:
         exc = exc.__cause__
-    lines = []
+    frames = []
     tb = exc.__traceback__
     while tb is not None:
         code = tb.tb_frame.f_code
         if _is_user(code.co_filename):
-            lines.append(f'  File "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name}')
-            source = linecache.getline(code.co_filename, tb.tb_lineno).strip()
-            if source:
-                lines.append(f"    {source}")
+            source = linecache.getline(code.co_filename, tb.tb_lineno).strip()  # "" where the file is not here
+            frames.append(f'  File "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name}'
+                          + (f"\n    {source}" if source else ""))
         tb = tb.tb_next
-    return "\n".join(lines[-2 * FRAMES_KEPT:])
+    return "\n".join(frames[-FRAMES_KEPT:])
 
 
 def with_frames(error: Exception, cause: BaseException) -> Exception:
