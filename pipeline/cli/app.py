@@ -186,6 +186,8 @@ def _submit_job_file(path: str, scheduler: str | None, workers: int | None, file
 
     def on_error(name: str, exc: Exception) -> None:
         typer.echo(f"gradjob: error in check {name}: {exc}", err=True)
+        for note in getattr(exc, "__notes__", ()):  # the user's frames
+            typer.echo(note, err=True)
 
     try:
         with _stop_on_signals():

@@ -210,3 +210,25 @@ def test_a_gradient_of_another_shape_fails_its_tensor_and_report_agrees(gradjob,
     assert again["tensors"][tensor]["diagnosis"] == result["tensors"][tensor]["diagnosis"]
     text = gradjob("report", "check.zarr").stdout
     assert f"wrong: {tensor}" in text and diagnosis in text
+
+
+def test_a_job_files_check_that_raises_keeps_the_users_frames(gradjob, cluster_address, model, tmp_path):
+    (tmp_path / "job.toml").write_text(f'''
+[job]
+name = "frames"
+store_root = "stores"
+
+[[check]]
+name = "misaligned"
+model = "{model}"
+forward = "misaligned"
+backward = "backward"
+case = "seed"
+''')
+    run = gradjob("submit", "job.toml", "--scheduler", cluster_address)
+    assert run.exit_code == 2
+    lines = run.stderr.splitlines()
+    at = lines.index("gradjob: error in check misaligned: the forward raised at the case's parameters: ValueError: "
+                     "shapes (8,6) and (3,20) not aligned: 6 (dim 1) != 3 (dim 0)")
+    assert lines[at + 1:at + 3] == [f'  File "{model}", line 43, in misaligned',
+                                    "    return np.dot(np.ones((8, 6)), np.ones((3, 20)))"]
