@@ -16,3 +16,11 @@ class JobError(Exception):
     """The job started but could not complete; finished chunks stay in the store."""
 
     exit_code = 3
+
+
+class Stopped(Exception):
+    """A stop signal (SIGTERM from Kubernetes, Slurm or systemd; SIGHUP; SIGINT) while a check runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
