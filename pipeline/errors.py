@@ -18,8 +18,10 @@ class JobError(Exception):
     exit_code = 3
 
 
-class Stopped(Exception):
-    """A stop signal (SIGTERM from Kubernetes, Slurm or systemd; SIGHUP; SIGINT) while a check runs."""
+class Stopped(BaseException):
+    """A stop signal (SIGTERM from Kubernetes, Slurm or systemd; SIGHUP; SIGINT) while a check runs.
+    A ``BaseException``, as KeyboardInterrupt is: no ``except Exception`` on the way (ours, Dask's)
+    may swallow a stop."""
 
     def __init__(self, signum: int):
         super().__init__(signum)

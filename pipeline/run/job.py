@@ -36,7 +36,7 @@ from gradjob.version import __version__
 # seed network's 47 parameters, whose evaluations take milliseconds).
 SMALL_WORK_SECONDS = 2.0
 EVALUATIONS_PER_PARAMETER = {"central": 2, "five-point": 4, "complex-step": 1}
-PROBE_EVALUATIONS = 8  # a resumed store's evaluation time is measured on this many elements
+PROBE_EVALUATIONS = 2  # a resumed store's evaluation time: the faster of this many
 
 
 def run(request: Request, progress: Progress | None = None,
@@ -104,15 +104,18 @@ def evaluations(chunks, method: str) -> int:
 
 
 def seconds_per_evaluation(prepared: preflight.Prepared) -> float:
-    """The evaluator's time per evaluation on a few elements (a resumed store, or a calibration
-    that measured nothing)."""
+    """The evaluator's time per evaluation, the faster of ``PROBE_EVALUATIONS`` single ones (the
+    first may pay for warming up): a resumed store, or a calibration that measured nothing."""
     layout, theta = prepared.layout, prepared.theta
     costs = evaluators.build(prepared.evaluator, prepared.model, layout, prepared.case.X, prepared.case.Y,
                              theta.copy())
-    index = np.arange(min(PROBE_EVALUATIONS, layout.n_parameters))
-    started = time.perf_counter()
-    costs(index, theta[index].copy(), "")
-    return (time.perf_counter() - started) / max(1, index.size)
+    index = np.arange(1)
+    times = []
+    for _ in range(PROBE_EVALUATIONS):
+        started = time.perf_counter()
+        costs(index, theta[index].copy(), "")
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 class _Tracker:
