@@ -54,7 +54,7 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
     # keeps a lock file per worker after every run
     scratch = tempfile.mkdtemp(prefix="gradjob-dask-")
     try:
-        with dask.config.set(EMBEDDED_CLUSTER_CONFIG):
+        with dask.config.set({**EMBEDDED_CLUSTER_CONFIG, "temporary-directory": scratch}):  # the scheduler's too
             # the workers' own logs stay out of stderr: gradjob says each task's failure in one line, and a
             # cluster shut down by a signal has workers log tracebacks of heartbeats to a closed scheduler
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
