@@ -405,3 +405,11 @@ def test_a_stopped_job_file_reports_the_finished_checks_and_marks_the_others_sto
     rows = [json.loads(line) for line in (tmp_path / "stores/history.jsonl").read_text().splitlines()]
     assert [(r["check"], r["verdict"]) for r in rows] == [("quick", "pass"), ("stuck", "stopped"),
                                                           ("never-started", "stopped")]
+
+
+def test_the_default_time_limit_is_generous():
+    """max(60 s, 50× the task's expected time from the measured time per evaluation)."""
+    from gradjob.executors.limits import default_limit
+
+    assert default_limit(1e-3, 600) == 60.0      # 0.6 s expected: the floor
+    assert default_limit(1e-2, 600) == 300.0     # 6 s expected: fifty times that
