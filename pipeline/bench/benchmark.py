@@ -187,7 +187,8 @@ def to_text(result: dict) -> str:
     if "peak_rss_vs_builtin" in user:
         lines.append(f"  peak worker RSS {user['peak_rss_vs_builtin']:.2f}× the built-in fast path's")
     startup = result["startup"]
-    lines.append(f"start-up: `gradjob {' '.join(MAIN_JOB)}` (seed network, in-process) {startup['main_job_seconds']:.2f} s "
+    lines.append(f"start-up: `gradjob {' '.join(MAIN_JOB)}` (seed network, in-process) "
+                 f"{startup['main_job_seconds']:.2f} s "
                  f"against `python -c \"import gradjob\"` {startup['import_seconds']:.2f} s: {startup['ratio']:.1f}×")
     return "\n".join(lines)
 

@@ -265,3 +265,15 @@ def test_the_dashboard_line_is_said_once_per_job(gradjob, tmp_path, cluster_addr
     run = gradjob("submit", "job.toml")
     assert run.exit_code == 1, run.stderr
     assert run.stderr.count("Dask dashboard: not available (the scheduler has no bokeh") == 1
+
+
+def test_task_timeout_and_an_asked_cluster_reach_each_check(tmp_path):
+    from gradjob.run import jobfile
+
+    (tmp_path / "job.toml").write_text("[[check]]\nname = 'a'\ntask_timeout = 90\n[[check]]\nname = 'b'\n")
+    a, b = jobfile.load(str(tmp_path / "job.toml")).checks
+    assert (a.request.task_timeout, b.request.task_timeout) == (90, None)
+    assert not a.request.cluster  # small work may run in-process
+    (tmp_path / "job.toml").write_text("[cluster]\nworkers = 1\n[[check]]\nname = 'a'\n")
+    assert jobfile.load(str(tmp_path / "job.toml")).checks[0].request.cluster
+    assert jobfile.with_cluster(jobfile.load(str(tmp_path / "job.toml")), None, 2).checks[0].request.cluster
