@@ -94,11 +94,11 @@ class TerminalBar(Progress):
         from rich.progress import Progress as Bar
 
         if dashboard:
-            self.console.print(f"Dask dashboard: {dashboard}", soft_wrap=True, highlight=False)
+            self.note(f"Dask dashboard: {dashboard}")
         if already_done:
-            self.console.print(f"resuming: {already_done} of {total} chunks already in the store", highlight=False)
-        self.bar = Bar(TextColumn(f"{self.label}: chunks" if self.label else "chunks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                       console=self.console, transient=False)
+            self.note(f"resuming: {already_done} of {total} chunks already in the store")
+        self.bar = Bar(TextColumn(f"{self.label}: chunks" if self.label else "chunks"), BarColumn(), MofNCompleteColumn(),
+                       TimeRemainingColumn(), console=self.console, transient=False)
         self.task = self.bar.add_task("chunks", total=total, completed=already_done)
         self.bar.start()
 
