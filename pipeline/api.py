@@ -147,6 +147,7 @@ def request_of(function: str, options: dict) -> tuple[Request, Progress | None]:
         raise InputError(preflight.WORKERS_WITH_SCHEDULER)
     if "workers" not in values and not values.get("scheduler"):
         values["workers"] = 1  # the serial executor: chunks sized for one
+    values["cluster"] = options.get("workers") is not None  # workers=N asks for the embedded cluster, whatever the work
     progress = options["progress"] if "progress" in options else default_progress()
     return Request(model="python", **values), progress
 

@@ -16,3 +16,13 @@ class JobError(Exception):
     """The job started but could not complete; finished chunks stay in the store."""
 
     exit_code = 3
+
+
+class Stopped(BaseException):
+    """A stop signal (SIGTERM from Kubernetes, Slurm or systemd; SIGHUP; SIGINT) while a check runs.
+    A ``BaseException``, as KeyboardInterrupt is: no ``except Exception`` on the way (ours, Dask's)
+    may swallow a stop."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -51,7 +51,9 @@ class Request:
     directions: int = DEFAULT_DIRECTIONS
     chunk_size: int | None = None
     workers: int = 2
+    cluster: bool = False  # --workers or --scheduler given: on the cluster even when the work is small
     scheduler: str | None = None
+    task_timeout: float | None = None  # seconds a chunk may run; None: from the measured evaluation time
     store: str | None = None
     store_dir: str = "gradjob-stores"  # where the default, identity-named store goes
     overwrite: bool = False

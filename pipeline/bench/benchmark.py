@@ -6,12 +6,16 @@
   layers) through the same pipeline, against its black-box floor (two forward calls per
   parameter over the same workers), and the generic path on sampled elements, whose numbers the
   pipeline's must equal to round-off;
-- the share of wall time spent measuring noise and re-verifying suspects.
+- the share of wall time spent measuring noise and re-verifying suspects;
+- start-up: README's main job on the seed network against ``python -c "import gradjob"``, each a
+  fresh process, timed in this run (issue 18 asks for at most 3×: small checks run in-process).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Callable
@@ -20,6 +24,7 @@ import numpy as np
 
 from gradjob import examples
 from gradjob.bench import baselines
+from gradjob.errors import JobError
 from gradjob.model.cases import check_network_shape, load_case
 from gradjob.model.spec import load_model, model_spec
 from gradjob.run import job
@@ -51,7 +56,7 @@ def run_pipeline(request: Request, after: Callable[[Outcome], dict] | None = Non
 
 def builtin_figures(layers, examples_: int, worker_counts, growth_layers=None) -> dict:
     runs = [run_pipeline(Request(model="network", case="random", layers=tuple(layers), examples=examples_,
-                                 workers=w)) for w in worker_counts]
+                                 workers=w, cluster=True)) for w in worker_counts]
     main = runs[-1]
     seed = baselines.seed_loop_seconds_per_parameter(layers, examples_)
     torch_seconds = baselines.torch_seconds_per_parameter(layers, examples_)
@@ -67,7 +72,7 @@ def builtin_figures(layers, examples_: int, worker_counts, growth_layers=None) -
         result["scaling"] = runs[-1]["params_per_second"] / runs[0]["params_per_second"]
     if growth_layers:
         larger = run_pipeline(Request(model="network", case="random", layers=tuple(growth_layers),
-                                      examples=examples_, workers=worker_counts[-1]))
+                                      examples=examples_, workers=worker_counts[-1], cluster=True))
         result["memory_growth"] = {"layers": list(growth_layers), **larger,
                                    "growth": larger["peak_worker_rss_bytes"] / main["peak_worker_rss_bytes"] - 1}
     return result
@@ -80,7 +85,7 @@ def user_model_figures(path: str, forward: str | None, backward: str | None, cas
     model = load_model(spec)
     the_case = load_case(case or "random", list(layers), examples_, 0)
     request = Request(model=path, forward=forward, backward=backward, case=case or "random", layers=tuple(layers),
-                      examples=examples_, workers=workers)
+                      examples=examples_, workers=workers, cluster=True)
 
     def sampled(outcome: Outcome) -> dict:
         """The generic path at fixed random elements, with the steps the pipeline took there."""
@@ -101,6 +106,30 @@ def user_model_figures(path: str, forward: str | None, backward: str | None, cas
             "generic_path": baselines.generic_overhead(model, the_case)}
 
 
+STARTUP_REPEATS = 3  # the fastest of three: other processes on the machine only ever add time
+MAIN_JOB = ["submit", "--epsilon", "1e-7", "--json"]  # README's first command: the seed network, 47 parameters
+
+
+def startup_figures() -> dict:
+    """README's main job and a bare ``import gradjob``, each in a fresh process and a fresh folder
+    (no finished store to reuse), the fastest of ``STARTUP_REPEATS``."""
+    def fastest(arguments: list[str], exit_code: int) -> float:
+        times = []
+        for _ in range(STARTUP_REPEATS):
+            with tempfile.TemporaryDirectory(prefix="gradjob-bench-") as folder:
+                started = time.perf_counter()
+                run = subprocess.run([sys.executable, *arguments], cwd=folder, capture_output=True, text=True)
+                times.append(time.perf_counter() - started)
+            if run.returncode != exit_code:  # a time is only a figure of the run that did its work
+                raise JobError(f"the start-up figure's run {arguments[-1]!r} exited {run.returncode}: "
+                               f"{run.stderr.strip().splitlines()[-1:]}")
+        return min(times)
+
+    imported = fastest(["-c", "import gradjob"], 0)
+    main = fastest(["-c", "from gradjob.cli import app; app(prog_name='gradjob')", *MAIN_JOB], 1)  # its planted bugs
+    return {"import_seconds": imported, "main_job_seconds": main, "ratio": main / imported}
+
+
 def benchmark(layers, examples_: int, worker_counts, growth_layers=None, model: str | None = None,
               forward: str | None = None, backward: str | None = None, case: str | None = None) -> dict:
     """The figures of ``gradjob bench``: the built-in network (skipped with ``model``, whose case
@@ -110,7 +139,7 @@ def benchmark(layers, examples_: int, worker_counts, growth_layers=None, model: 
         check_network_shape(growth_layers, examples_, "--growth-layers")
     user = user_model_figures(model or examples.path("seed_style"), forward, backward, case, layers, examples_,
                               worker_counts[-1])
-    result = {"layers": list(layers), "examples": examples_, "user_model": user}
+    result = {"layers": list(layers), "examples": examples_, "user_model": user, "startup": startup_figures()}
     if model is None:
         result.update(builtin_figures(layers, examples_, worker_counts, growth_layers))
         result["user_model"]["peak_rss_vs_builtin"] = user["peak_worker_rss_bytes"] / result["peak_worker_rss_bytes"]
@@ -157,6 +186,10 @@ def to_text(result: dict) -> str:
               f"{100 * user['generic_path']['overhead']:+.1f}%"]
     if "peak_rss_vs_builtin" in user:
         lines.append(f"  peak worker RSS {user['peak_rss_vs_builtin']:.2f}× the built-in fast path's")
+    startup = result["startup"]
+    lines.append(f"start-up: `gradjob {' '.join(MAIN_JOB)}` (seed network, in-process) "
+                 f"{startup['main_job_seconds']:.2f} s "
+                 f"against `python -c \"import gradjob\"` {startup['import_seconds']:.2f} s: {startup['ratio']:.1f}×")
     return "\n".join(lines)
 
 

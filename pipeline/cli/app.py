@@ -17,7 +17,7 @@ import typer
 
 from gradjob.bench import benchmark as bench
 from gradjob.cli.parsing import AtLeast, OneLineErrors, OneOf, PositiveNumber, Sizes
-from gradjob.errors import InputError, JobError
+from gradjob.errors import InputError, JobError, Stopped
 from gradjob.report import outputs
 from gradjob.report import text as report
 from gradjob.report.outputs import Entry, ReportFiles
@@ -55,14 +55,6 @@ def _fail(exc: Exception) -> None:
     for note in getattr(exc, "__notes__", ()):  # the user's frames, where the error arose in their code
         typer.echo(note, err=True)
     raise typer.Exit(exc.exit_code)
-
-
-class Stopped(Exception):
-    """A stop signal (SIGTERM from Kubernetes, Slurm or systemd; SIGHUP) while a check runs."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 @contextmanager
@@ -112,6 +104,8 @@ def submit(
     workers: Optional[int] = typer.Option(None, parser=AtLeast("--workers"), help=f"Worker processes of the embedded cluster [{DEFAULT_WORKERS}]."),
     scheduler: Optional[str] = typer.Option(None, envvar="DASK_SCHEDULER_ADDRESS", help="Use an existing Dask scheduler, tcp://HOST:PORT [DASK_SCHEDULER_ADDRESS]."),
     store: Optional[str] = typer.Option(None, help="Zarr store of this check [gradjob-stores/<model>-<case>-<hash>.zarr]."),
+    task_timeout: Optional[float] = typer.Option(None, parser=PositiveNumber("--task-timeout"),
+                                                 help="Seconds a task may run before the job ends, naming it [max(60, 50× its expected time)]."),
     overwrite: bool = typer.Option(False, help="Delete an existing store at --store and start afresh."),
     resume: bool = typer.Option(False, help="Require an existing store and compute only its missing chunks."),
     break_lock: bool = typer.Option(False, help="Take over the store's lock even if held from another host."),
@@ -139,7 +133,8 @@ def submit(
                           examples=examples, seed=seed, epsilon=epsilon, method=method, fast=fast, precision=precision,
                           threshold=threshold, mode=mode, directions=directions, chunk_size=chunk_size,
                           workers=DEFAULT_WORKERS if workers is None else workers, scheduler=scheduler, store=store,
-                          overwrite=overwrite, resume=resume, break_lock=break_lock)
+                          overwrite=overwrite, resume=resume, break_lock=break_lock, task_timeout=task_timeout,
+                          cluster=workers is not None or scheduler_given)
         if dry_run:
             _print_plan(request)
         progress = for_stream(sys.stderr)  # a bar on a terminal, plain lines in a log (stderr)
@@ -152,6 +147,10 @@ def submit(
     except (InputError, JobError) as exc:
         _fail(exc)
     except Stopped as exc:
+        try:
+            outputs.stopped_check(request.store, request.store_dir, request.model, files, exc)
+        except InputError as problem:
+            typer.echo(f"gradjob: error: {problem}", err=True)
         _stopped(exc)
     for note in outcome.notes:
         typer.echo(f"gradjob: note: {note}", err=True)

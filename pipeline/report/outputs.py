@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class Entry:
     outcome: Outcome | None = None
     error: str | None = None
     exit_code: int = 0
+    stopped: bool = False  # a stop signal ended the run before this check finished
 
     @classmethod
     def of(cls, check: str, outcome: Outcome) -> "Entry":
@@ -48,7 +50,8 @@ class Entry:
 
     def history_row(self) -> dict:
         if self.error is not None:
-            return {"check": self.check, "verdict": "error", "difference": None, "error": self.error}
+            return {"check": self.check, "verdict": "stopped" if self.stopped else "error", "difference": None,
+                    "error": self.error}
         r = self.outcome.reduction
         return {"check": self.check, "verdict": "pass" if r.passed else "fail", "difference": r.difference,
                 "failing": r.failing, "store": self.outcome.store}
@@ -86,6 +89,14 @@ def write(files: ReportFiles, entries: list[Entry], job: str | None = None) -> N
             raise InputError(f"cannot write the {kind} report {path}: {exc}") from None
 
 
+def stopped(check: str, stop) -> Entry:
+    """A check a stop signal (``errors.Stopped``) ended or never let start: a JUnit error, a history row
+    ``stopped``, so a CI job never publishes an older night's reports as this one's."""
+    name = signal.Signals(stop.signum).name
+    return Entry(check, None, f"stopped by {name} before it finished; finished chunks are kept in the store: "
+                              "submit the same job again to resume", 128 + stop.signum, stopped=True)
+
+
 def record(root: str, entries: list[Entry]) -> None:
     """Append the run's rows to ``<root>/history.jsonl``."""
     history.append(root, [e.history_row() for e in entries])
@@ -103,3 +114,11 @@ def single_check(outcome: Outcome, files: ReportFiles) -> Entry:
     if outcome.store is not None:
         record(urls.parent(outcome.store), [entry])
     return entry
+
+
+def stopped_check(store: str | None, store_dir: str, model: str, files: ReportFiles, stop) -> None:
+    """What a stopped ``submit`` leaves behind: its report files and history row, marked stopped.
+    The check is named by its store, or by its model when the store's name was not made yet."""
+    entry = stopped(check_name(store or model), stop)
+    write(files, [entry])
+    record(urls.parent(store) if store else store_dir, [entry])

@@ -17,9 +17,11 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from gradjob.errors import InputError
+from gradjob.executors import limits
+from gradjob.executors.serial import SerialExecutor
 from gradjob.model.cases import Case
 from gradjob.model.spec import ModelSpec
-from gradjob.numerics import noise
+from gradjob.numerics import noise, verify
 from gradjob.numerics.reduce import reduce_gradients
 from gradjob.run import evaluators, identity, preflight, reuse, reverify, tasks
 from gradjob.run.plan import Plan, default_chunk_size, make_plan
@@ -29,14 +31,26 @@ from gradjob.types import Calibration, Outcome, Request, StoreMeta
 from gradjob.version import __version__
 
 
+# Under this much forward work (the calibration's time per evaluation × the evaluations left) a
+# check runs in this process: an embedded cluster takes seconds to start (2 workers: ~6 s for the
+# seed network's 47 parameters, whose evaluations take milliseconds).
+SMALL_WORK_SECONDS = 2.0
+EVALUATIONS_PER_PARAMETER = {"central": 2, "five-point": 4, "complex-step": 1}
+PROBE_EVALUATIONS = 2  # a resumed store's evaluation time: the faster of this many
+
+
 def run(request: Request, progress: Progress | None = None,
         executor: Callable[[], contextlib.AbstractContextManager] | None = None,
-        model: ModelSpec | None = None, case: Case | None = None) -> Outcome:
+        model: ModelSpec | None = None, case: Case | None = None,
+        cluster: Callable[[], contextlib.AbstractContextManager] | None = None) -> Outcome:
     """Run one check end to end and return its verdict. ``executor()`` opens where tasks run
-    (default: the Dask cluster the request names); ``model`` and ``case`` (the Python API) stand
-    for the request's model and case names."""
+    (default: ``cluster()``, the Dask cluster the request names, or this process when the work is
+    small and no cluster was asked for, see ``SMALL_WORK_SECONDS``); ``model`` and ``case`` (the
+    Python API) stand for the request's model and case names."""
     progress = progress or Progress()
-    executor = executor or (lambda: _dask(request))
+    cluster = cluster or (lambda: _dask(request))
+    if executor is None and (request.cluster or request.scheduler):
+        executor = cluster
     seconds, notes = {}, []
     with _user_output_to_stderr():
         started = time.perf_counter()
@@ -50,10 +64,19 @@ def run(request: Request, progress: Progress | None = None,
             resumed = None if afresh or not urls.exists(prepared.store) else resume(prepared)
             if resumed and not resumed.plan.todo and resumed.verdicts is not None:
                 meta, plan, verdicts = resumed  # finished: nothing to run
-            else:
+                notes.append(f"verdict of the finished store {prepared.store}, no evaluation")
+            elif executor is not None:
                 with executor() as ex:  # connected first: an unreachable cluster refuses before a store is written
-                    meta, plan = (resumed.meta, resumed.plan) if resumed else create(prepared, seconds)
-                    verdicts = evaluate(prepared, meta, plan, ex, progress, tracker, seconds)
+                    meta, plan, per_evaluation = started_job(prepared, resumed, seconds)
+                    verdicts = evaluate(prepared, meta, plan, ex, progress, tracker, seconds, per_evaluation)
+            else:
+                meta, plan, per_evaluation = started_job(prepared, resumed, seconds)
+                work = per_evaluation * evaluations(plan.todo, meta.method)
+                if work < SMALL_WORK_SECONDS:
+                    notes.append(f"ran in this process: about {work:.2g} s of forward work, less than starting a "
+                                 "cluster takes (--workers N or --scheduler runs it on one)")
+                with (SerialExecutor() if work < SMALL_WORK_SECONDS else cluster()) as ex:
+                    verdicts = evaluate(prepared, meta, plan, ex, progress, tracker, seconds, per_evaluation)
         started = time.perf_counter()
         outcome = reduce_store(prepared.store, request.threshold, verdicts)  # a threshold asked now wins
         seconds["reduce"] = time.perf_counter() - started
@@ -61,6 +84,38 @@ def run(request: Request, progress: Progress | None = None,
     outcome.notes = notes + tracker.notes
     outcome.task_seconds, outcome.peak_worker_rss_bytes, outcome.seconds = tracker.task_seconds, tracker.peak_rss, seconds
     return outcome
+
+
+def started_job(prepared: preflight.Prepared, resumed: "Resumed | None", seconds: dict
+                ) -> tuple[StoreMeta, Plan, float]:
+    """The store to work on (resumed, or created after calibration) and the forward's measured
+    seconds per evaluation, which size the task time limit and choose where small work runs."""
+    if resumed is not None:
+        return resumed.meta, resumed.plan, seconds_per_evaluation(prepared)
+    meta, plan = create(prepared, seconds)
+    spent = meta.calibration.evaluations
+    per_evaluation = seconds["calibrate"] / spent if spent else seconds_per_evaluation(prepared)
+    return meta, plan, per_evaluation
+
+
+def evaluations(chunks, method: str) -> int:
+    """Forward evaluations the chunks take, besides re-verifying suspects."""
+    return sum(chunk.size for chunk in chunks) * EVALUATIONS_PER_PARAMETER[method]
+
+
+def seconds_per_evaluation(prepared: preflight.Prepared) -> float:
+    """The evaluator's time per evaluation, the faster of ``PROBE_EVALUATIONS`` single ones (the
+    first may pay for warming up): a resumed store, or a calibration that measured nothing."""
+    layout, theta = prepared.layout, prepared.theta
+    costs = evaluators.build(prepared.evaluator, prepared.model, layout, prepared.case.X, prepared.case.Y,
+                             theta.copy())
+    index = np.arange(1)
+    times = []
+    for _ in range(PROBE_EVALUATIONS):
+        started = time.perf_counter()
+        costs(index, theta[index].copy(), "")
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 class _Tracker:
@@ -122,9 +177,12 @@ def create(prepared: preflight.Prepared, seconds: dict) -> tuple[StoreMeta, Plan
 
 
 def evaluate(prepared: preflight.Prepared, meta: StoreMeta, plan: Plan, executor, progress: Progress,
-             tracker: "_Tracker", seconds: dict) -> dict:
-    """The chunks still to do, then the re-verification of suspects, on ``executor``."""
+             tracker: "_Tracker", seconds: dict, per_evaluation: float) -> dict:
+    """The chunks still to do, then the re-verification of suspects, on ``executor``, each task
+    within the time limit (``--task-timeout``, else from ``per_evaluation``)."""
     context = task_context(prepared, meta)
+    largest = max(evaluations([plan.chunks[0]], meta.method), reverify.LADDER_BATCH * (1 + 2 * verify.RUNGS))
+    executor.task_timeout = prepared.request.task_timeout or limits.default_limit(per_evaluation, largest)
     progress.start(len(plan.chunks), len(plan.chunks) - len(plan.todo), executor.dashboard)
     started = time.perf_counter()
     executor.run_chunks(tasks.evaluate_chunk, context, plan.todo, tracker.done, meta.layout.describe, progress.note)

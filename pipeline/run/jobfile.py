@@ -21,7 +21,11 @@
     case = "random"                          # any --case: file.npz, file.py:FUNC, store.zarr, seed, …
     layers = [64, 128, 64, 1]
     # also: forward, backward, examples, seed, epsilon, method, precision, threshold, chunk_size,
-    # fast, mode = "directional" with directions = 3 (a quick screen on the client: no store, no cluster)
+    # task_timeout (seconds a task may run), fast,
+    # mode = "directional" with directions = 3 (a quick screen on the client: no store, no cluster)
+
+A check's name is a plain name (it names the check's folder under store_root). The checks share
+one embedded cluster, started for the first one whose work is not small (see ``job.run``).
 
 Every key is typed by the schema below (``Check``): a wrong type or value is one line naming the
 file, the check, the key, what was expected and what was found, and exit code 2. The module
@@ -30,6 +34,8 @@ holds the schema, the one-line messages made from its errors, and the running of
 
 from __future__ import annotations
 
+import re
+import signal
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +43,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gradjob.errors import InputError, JobError
+from gradjob.errors import InputError, JobError, Stopped
+from gradjob.executors.cluster import SharedCluster
 from gradjob.model import cases
 from gradjob.model import spec as models
 from gradjob.report import outputs
@@ -52,6 +59,7 @@ from gradjob.types import DEFAULT_DIRECTIONS, Method, Mode, Outcome, PrecisionCh
 Positive = Annotated[int, Field(ge=1)]
 PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # "greater than 0"
 BUILTIN_NAMES = set(models.BUILTIN_MODELS) | set(cases.BUILTIN_CASES)
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class _Strict(BaseModel):
@@ -72,6 +80,7 @@ class Check(_Strict):
     precision: PrecisionChoice = "float64"
     threshold: PositiveNumber | None = None
     chunk_size: Positive | None = None
+    task_timeout: PositiveNumber | None = None
     fast: bool = True
     mode: Mode = "full"
     directions: Positive = DEFAULT_DIRECTIONS
@@ -137,6 +146,10 @@ def load(path: str) -> JobFile:
         raise InputError(f"job file {path} has no [[check]]; add at least one")
     seen = set()
     for spec in schema.check:
+        if not PLAIN_NAME.fullmatch(spec.name) or spec.name in (".", ".."):
+            raise InputError(f"job file {path}: check name {spec.name!r} is not a plain name; use letters, digits, "
+                             "'.', '_' and '-', starting with a letter or digit (it names the check's folder under "
+                             "store_root)")
         if spec.name in seen:
             raise InputError(f"job file {path}: two checks are named {spec.name!r}")
         seen.add(spec.name)
@@ -151,7 +164,7 @@ def load(path: str) -> JobFile:
                 options[key] = _beside(file, options[key])
         if "layers" in options:
             options["layers"] = tuple(options["layers"])
-        request = Request(store_dir=urls.join(root, spec.name), **options, **cluster)
+        request = Request(store_dir=urls.join(root, spec.name), **options, **cluster, cluster="workers" in cluster)
         try:
             check_options(request)
         except InputError as exc:
@@ -207,34 +220,51 @@ def with_cluster(jobs: JobFile, scheduler: str | None, workers: int | None) -> J
     overrides = {k: v for k, v in (("scheduler", scheduler), ("workers", workers)) if v is not None}
     if not overrides:
         return jobs
+    if workers is not None:
+        overrides["cluster"] = True
     return JobFile(jobs.name, jobs.path, jobs.store_root,
                    tuple(NamedCheck(c.name, c.request.replace(**overrides)) for c in jobs.checks), jobs.reports)
 
 
-def run_check(request: Request, progress: Progress | None = None) -> Outcome:
-    """One check: the full pipeline on the cluster, or the directional screen on the client."""
+def run_check(request: Request, progress: Progress | None = None, cluster=None) -> Outcome:
+    """One check: the full pipeline (``cluster()``: where it runs when a cluster is needed), or
+    the directional screen on the client."""
     if request.mode == "directional":
         prepared = preflight.prepare(request)
         return screen.screen(prepared, request.directions, request.seed)
-    return job.run(request, progress)
+    return job.run(request, progress, cluster=cluster)
 
 
 def run(jobs: JobFile, files: ReportFiles, progress_for, on_error) -> tuple[list[Entry], int]:
-    """Every check of a job file in order (an error in one is reported and the others still run);
-    then its reports and history. Returns the entries and the job's exit code: the first error's,
-    else 1 if any check failed, else 0."""
+    """Every check of a job file in order (an error in one is reported and the others still run),
+    on one cluster at most; then its reports and history. Returns the entries and the job's exit
+    code: the first error's, else 1 if any check failed, else 0. A stop (``Stopped``, Ctrl-C)
+    still writes the reports and history: the finished checks', the others marked stopped."""
     entries = []
-    for named in jobs.checks:
-        progress = progress_for()
+    with SharedCluster() as shared:
         try:
-            entries.append(Entry.of(named.name, run_check(named.request, progress)))
-        except (InputError, JobError) as exc:
-            on_error(named.name, exc)
-            entries.append(Entry(named.name, None, str(exc), exc.exit_code))
-        finally:
-            progress.finish()
-    outputs.record(jobs.store_root, entries)
-    outputs.write(files.merged(jobs.reports), entries, jobs.name)
+            for named in jobs.checks:
+                progress = progress_for()
+                progress.label = named.name
+                try:
+                    entries.append(Entry.of(named.name, run_check(named.request, progress,
+                                                                  lambda r=named.request: shared.use(r))))
+                except (InputError, JobError) as exc:
+                    on_error(named.name, exc)
+                    entries.append(Entry(named.name, None, str(exc), exc.exit_code))
+                finally:
+                    progress.finish()
+        except (Stopped, KeyboardInterrupt) as exc:
+            stop = exc if isinstance(exc, Stopped) else Stopped(signal.SIGINT)
+            entries += [outputs.stopped(c.name, stop) for c in jobs.checks[len(entries):]]
+            _leave_behind(jobs, files, entries)
+            raise stop from None
+    _leave_behind(jobs, files, entries)
     codes = [e.exit_code for e in entries]
     errors = [c for c in codes if c not in (report.EXIT_PASSED, report.EXIT_FAILED)]
     return entries, errors[0] if errors else max(codes)
+
+
+def _leave_behind(jobs: JobFile, files: ReportFiles, entries: list[Entry]) -> None:
+    outputs.record(jobs.store_root, entries)
+    outputs.write(files.merged(jobs.reports), entries, jobs.name)

@@ -14,7 +14,10 @@ from typing import TextIO
 
 
 class Progress:
-    """Hooks a check calls; this one shows nothing."""
+    """Hooks a check calls; this one shows nothing. ``label`` names the check in every line (a job
+    file's checks follow each other in one log)."""
+
+    label: str | None = None
 
     def start(self, total: int, already_done: int, dashboard: str | None) -> None: ...
 
@@ -42,7 +45,8 @@ class LogLines(Progress):
         """One line, stamped with the UTC time: a log read the next morning says when."""
         stream = self.stream or sys.stderr
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        stream.write(f"{stamp} {text}\n")
+        check = f"{self.label}: " if self.label else ""
+        stream.write(f"{stamp} {check}{text}\n")
         stream.flush()
 
     def start(self, total: int, already_done: int, dashboard: str | None) -> None:
@@ -90,11 +94,11 @@ class TerminalBar(Progress):
         from rich.progress import Progress as Bar
 
         if dashboard:
-            self.console.print(f"Dask dashboard: {dashboard}", soft_wrap=True, highlight=False)
+            self.note(f"Dask dashboard: {dashboard}")
         if already_done:
-            self.console.print(f"resuming: {already_done} of {total} chunks already in the store", highlight=False)
-        self.bar = Bar(TextColumn("chunks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                       console=self.console, transient=False)
+            self.note(f"resuming: {already_done} of {total} chunks already in the store")
+        self.bar = Bar(TextColumn(f"{self.label}: chunks" if self.label else "chunks"), BarColumn(), MofNCompleteColumn(),
+                       TimeRemainingColumn(), console=self.console, transient=False)
         self.task = self.bar.add_task("chunks", total=total, completed=already_done)
         self.bar.start()
 
@@ -103,6 +107,7 @@ class TerminalBar(Progress):
             self.bar.advance(self.task)
 
     def note(self, text: str) -> None:
+        text = f"{self.label}: {text}" if self.label else text
         self.console.print(text, soft_wrap=True, markup=False, highlight=False)  # above the bar while it runs
 
     def finish(self) -> None:

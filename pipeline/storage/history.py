@@ -55,9 +55,10 @@ def to_text(rows: list[dict]) -> str:
     for row in rows:
         verdict = row.get("verdict", "?")
         mark = ""
-        if verdict != "pass" and last_verdict.get(row["check"]) == "pass":
+        if verdict not in ("pass", "stopped") and last_verdict.get(row["check"]) == "pass":
             mark = "   ← new since the previous run"
-        last_verdict[row["check"]] = verdict
+        if verdict != "stopped":  # a stopped run says nothing about the code: the next one compares with the last verdict
+            last_verdict[row["check"]] = verdict
         difference = row.get("difference")
         shown = f"{difference:.4e}" if isinstance(difference, float) else "-"
         failing = f" ({', '.join(row['failing'])})" if row.get("failing") else ""

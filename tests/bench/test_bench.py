@@ -72,6 +72,11 @@ def test_bench_of_a_model_file_alone(gradjob):
     user = result["user_model"]
     assert (user["model"], user["evaluator"], user["passed"], user["n_parameters"]) == (path, "traced", True, 12 * 10 + 10 + 10 * 8 + 8 + 8 * 4 + 4)
     assert user["generic_sample"]["max_deviation_in_noise_bounds"] < 1
+    startup = result["startup"]  # issue 18: README's main job against a bare import, timed in the same run
+    assert startup["ratio"] == pytest.approx(startup["main_job_seconds"] / startup["import_seconds"])
+    assert bench.to_text(result).splitlines()[-1] == (
+        f"start-up: `gradjob submit --epsilon 1e-7 --json` (seed network, in-process) {startup['main_job_seconds']:.2f} s "
+        f"against `python -c \"import gradjob\"` {startup['import_seconds']:.2f} s: {startup['ratio']:.1f}×")
 
 
 def test_baseline_subset_is_fixed_and_spread_over_the_tensors():

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 
 import dask
 import numpy as np
@@ -20,6 +21,7 @@ import zarr
 from distributed import Client, LocalCluster
 
 from gradjob.numerics.verify import RUNGS
+from gradjob.run import job
 
 GRADJOB = [sys.executable, "-c", "from gradjob.cli import app; app(prog_name='gradjob')"]
 
@@ -72,6 +74,12 @@ def raising_forward(X, Y, parameters):
     return network_forward(X, Y, parameters)
 
 
+def hang_forward(X, Y, parameters):
+    if _perturbed(parameters, "W2", (1, 2)):
+        time.sleep(3600)  # never returns, as a deadlocked library call would not
+    return network_forward(X, Y, parameters)
+
+
 def nan_forward(X, Y, parameters):
     cost, cache = network_forward(X, Y, parameters)
     return (math.nan if _perturbed(parameters, "b2", (0, 0)) else cost), cache
@@ -85,6 +93,11 @@ backward = network_backward
 CRASH_MESSAGE = ("\ngradjob: error: chunk 10 (parameters 30–32: W2[1, 0] to W2[1, 2]) killed the workers that "
                  "ran it, also when run alone; its forward may crash the process. Finished chunks are kept in "
                  "the store\n")
+
+
+HANG_MESSAGE = ("\ngradjob: error: chunk 10 (parameters 30–32: W2[1, 0] to W2[1, 2]) ran longer than the task time "
+                "limit of 2 s; its forward may hang at one of these parameters (raise the limit with --task-timeout "
+                "or the job file's task_timeout if it is only slow); finished chunks are kept in the store\n")
 
 
 def suspects(stderr):
@@ -151,7 +164,8 @@ def test_client_stopped_then_resubmitted(tmp_path, clean_run, stop, code):
     lock released, the workers shut down; the resubmitted job gives the identical result."""
     model, clean, clean_gradapprox = clean_run
     store, calls = tmp_path / "interrupted.zarr", tmp_path / "calls.log"
-    command = GRADJOB + ["submit", "--json", "--workers", "2", "--store", str(store), *model_args(model)]
+    command = GRADJOB + ["submit", "--json", "--workers", "2", "--store", str(store), "--junit", "j.xml",
+                         *model_args(model)]
     env = {**os.environ, "GRADJOB_TEST_SLEEP": "0.02"}
     client = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_until(lambda: done_count(store) >= 3)
@@ -162,6 +176,11 @@ def test_client_stopped_then_resubmitted(tmp_path, clean_run, stop, code):
                            "job again to resume\n")
     assert "leaked" not in stderr and "Traceback" not in stderr
     assert not (tmp_path / "interrupted.zarr.lock").exists()
+    error = ET.parse(tmp_path / "j.xml").getroot().find(".//error")  # CI does not publish an older report
+    assert error.get("message") == (f"stopped by {stop.name} before it finished; finished chunks are kept in the "
+                                    "store: submit the same job again to resume")
+    row = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[-1])
+    assert (row["check"], row["verdict"]) == ("interrupted", "stopped")
     finished = done(store)
     assert 3 <= finished.sum() < finished.size
     sizes = np.array([min(3, 47 - start) for start in range(0, 47, 3)])
@@ -178,7 +197,9 @@ def test_client_stopped_then_resubmitted(tmp_path, clean_run, stop, code):
     ladders = zarr.open_group(store, mode="r")["verify/index"].shape[0] * (1 + 2 * RUNGS)
     client_calls = len(preflight.read_text().splitlines())
     assert 2 <= client_calls <= 2 + 3 * 7  # the determinism check, and ECnoise's 7 points a few times
-    assert len(calls.read_text().splitlines()) == client_calls + 2 * int(sizes[~finished].sum()) + ladders
+    # and the resumed job times its forward (job.PROBE_EVALUATIONS) for its task time limit
+    assert (len(calls.read_text().splitlines())
+            == client_calls + job.PROBE_EVALUATIONS + 2 * int(sizes[~finished].sum()) + ladders)
     assert result["evaluated_chunks"] == int((~finished).sum())
     assert gradapprox(store).tobytes() == clean_gradapprox.tobytes()
     assert result["difference"] == clean["difference"]
@@ -312,3 +333,85 @@ def test_a_lock_from_another_host_needs_break_lock(tmp_path, gradjob, cluster_ad
     assert not (tmp_path / "s.zarr").exists()
     run = gradjob(*args, "--break-lock")
     assert run.exit_code == 1 and "took over a stale lock of process 7 on elsewhere" in run.stderr
+
+
+@pytest.mark.parametrize("where", [[], ["--workers", "1"]], ids=["in-process", "embedded-cluster"])
+def test_a_forward_that_hangs_ends_the_job_named_and_finished_chunks_stay(tmp_path, write_model, gradjob, where):
+    """Issue 19: a hang at one perturbation used to hang the job forever; the time limit ends it, naming
+    the chunk, on the serial executor and on the cluster alike."""
+    model = write_model(CRASHING_MODEL, "crashing.py")
+    store = tmp_path / "s.zarr"
+    run = gradjob("submit", "--store", store, "--task-timeout", "2", *where, *model_args(model, "hang_forward"))
+    assert run.exit_code == 3, run.stderr
+    assert run.stderr.endswith(HANG_MESSAGE)
+    finished = done(store)
+    assert finished[:10].all() and not finished[10]  # in order in-process; on the cluster later chunks may be done too
+    assert not (tmp_path / "s.zarr.lock").exists()
+    assert_finished_chunks_as_without_the_crash(store, finished, tmp_path, write_model, gradjob)
+
+
+STOPPED_JOB = '''
+[job]
+name = "nightly"
+store_root = "stores"
+[reports]
+json = "reports/nightly.json"
+junit = "reports/nightly.xml"
+[[check]]
+name = "quick"
+model = "network"
+case = "seed"
+[[check]]
+name = "stuck"
+model = "crashing.py"
+forward = "hang_forward"
+backward = "backward"
+case = "random"
+layers = [4, 5, 3, 1]
+chunk_size = 3
+fast = false
+[[check]]
+name = "never-started"
+model = "network"
+case = "seed"
+'''
+
+
+def test_a_stopped_job_file_reports_the_finished_checks_and_marks_the_others_stopped(tmp_path, write_model):
+    """Issue 19: a stopped nightly wrote no reports and no history, so CI published the night before's."""
+    write_model(CRASHING_MODEL, "crashing.py")
+    (tmp_path / "job.toml").write_text(STOPPED_JOB)
+    job = subprocess.Popen(GRADJOB + ["submit", "job.toml"], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in job.stderr:  # the stuck check's progress lines name it
+        lines.append(line)
+        if re.match(r"^\S+Z stuck: chunks 0/16$", line):
+            break
+    job.send_signal(signal.SIGTERM)
+    _, rest = job.communicate(timeout=120)
+    stderr = "".join(lines) + rest
+    assert job.returncode == 143, stderr
+    assert stderr.endswith("gradjob: stopped by SIGTERM; finished chunks are kept in the store: submit the same job "
+                           "again to resume\n")
+    stopped = ("stopped by SIGTERM before it finished; finished chunks are kept in the store: submit the same job "
+               "again to resume")
+    checks = json.loads((tmp_path / "reports/nightly.json").read_text())["checks"]
+    assert [c["check"] for c in checks] == ["quick", "stuck", "never-started"]
+    assert checks[0]["passed"] is True
+    assert checks[1:] == [{"check": name, "passed": False, "error": stopped, "exit_code": 143}
+                          for name in ("stuck", "never-started")]
+    suites = ET.parse(tmp_path / "reports/nightly.xml").getroot()
+    assert [e.get("message") for e in suites.findall(".//error")] == [stopped, stopped]
+    assert suites[0].findall(".//error") == [] and suites[0].get("failures") == "0"
+    rows = [json.loads(line) for line in (tmp_path / "stores/history.jsonl").read_text().splitlines()]
+    assert [(r["check"], r["verdict"]) for r in rows] == [("quick", "pass"), ("stuck", "stopped"),
+                                                          ("never-started", "stopped")]
+
+
+def test_the_default_time_limit_is_generous():
+    """max(60 s, 50× the task's expected time from the measured time per evaluation)."""
+    from gradjob.executors.limits import default_limit
+
+    assert default_limit(1e-3, 600) == 60.0      # 0.6 s expected: the floor
+    assert default_limit(1e-2, 600) == 300.0     # 6 s expected: fifty times that

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -188,6 +189,11 @@ case = "seed"
      "job file {f}: check 'a': precision must be one of 'float64' or 'model'; got 'float32'"),
     ("[cluster]\nworkers = 0\n[[check]]\nname = 'a'\n", "job file {f}: [cluster]: workers must be at least 1; got 0"),
     ("[[check]]\nname = 3\n", "job file {f}: check 1: name must be a string; got 3"),
+    ("[[check]]\nname = 'a'\ntask_timeout = 0\n", "job file {f}: check 'a': task_timeout must be greater than 0; got 0"),
+    # issue 19: a check's name is its folder under store_root; "../../escaped" wrote outside it
+    *[(f"[[check]]\nname = '{name}'\n", f"job file {{f}}: check name '{name}' is not a plain name; use letters, "
+       "digits, '.', '_' and '-', starting with a letter or digit (it names the check's folder under store_root)")
+      for name in ("../../escaped", "..", "a/b", "/abs", "")],
 ])
 def test_bad_job_files(gradjob, tmp_path, text, message):
     (tmp_path / "bad.toml").write_text(text)
@@ -211,3 +217,63 @@ def test_single_directional_screen_writes_its_reports(gradjob, tmp_path):
     page = (tmp_path / "screen.html").read_text()
     assert "FAIL" in page and "no per-element heatmaps" in page
     assert len(ET.parse(tmp_path / "screen.xml").getroot().findall(".//failure")) == 3
+
+
+THREE_SMALL_CHECKS = '''
+[cluster]
+workers = 1
+[[check]]
+name = "seed-a"
+model = "network"
+case = "seed"
+[[check]]
+name = "seed-b"
+model = "seed-buggy"
+[[check]]
+name = "seed-c"
+model = "linear"
+'''
+
+
+def test_a_job_file_starts_one_cluster_and_its_log_names_each_check(gradjob, tmp_path, monkeypatch):
+    """Issue 18: a cluster per check (3 tiny checks: 23 s); issue 20: progress lines named no check, and a
+    resubmitted finished check did not say its verdict came from the store."""
+    from gradjob.executors import cluster
+
+    started = []
+    enter = cluster.DaskExecutor.__enter__
+    monkeypatch.setattr(cluster.DaskExecutor, "__enter__", lambda self: started.append(self) or enter(self))
+    (tmp_path / "job.toml").write_text(THREE_SMALL_CHECKS)
+    run = gradjob("submit", "job.toml", "--json")
+    assert run.exit_code == 1, run.stderr  # seed-b's planted bugs
+    assert len(started) == 1
+    for name in ("seed-a", "seed-b", "seed-c"):
+        assert re.search(rf"^\S+Z {name}: chunks \d+/\d+, ", run.stderr, re.M)
+    assert "Dask dashboard" not in run.stderr  # an embedded cluster without bokeh: nothing to say
+
+    again = gradjob("submit", "job.toml")
+    assert again.exit_code == 1
+    assert again.stdout.rstrip().endswith("job job: 2 of 3 checks passed; not passed: seed-b")
+    for check in json.loads(run.stdout)["checks"]:
+        assert (f"gradjob: note: {check['check']}: verdict of the finished store {check['store']}, no evaluation\n"
+                in again.stderr)
+    assert len(started) == 1  # nothing left to evaluate: no cluster at all
+
+
+def test_the_dashboard_line_is_said_once_per_job(gradjob, tmp_path, cluster_address):
+    (tmp_path / "job.toml").write_text(THREE_SMALL_CHECKS.replace("workers = 1", f"scheduler = '{cluster_address}'"))
+    run = gradjob("submit", "job.toml")
+    assert run.exit_code == 1, run.stderr
+    assert run.stderr.count("Dask dashboard: not available (the scheduler has no bokeh") == 1
+
+
+def test_task_timeout_and_an_asked_cluster_reach_each_check(tmp_path):
+    from gradjob.run import jobfile
+
+    (tmp_path / "job.toml").write_text("[[check]]\nname = 'a'\ntask_timeout = 90\n[[check]]\nname = 'b'\n")
+    a, b = jobfile.load(str(tmp_path / "job.toml")).checks
+    assert (a.request.task_timeout, b.request.task_timeout) == (90, None)
+    assert not a.request.cluster  # small work may run in-process
+    (tmp_path / "job.toml").write_text("[cluster]\nworkers = 1\n[[check]]\nname = 'a'\n")
+    assert jobfile.load(str(tmp_path / "job.toml")).checks[0].request.cluster
+    assert jobfile.with_cluster(jobfile.load(str(tmp_path / "job.toml")), None, 2).checks[0].request.cluster

@@ -17,9 +17,13 @@ GRADJOB = [sys.executable, "-c", "from gradjob.cli import app; app(prog_name='gr
 
 
 def test_embedded_default_cluster_in_a_real_process(tmp_path):
+    scratch = tmp_path / "tmp"  # issue 19: Dask's dask-scratch-space/*.lock files were left in $TMPDIR
+    scratch.mkdir()
     run = subprocess.run(GRADJOB + ["submit", "--epsilon", "1e-7", "--workers", "2", "--json"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TMPDIR": str(scratch)})
     assert run.returncode == 1, run.stderr
+    assert list(scratch.iterdir()) == []
     result = json.loads(run.stdout)  # stdout holds the JSON object and nothing else
     assert abs(result["difference"] - SEED_BUGGY_DIFFERENCE) <= 1e-9 * SEED_BUGGY_DIFFERENCE
     assert result["failing"] == ["b1", "W2"]

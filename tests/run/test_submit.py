@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -92,7 +93,8 @@ def run_embedded(tmp_path, name, **options):
 def test_identical_results_for_chunk_sizes_and_worker_counts(tmp_path, cluster_address):
     """Chunk sizes 1, 7, 47 on the shared cluster; 1 and 2 workers on embedded clusters."""
     runs = [run_embedded(tmp_path, f"c{size}.zarr", chunk_size=size, scheduler=cluster_address) for size in (1, 7, 47)]
-    runs += [run_embedded(tmp_path, f"w{workers}.zarr", workers=workers) for workers in (1, 2)]
+    runs += [run_embedded(tmp_path, f"w{workers}.zarr", workers=workers, cluster=True) for workers in (1, 2)]
+    runs += [run_embedded(tmp_path, "in-process.zarr")]  # small work, no cluster asked for: the serial executor
     reference, reference_bytes = runs[0]
     for outcome, gradapprox_bytes in runs[1:]:
         assert gradapprox_bytes == reference_bytes
@@ -128,3 +130,25 @@ def test_network_over_20000_parameters(gradjob, cluster_address, write_model, ba
         assert result["tensors"]["W2"]["diagnosis"] == "dW2 is 1.01× the numerical gradient"
     else:
         assert result["difference"] < 1e-7
+
+
+IN_PROCESS = re.compile(r"^gradjob: note: ran in this process: about \S+ s of forward work, less than starting a "
+                        r"cluster takes \(--workers N or --scheduler runs it on one\)$", re.M)
+
+
+def test_a_small_check_runs_in_this_process_unless_a_cluster_is_asked_for(gradjob, tmp_path):
+    """Issue 18: the seed network's 47 parameters took ~6.5 s on an embedded cluster, 7 ms in a loop."""
+    run, result = submit_json(gradjob, "--epsilon", "1e-7", "--store", "a.zarr")
+    assert run.exit_code == 1
+    assert result["difference"] == SEED_BUGGY_DIFFERENCE
+    assert IN_PROCESS.search(run.stderr)
+    forced, result = submit_json(gradjob, "--epsilon", "1e-7", "--store", "b.zarr", "--workers", "1")
+    assert forced.exit_code == 1
+    assert result["difference"] == SEED_BUGGY_DIFFERENCE
+    assert not IN_PROCESS.search(forced.stderr)
+    assert zarr.open_group(tmp_path / "a.zarr")["gradapprox"][:].tobytes() == \
+        zarr.open_group(tmp_path / "b.zarr")["gradapprox"][:].tobytes()
+    outcome = job.run(Request(epsilon=1e-7, store=str(tmp_path / "c.zarr")))
+    assert outcome.peak_worker_rss_bytes is None  # no worker process: the serial executor ran it
+    big = job.run(Request(epsilon=1e-7, store=str(tmp_path / "d.zarr"), workers=1, cluster=True))
+    assert big.peak_worker_rss_bytes > 0
