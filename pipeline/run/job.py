@@ -22,7 +22,7 @@ from gradjob.model.spec import ModelSpec
 from gradjob.numerics import noise
 from gradjob.numerics.reduce import reduce_gradients
 from gradjob.run import evaluators, identity, preflight, reuse, reverify, tasks
-from gradjob.run.plan import Plan, default_chunk_size, make_plan
+from gradjob.run.plan import Plan, clamped_chunk_size, default_chunk_size, make_plan
 from gradjob.run.progress import Progress
 from gradjob.storage import lock, store, urls, verification
 from gradjob.types import Calibration, Outcome, Request, StoreMeta
@@ -82,7 +82,8 @@ def plan_of(prepared: preflight.Prepared, done=None, chunk_size: int | None = No
     size = chunk_size or request.chunk_size or default_chunk_size(n, request.workers)
     steps = (f"ε = {request.epsilon:g}, fixed" if request.epsilon is not None
              else "automatic, from the forward's noise measured per tensor (ECnoise)")
-    held = evaluators.held_bytes(prepared.evaluator, prepared.layout, prepared.case.X, prepared.case.Y, size)
+    held = evaluators.held_bytes(prepared.evaluator, prepared.layout, prepared.case.X, prepared.case.Y,
+                                 clamped_chunk_size(size, n))
     return make_plan(n, request.workers, size, done, store=prepared.store, evaluator=prepared.evaluator, steps=steps,
                      worker_bytes=held)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from gradjob.errors import InputError
 from gradjob.run import identity
+from gradjob.run.plan import clamped_chunk_size
 from gradjob.run.preflight import Prepared
 from gradjob.storage import store, urls
 from gradjob.types import StoreMeta
@@ -40,7 +41,8 @@ def existing_store(prepared: Prepared) -> tuple[list[str], bool]:
             f"store {path} was made by another job ({', '.join(differing)} differ); "
             "choose another --store or pass --overwrite to start afresh"
         )
-    if request.chunk_size is not None and request.chunk_size != meta.chunk_size:
+    asked = request.chunk_size and clamped_chunk_size(request.chunk_size, prepared.layout.n_parameters)
+    if asked and asked != meta.chunk_size:
         raise InputError(
             f"store {path} is chunked by {meta.chunk_size}; resume with --chunk-size {meta.chunk_size} "
             "or pass --overwrite"
