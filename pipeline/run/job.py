@@ -22,7 +22,7 @@ from gradjob.model.spec import ModelSpec
 from gradjob.numerics import noise
 from gradjob.numerics.reduce import reduce_gradients
 from gradjob.run import evaluators, identity, preflight, reuse, reverify, tasks
-from gradjob.run.plan import Plan, clamped_chunk_size, default_chunk_size, make_plan
+from gradjob.run.plan import Plan, clamped_chunk_size, default_chunk_size, make_plan, plan_chunks
 from gradjob.run.progress import Progress
 from gradjob.storage import lock, store, urls, verification
 from gradjob.types import Calibration, Outcome, Request, StoreMeta
@@ -48,8 +48,9 @@ def run(request: Request, progress: Progress | None = None,
         with lock.holding(prepared.store, request.break_lock) as lock_note:
             notes += [lock_note] if lock_note else []
             resumed = None if afresh or not urls.exists(prepared.store) else resume(prepared)
+            notes += resumed.notes if resumed else []
             if resumed and not resumed.plan.todo and resumed.verdicts is not None:
-                meta, plan, verdicts = resumed  # finished: nothing to run
+                meta, plan, verdicts = resumed.meta, resumed.plan, resumed.verdicts  # finished: nothing to run
             else:
                 with executor() as ex:  # connected first: an unreachable cluster refuses before a store is written
                     meta, plan = (resumed.meta, resumed.plan) if resumed else create(prepared, seconds)
@@ -92,14 +93,23 @@ class Resumed(NamedTuple):
     meta: StoreMeta
     plan: Plan
     verdicts: dict | None  # None until the suspects are re-verified
+    notes: list[str]
 
 
 def resume(prepared: preflight.Prepared) -> Resumed:
-    """The existing store of this job: its metadata, what is left to do, its verified suspects."""
+    """The existing store of this job: its metadata, what is left to do (done chunks whose results
+    fail their checksum are evaluated again), its verified suspects."""
     group = store.open_existing(prepared.store, mode="r")
     meta = store.metadata(group)
-    return Resumed(meta, plan_of(prepared, store.done_mask(group), meta.chunk_size),
-                   verification.read_verification(group, prepared.store))
+    done = store.done_mask(group)
+    damaged = store.damaged_chunks(group, done)
+    done[list(damaged)] = False
+    chunks = plan_chunks(meta.layout.n_parameters, meta.chunk_size)
+    notes = [f"chunk {k} of {name} in {prepared.store} fails its checksum (parameters "
+             f"{meta.layout.describe(chunks[k].start)} to {meta.layout.describe(chunks[k].stop - 1)}): evaluated again"
+             for k, name in damaged.items()]
+    verdicts = verification.read_verification(group, prepared.store)
+    return Resumed(meta, plan_of(prepared, done, meta.chunk_size), None if damaged else verdicts, notes)
 
 
 def create(prepared: preflight.Prepared, seconds: dict) -> tuple[StoreMeta, Plan]:

@@ -11,6 +11,10 @@ Layout of the group::
     case/X, case/Y       the inputs, so workers read them once from the store
     verify/…             the re-verified suspects (see ``verification``): index, class,
                          estimate, tolerance and their ladders; written once by the client, sealed
+
+Every chunk of every array ends in a crc32c checksum (Zarr's ``crc32c`` codec), so a flipped bit
+is found when the chunk is read instead of changing the verdict. The checksum is unkeyed: it
+detects damage, not tampering.
 """
 
 from __future__ import annotations
@@ -26,9 +30,65 @@ from gradjob.errors import InputError
 from gradjob.run.plan import Chunk
 from gradjob.types import StoreMeta
 
-FORMAT = 2
+FORMAT = 3  # 3: every chunk checksummed
 RESULT_ARRAYS = ("gradapprox", "cost_plus", "cost_minus", "step", "noise")
 READ_BLOCK = 1 << 16  # elements per read when streaming; fixed, so results never depend on chunking
+
+
+def codecs() -> dict:
+    """The compressors of every array gradjob writes: Zarr's default zstd, then a crc32c checksum."""
+    return {"compressors": (zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec())}
+
+
+class DamagedChunk(InputError):
+    """A stored chunk whose bytes no longer match their checksum."""
+
+    def __init__(self, where: str, array: str, chunk: tuple[int, ...], start: int | None = None):
+        self.array, self.chunk = array, chunk
+        key = ", ".join(map(str, chunk))
+        todo = ("resubmit the job to evaluate it again" if array in RESULT_ARRAYS
+                else "resubmit with --overwrite")
+        super().__init__(f"store {where} is corrupted: chunk {key} of {array} fails its checksum; {todo}")
+
+
+def checked(array: zarr.Array, selection=slice(None)) -> np.ndarray:
+    """``array[selection]``, or ``DamagedChunk`` naming the first chunk that fails its checksum."""
+    try:
+        return array[selection]
+    except ValueError as exc:
+        if "checksum" not in str(exc):
+            raise
+    for block in np.ndindex(*array.cdata_shape):
+        if not _intact(array, block):
+            raise DamagedChunk(where(array), array.path, block)
+    raise AssertionError(f"{array.path}: a checksum failed but no chunk fails it alone")  # pragma: no cover
+
+
+def _intact(array: zarr.Array, block: tuple[int, ...]) -> bool:
+    try:
+        array.get_block_selection(block)
+    except ValueError as exc:
+        if "checksum" not in str(exc):
+            raise
+        return False
+    return True
+
+
+def where(node: zarr.Array | zarr.Group) -> str:
+    """The store's path as it was opened (a local path, or the URL's path)."""
+    return str(getattr(node.store, "root", None) or getattr(node.store, "path", None) or node.store)
+
+
+def damaged_chunks(group: zarr.Group, done: np.ndarray) -> dict[int, str]:
+    """Done job chunks whose results fail their checksum, with the first such array: a resume
+    evaluates them again. A damaged case (which the workers read) is refused here."""
+    read_case(group)
+    damaged = {}
+    for k in np.flatnonzero(done):
+        bad = next((name for name in RESULT_ARRAYS if not _intact(group[name], (int(k),))), None)
+        if bad:
+            damaged[int(k)] = bad
+    return damaged
 
 
 def create(path: str, meta: StoreMeta, theta: np.ndarray, grad: np.ndarray, X: np.ndarray, Y: np.ndarray,
@@ -41,15 +101,15 @@ def create(path: str, meta: StoreMeta, theta: np.ndarray, grad: np.ndarray, X: n
     n = theta.size
     block = min(n, READ_BLOCK)
     for name, vector in (("theta", theta), ("grad", grad)):  # NaN fill: a lost chunk reads as missing, not 0
-        group.create_array(name, shape=(n,), chunks=(block,), dtype=vector.dtype, fill_value=np.nan)
+        group.create_array(name, shape=(n,), chunks=(block,), dtype=vector.dtype, fill_value=np.nan, **codecs())
         group[name][:] = vector
     for name in RESULT_ARRAYS:
         group.create_array(name, shape=(n,), chunks=(meta.chunk_size,), dtype="f8", fill_value=np.nan,
-                           config={"write_empty_chunks": True})
-    group.create_array("done", shape=(meta.n_chunks,), chunks=(1,), dtype="u1", fill_value=0)
+                           config={"write_empty_chunks": True}, **codecs())
+    group.create_array("done", shape=(meta.n_chunks,), chunks=(1,), dtype="u1", fill_value=0, **codecs())
     case = group.create_group("case")
-    case.create_array("X", data=np.asarray(X))
-    case.create_array("Y", data=np.asarray(Y))
+    case.create_array("X", data=np.asarray(X), **codecs())
+    case.create_array("Y", data=np.asarray(Y), **codecs())
     group.attrs["gradjob"] = sealed(meta.to_json())
 
 
@@ -93,7 +153,7 @@ def metadata(group: zarr.Group) -> StoreMeta:
 
 
 def done_mask(group: zarr.Group) -> np.ndarray:
-    return np.asarray(group["done"][:], dtype=bool)
+    return np.asarray(checked(group["done"]), dtype=bool)
 
 
 def read_vector(group: zarr.Group, name: str) -> np.ndarray:
@@ -108,12 +168,12 @@ def read_range(group: zarr.Group, name: str, start: int, stop: int) -> np.ndarra
     out = np.empty(stop - start, dtype=array.dtype)
     for first in range(start, stop, READ_BLOCK):
         last = min(stop, first + READ_BLOCK)
-        out[first - start:last - start] = array[first:last]
+        out[first - start:last - start] = checked(array, slice(first, last))
     return out
 
 
 def read_case(group: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
-    return group["case/X"][...], group["case/Y"][...]
+    return checked(group["case/X"]), checked(group["case/Y"])
 
 
 def write_chunk(group: zarr.Group, chunk: Chunk, results: dict[str, np.ndarray]) -> None:
@@ -132,4 +192,5 @@ def iter_blocks(group: zarr.Group, start: int, stop: int,
     arrays = {name: group[name] for name in names}
     for block_start in range(start, stop, READ_BLOCK):
         block_stop = min(stop, block_start + READ_BLOCK)
-        yield {name: np.asarray(a[block_start:block_stop], dtype=np.float64) for name, a in arrays.items()}
+        yield {name: np.asarray(checked(a, slice(block_start, block_stop)), dtype=np.float64)
+               for name, a in arrays.items()}

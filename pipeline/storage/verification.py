@@ -11,6 +11,7 @@ import zarr
 
 from gradjob.errors import InputError
 from gradjob.numerics.verify import Verdict
+from gradjob.storage import store
 
 VERIFY_ARRAYS = ("index", "klass", "estimate", "tolerance", "cost", "cost_plus", "cost_minus", "step_plus",
                  "step_minus")
@@ -20,7 +21,7 @@ def write_verification(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None
     """The verified suspects and their ladders, once, from the client; sealed by a checksum."""
     folder = group.require_group("verify")
     for name in VERIFY_ARRAYS:
-        folder.create_array(name, data=np.ascontiguousarray(arrays[name]), overwrite=True)
+        folder.create_array(name, data=np.ascontiguousarray(arrays[name]), overwrite=True, **store.codecs())
     folder.attrs["checksum"] = _arrays_checksum(arrays)
 
 
@@ -29,7 +30,7 @@ def read_verification(group: zarr.Group, path: str) -> dict[int, Verdict] | None
     if "verify" not in group or "checksum" not in group["verify"].attrs:
         return None
     folder = group["verify"]
-    arrays = {name: folder[name][...] for name in VERIFY_ARRAYS}
+    arrays = {name: store.checked(folder[name]) for name in VERIFY_ARRAYS}
     if folder.attrs["checksum"] != _arrays_checksum(arrays):
         raise InputError(f"store {path} is corrupted: its verified suspects were edited; resubmit with --overwrite")
     return verdicts_of(arrays)
