@@ -28,6 +28,7 @@ import zarr
 
 from gradjob.errors import InputError
 from gradjob.run.plan import Chunk
+from gradjob.storage import schema
 from gradjob.types import StoreMeta
 
 FORMAT = 3  # 3: every chunk checksummed
@@ -149,7 +150,8 @@ def open_existing(path: str, mode: str = "r") -> zarr.Group:
 
 
 def metadata(group: zarr.Group) -> StoreMeta:
-    return StoreMeta.from_json(dict(group.attrs["gradjob"]))
+    """The store's metadata, checked against its schema and its arrays (see ``schema``)."""
+    return schema.validated(dict(group.attrs["gradjob"]), group, where(group))
 
 
 def done_mask(group: zarr.Group) -> np.ndarray:

@@ -95,3 +95,59 @@ def test_report_and_resume_refuse_a_flipped_bit_elsewhere(gradjob, clean, tmp_pa
         run = gradjob(*args)
         assert (run.exit_code, run.stderr) == (2, expected)
     assert store_fingerprint(copy) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 19: crafted attributes (their checksum recomputed, as anyone can: it is unkeyed)
+
+
+def craft(path, change):
+    from gradjob.storage import store
+
+    group = zarr.open_group(path, mode="r+")
+    meta = {k: v for k, v in dict(group.attrs["gradjob"]).items() if k not in ("format", "checksum")}
+    change(meta)
+    group.attrs["gradjob"] = store.sealed(meta)
+
+
+def tensors(meta, value):
+    meta["layout"]["tensors"] = value
+
+
+CRAFTED = [
+    ("chunk size a string", lambda m: m.update(chunk_size="7"), "has a wrong chunk_size: input should be a valid integer"),
+    ("layout missing", lambda m: m.pop("layout"), "has a wrong layout: field required"),
+    ("shape not a list", lambda m: tensors(m, [["W1", 5, 0]]), "has a wrong layout.tensors.0.1: input should be a valid "
+     "array"),
+    ("negative epsilon", lambda m: m.update(epsilon=-1e-7), "has a wrong epsilon: input should be greater than 0"),
+    ("unknown method", lambda m: m.update(method="backward"),
+     "has a wrong method: input should be 'central', 'five-point' or 'complex-step'"),
+    ("not a float dtype", lambda m: m["layout"].update(dtype="int8"), "names 'int8' as a dtype; a float dtype is "
+     "expected"),
+    ("10^10 parameters", lambda m: tensors(m, [["W1", [100000, 100000], 0], *m["layout"]["tensors"][1:]]),
+     "puts tensor 'b1' at offset 20, not 10000000000 after the tensors before it"),
+    ("10^10 parameters, offsets consistent", lambda m: tensors(m, [["W1", [100000, 100000], 0]]),
+     "calibrates other tensors than its layout has"),
+    ("more chunks", lambda m: m.update(n_chunks=8), "describes 8 chunks of 7 but its arrays are chunked by 7, with 7 "
+     "done flags"),
+]
+
+
+def one_tensor_of_10_10(meta):
+    tensors(meta, [["W1", [100000, 100000], 0]])
+    meta["calibration"]["tensors"] = meta["calibration"]["tensors"][:1]
+
+
+@pytest.mark.parametrize("name, change, problem", CRAFTED + [
+    ("10^10 parameters, calibrated", one_tensor_of_10_10,
+     "describes 10,000,000,000 parameters but its array theta holds 47")], ids=lambda x: x if isinstance(x, str) else "")
+def test_crafted_attributes_are_refused_in_one_line(gradjob, clean, tmp_path, name, change, problem):
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(clean[0], copy)
+    craft(copy, change)
+    before = store_fingerprint(copy)
+    expected = f"gradjob: error: store {copy} is corrupted: its gradjob metadata {problem}; resubmit with --overwrite\n"
+    for args in (["report", copy], ["submit", "--epsilon", "1e-7", "--chunk-size", "7", "--store", copy]):
+        run = gradjob(*args)
+        assert (run.exit_code, run.stdout, run.stderr) == (2, "", expected)
+    assert store_fingerprint(copy) == before
