@@ -33,6 +33,10 @@ def existing_store(prepared: Prepared) -> tuple[list[str], bool]:
         if not store.recognised(path):
             raise InputError(f"{path} exists and is not a gradjob store; --overwrite deletes only gradjob stores")
         return [], True
+    if store.half_created(path):  # a full disk or a kill while it was being created
+        if request.resume:
+            raise InputError(f"--resume: store {path} was never fully created; submit without --resume to start afresh")
+        return [f"store {path} was left half-created; starting afresh"], True
     group = store.open_existing(path, mode="r")  # refuses a store that is not intact
     meta = store.metadata(group)
     differing = identity.differences(meta.identity, prepared.identity)

@@ -27,6 +27,7 @@ import filelock
 
 from gradjob.errors import InputError
 from gradjob.storage import urls
+from gradjob.storage.store import disk_full
 
 RECORD = ("host", "pid", "since")  # what a gradjob lock file holds, as JSON
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # Windows has no symbolic-link flag; lstat below still refuses links
@@ -67,11 +68,12 @@ def holding(store: str, break_lock: bool = False) -> Iterator[str | None]:
                 raise InputError(f"store {store} is locked by process {holder.get('pid')} on {holder.get('host')} "
                                  f"(since {holder.get('since')}); if that job is dead, pass --break-lock")
             note = f"took over a stale lock of process {holder.get('pid')} on {holder.get('host')}"
-        _write(path, mine)
+        with disk_full(store):
+            _write(path, mine)
         yield note
     finally:
-        try:
-            if _read(path) == mine:  # ours, and still held: no one else can have written it since
+        try:  # ours, and still held: no one else can have written it since
+            if _read(path) == mine or (not existed and _empty(path)):
                 path.unlink(missing_ok=True)
         finally:
             lock.release()
@@ -100,6 +102,15 @@ def _foreign(path: Path, store: str, content: bool) -> bool:
         raise InputError(f"{path} {problem}, not a gradjob lock file; gradjob never replaces it: remove it or choose "
                          "another --store")
     return True
+
+
+def _empty(path: Path) -> bool:
+    """An empty regular file: the lock created it and we could not write our record into it."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size == 0
 
 
 def _write(path: Path, record: dict) -> None:

@@ -19,6 +19,8 @@ detects damage, not tampering.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 from typing import Iterator
@@ -26,12 +28,13 @@ from typing import Iterator
 import numpy as np
 import zarr
 
-from gradjob.errors import InputError
+from gradjob.errors import InputError, JobError
 from gradjob.run.plan import Chunk
-from gradjob.storage import schema
+from gradjob.storage import schema, urls
 from gradjob.types import StoreMeta
 
 FORMAT = 3  # 3: every chunk checksummed
+CREATING = {"creating": "a gradjob store whose creation has not finished"}  # its metadata until then
 RESULT_ARRAYS = ("gradapprox", "cost_plus", "cost_minus", "step", "noise")
 READ_BLOCK = 1 << 16  # elements per read when streaming; fixed, so results never depend on chunking
 
@@ -94,11 +97,27 @@ def damaged_chunks(group: zarr.Group, done: np.ndarray) -> dict[int, str]:
 
 def create(path: str, meta: StoreMeta, theta: np.ndarray, grad: np.ndarray, X: np.ndarray, Y: np.ndarray,
 ) -> None:
-    """Write a new store: metadata, θ, the gradient and the case, before any task runs."""
+    """Write a new store: metadata, θ, the gradient and the case, before any task runs. Until its
+    metadata is written last, the group says it is being created (``CREATING``): a store left
+    half-made by a kill is recognised, and resubmitting starts it afresh."""
     try:
-        group = zarr.open_group(path, mode="w")
+        with disk_full(path):
+            group = zarr.open_group(path, mode="w", attributes={"gradjob": CREATING})
+    except JobError:
+        raise
     except Exception as exc:  # local OSErrors, and whatever an fsspec backend raises
         raise InputError(f"cannot write the store at {path}: {exc}; choose another --store") from None
+    try:
+        with disk_full(path):
+            _fill(group, meta, theta, grad, X, Y)
+    except JobError:
+        with contextlib.suppress(Exception):
+            urls.remove(path)  # ours, half-made: give the space back (if this fails, CREATING marks it)
+        raise
+
+
+def _fill(group: zarr.Group, meta: StoreMeta, theta: np.ndarray, grad: np.ndarray, X: np.ndarray, Y: np.ndarray,
+          ) -> None:
     n = theta.size
     block = min(n, READ_BLOCK)
     for name, vector in (("theta", theta), ("grad", grad)):  # NaN fill: a lost chunk reads as missing, not 0
@@ -112,6 +131,25 @@ def create(path: str, meta: StoreMeta, theta: np.ndarray, grad: np.ndarray, X: n
     case.create_array("X", data=np.asarray(X), **codecs())
     case.create_array("Y", data=np.asarray(Y), **codecs())
     group.attrs["gradjob"] = sealed(meta.to_json())
+
+
+@contextlib.contextmanager
+def disk_full(path: str) -> Iterator[None]:
+    """A full disk (or quota) while writing the store: one line and exit 3; what is written stays."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise JobError(f"disk full writing {path}; free some space and submit the same job again") from None
+
+
+def half_created(path: str) -> bool:
+    """Is ``path`` a store whose creation never finished (see ``create``)?"""
+    try:
+        return zarr.open_group(path, mode="r").attrs.get("gradjob") == CREATING
+    except Exception:
+        return False
 
 
 def sealed(meta: dict) -> dict:
@@ -183,9 +221,10 @@ def write_chunk(group: zarr.Group, chunk: Chunk, results: dict[str, np.ndarray])
     chunk_size = group["gradapprox"].chunks[0]
     if chunk.start % chunk_size or (chunk.size != chunk_size and chunk.stop != group["gradapprox"].shape[0]):
         raise ValueError(f"chunk {chunk} does not align with the store's Zarr chunks of {chunk_size}")
-    for name in RESULT_ARRAYS:
-        group[name][chunk.start : chunk.stop] = results[name]
-    group["done"][chunk.index] = 1
+    with disk_full(where(group)):
+        for name in RESULT_ARRAYS:
+            group[name][chunk.start : chunk.stop] = results[name]
+        group["done"][chunk.index] = 1
 
 
 def iter_blocks(group: zarr.Group, start: int, stop: int,

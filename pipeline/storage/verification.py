@@ -19,10 +19,11 @@ VERIFY_ARRAYS = ("index", "klass", "estimate", "tolerance", "cost", "cost_plus",
 
 def write_verification(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None:
     """The verified suspects and their ladders, once, from the client; sealed by a checksum."""
-    folder = group.require_group("verify")
-    for name in VERIFY_ARRAYS:
-        folder.create_array(name, data=np.ascontiguousarray(arrays[name]), overwrite=True, **store.codecs())
-    folder.attrs["checksum"] = _arrays_checksum(arrays)
+    with store.disk_full(store.where(group)):
+        folder = group.require_group("verify")
+        for name in VERIFY_ARRAYS:
+            folder.create_array(name, data=np.ascontiguousarray(arrays[name]), overwrite=True, **store.codecs())
+        folder.attrs["checksum"] = _arrays_checksum(arrays)
 
 
 def read_verification(group: zarr.Group, path: str) -> dict[int, Verdict] | None:
