@@ -55,7 +55,7 @@ class DamagedChunk(InputError):
         super().__init__(f"store {where} is corrupted: chunk {key} of {array} fails its checksum; {todo}")
 
 
-def checked(array: zarr.Array, selection=slice(None)) -> np.ndarray:
+def checked(array: zarr.Array, selection=Ellipsis) -> np.ndarray:
     """``array[selection]``, or ``DamagedChunk`` naming the first chunk that fails its checksum."""
     try:
         return array[selection]
