@@ -10,7 +10,7 @@ import numpy as np
 import zarr
 
 from gradjob.errors import InputError
-from gradjob.numerics.verify import Verdict
+from gradjob.numerics.verify import CLASSES, Verdict
 from gradjob.storage import store
 
 VERIFY_ARRAYS = ("index", "klass", "estimate", "tolerance", "cost", "cost_plus", "cost_minus", "step_plus",
@@ -34,7 +34,25 @@ def read_verification(group: zarr.Group, path: str) -> dict[int, Verdict] | None
     arrays = {name: store.checked(folder[name]) for name in VERIFY_ARRAYS}
     if folder.attrs["checksum"] != _arrays_checksum(arrays):
         raise InputError(f"store {path} is corrupted: its verified suspects were edited; resubmit with --overwrite")
+    problem = _problem(arrays, group["theta"].shape[0])
+    if problem:
+        raise InputError(f"store {path} is corrupted: its verified suspects {problem}; resubmit with --overwrite")
     return verdicts_of(arrays)
+
+
+def _problem(arrays: dict[str, np.ndarray], n: int) -> str | None:
+    """How the verified suspects disagree with what ``write_verification`` writes (their checksum is
+    unkeyed, so a crafted store can match it)."""
+    count = arrays["index"].shape
+    if any(a.ndim not in (1, 2) or a.shape[:1] != count for a in arrays.values()):  # ladders are 2-D
+        return "are arrays of different lengths"
+    if arrays["index"].dtype.kind not in "iu" or arrays["klass"].dtype.kind not in "iu":
+        return "have indices or classes that are not integers"
+    if count[0] and not (0 <= arrays["index"].min() and arrays["index"].max() < n):
+        return f"name parameters outside 0…{n - 1}"
+    if count[0] and not (0 <= arrays["klass"].min() and arrays["klass"].max() < len(CLASSES)):
+        return "have classes gradjob does not know"
+    return None
 
 
 def verdicts_of(arrays: dict[str, np.ndarray]) -> dict[int, Verdict]:
