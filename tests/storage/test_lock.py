@@ -101,3 +101,13 @@ def test_submit_with_a_symlinked_lock_is_one_line_and_touches_nothing(gradjob, t
     assert (run.exit_code, run.stdout) == (2, "")
     assert run.stderr == f"gradjob: error: {refusal(tmp_path / 's.zarr.lock', 'is a symbolic link')}\n"
     assert precious.read_text() == "my thesis" and not (tmp_path / "s.zarr").exists()
+
+
+def test_gradjob_imports_where_there_is_no_fcntl():
+    """Windows has no fcntl: the lock must not need it to import (filelock picks the OS's lock)."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['fcntl'] = None; import gradjob, gradjob.cli.app, gradjob.run.job; print('ok')"
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
