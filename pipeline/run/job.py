@@ -22,7 +22,7 @@ from gradjob.model.spec import ModelSpec
 from gradjob.numerics import noise
 from gradjob.numerics.reduce import reduce_gradients
 from gradjob.run import evaluators, identity, preflight, reuse, reverify, tasks
-from gradjob.run.plan import Plan, clamped_chunk_size, default_chunk_size, make_plan, plan_chunks
+from gradjob.run.plan import Plan, clamped_chunk_size, default_chunk_size, make_plan
 from gradjob.run.progress import Progress
 from gradjob.storage import lock, store, urls, verification
 from gradjob.types import Calibration, Outcome, Request, StoreMeta
@@ -101,15 +101,9 @@ def resume(prepared: preflight.Prepared) -> Resumed:
     fail their checksum are evaluated again), its verified suspects."""
     group = store.open_existing(prepared.store, mode="r")
     meta = store.metadata(group)
-    done = store.done_mask(group)
-    damaged = store.damaged_chunks(group, done)
-    done[list(damaged)] = False
-    chunks = plan_chunks(meta.layout.n_parameters, meta.chunk_size)
-    notes = [f"chunk {k} of {name} in {prepared.store} fails its checksum (parameters "
-             f"{meta.layout.describe(chunks[k].start)} to {meta.layout.describe(chunks[k].stop - 1)}): evaluated again"
-             for k, name in damaged.items()]
-    verdicts = verification.read_verification(group, prepared.store)
-    return Resumed(meta, plan_of(prepared, done, meta.chunk_size), None if damaged else verdicts, notes)
+    done, notes = store.undamaged(group, meta, prepared.store)
+    return Resumed(meta, plan_of(prepared, done, meta.chunk_size),
+                   verification.read_verification(group, prepared.store), notes)
 
 
 def create(prepared: preflight.Prepared, seconds: dict) -> tuple[StoreMeta, Plan]:

@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 
 from gradjob.errors import InputError, JobError
-from gradjob.run.plan import Chunk
+from gradjob.run.plan import Chunk, plan_chunks
 from gradjob.storage import schema, urls
 from gradjob.types import StoreMeta
 
@@ -83,16 +83,21 @@ def where(node: zarr.Array | zarr.Group) -> str:
     return str(getattr(node.store, "root", None) or getattr(node.store, "path", None) or node.store)
 
 
-def damaged_chunks(group: zarr.Group, done: np.ndarray) -> dict[int, str]:
-    """Done job chunks whose results fail their checksum, with the first such array: a resume
-    evaluates them again. A damaged case (which the workers read) is refused here."""
+def undamaged(group: zarr.Group, meta: StoreMeta, path: str) -> tuple[np.ndarray, list[str]]:
+    """The done flags less the chunks whose results fail their checksum, which a resume evaluates
+    again, with a note for each. A damaged case (which the workers read) is refused here."""
     read_case(group)
-    damaged = {}
+    done = done_mask(group)
+    chunks = plan_chunks(meta.layout.n_parameters, meta.chunk_size)
+    notes = []
     for k in np.flatnonzero(done):
         bad = next((name for name in RESULT_ARRAYS if not _intact(group[name], (int(k),))), None)
         if bad:
-            damaged[int(k)] = bad
-    return damaged
+            done[k] = False
+            first, last = meta.layout.describe(chunks[k].start), meta.layout.describe(chunks[k].stop - 1)
+            notes.append(f"chunk {k} of {bad} in {path} fails its checksum (parameters {first} to {last}): "
+                         "evaluated again")
+    return done, notes
 
 
 def create(path: str, meta: StoreMeta, theta: np.ndarray, grad: np.ndarray, X: np.ndarray, Y: np.ndarray,
