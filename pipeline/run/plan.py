@@ -61,7 +61,7 @@ class Plan:
         done = len(self.chunks) - len(self.todo)
         return "\n".join([
             f"plan    {self.n_parameters:,} parameters in {len(self.chunks)} chunks of {self.chunk_size}"
-            + (f" (--chunk-size {self.asked_chunk_size:,} is more than the parameters: clamped to them)"
+            + (f" (chunk size {self.asked_chunk_size:,} asked: more than the parameters, clamped to them)"
                if self.asked_chunk_size else "")
             + (f" ({done} already done in the store)" if done else ""),
             f"  store     {self.store}",
