@@ -230,7 +230,10 @@ def report_command(
 @app.command("history", short_help="Every run under a job's store root, newest last.")
 def history_command(root: str = typer.Argument(..., help="A job's store root (its history.jsonl).")) -> None:
     """Date, check, difference and verdict of every run under ROOT, newest last."""
-    rows = history.read(root)
+    try:
+        rows = history.read(root)
+    except InputError as exc:
+        _fail(exc)
     if not rows:
         _fail(InputError(f"no history under {root}: run a job with this store root first"))
     typer.echo(history.to_text(rows))

@@ -8,6 +8,7 @@ From an ``.npz`` file (loaded without pickle), a Zarr group of arrays (``case.za
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import runpy
 from dataclasses import dataclass
@@ -135,6 +136,9 @@ def _zarr_case(path: str) -> Case:
     names = [n for n in arrays if n not in ("X", "Y")]
     if order is None:
         order = sorted(names, key=lambda n: (int(re.sub(r"\D", "", n) or 0), n))
+    elif not isinstance(order, list) or not all(isinstance(n, str) for n in order):
+        raise InputError(f"case store {path}: its 'parameters' attribute must be a list of array names; "
+                         f"got {json.dumps(order)[:80]}")
     elif sorted(order) != sorted(names):
         raise InputError(f"case store {path}: its 'parameters' attribute does not list exactly its parameter arrays")
     return _split_case({k: arrays[k] for k in ["X", "Y", *order] if k in arrays}, f"{Path(path).name} (zarr)", path)

@@ -13,6 +13,7 @@ UTC), or now for a check without a store.
 from __future__ import annotations
 
 import datetime
+import re
 import socket
 import xml.etree.ElementTree as ET
 
@@ -47,8 +48,27 @@ def to_junit(title: str, results: list[dict]) -> str:
     for key in ("tests", "failures", "errors"):
         suites.set(key, str(totals[key]))
     suites.set("time", f"{totals['time']:.3f}")
+    _xml_safe(suites)
     ET.indent(suites)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+# What XML 1.0 allows in a document (its "Char" production); ElementTree writes the rest unchecked.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_safe(root: ET.Element) -> None:
+    """Characters XML 1.0 forbids (``\\x01`` in a parameter or check name) written as ``\\x01``,
+    so that the report stays well-formed and still tells the names apart."""
+    def safe(text: str) -> str:
+        return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
+                            else f"\\u{ord(m.group()):04x}", text)
+
+    for element in root.iter():
+        if element.text:
+            element.text = safe(element.text)
+        for key, value in element.attrib.items():
+            element.set(key, safe(value))
 
 
 def _error_cases(suite, check: str, error: str) -> list[str]:

@@ -24,7 +24,7 @@ from gradjob.model.spec import ModelSpec
 from gradjob.numerics import noise, verify
 from gradjob.numerics.reduce import reduce_gradients
 from gradjob.run import evaluators, identity, preflight, reuse, reverify, tasks
-from gradjob.run.plan import Plan, default_chunk_size, make_plan
+from gradjob.run.plan import Plan, clamped_chunk_size, default_chunk_size, make_plan
 from gradjob.run.progress import Progress
 from gradjob.storage import lock, store, urls, verification
 from gradjob.types import Calibration, Outcome, Request, StoreMeta
@@ -62,8 +62,9 @@ def run(request: Request, progress: Progress | None = None,
         with lock.holding(prepared.store, request.break_lock) as lock_note:
             notes += [lock_note] if lock_note else []
             resumed = None if afresh or not urls.exists(prepared.store) else resume(prepared)
+            notes += resumed.notes if resumed else []
             if resumed and not resumed.plan.todo and resumed.verdicts is not None:
-                meta, plan, verdicts = resumed  # finished: nothing to run
+                meta, plan, verdicts = resumed.meta, resumed.plan, resumed.verdicts  # finished: nothing to run
                 notes.append(f"verdict of the finished store {prepared.store}, no evaluation")
             elif executor is not None:
                 with executor() as ex:  # connected first: an unreachable cluster refuses before a store is written
@@ -137,7 +138,8 @@ def plan_of(prepared: preflight.Prepared, done=None, chunk_size: int | None = No
     size = chunk_size or request.chunk_size or default_chunk_size(n, request.workers)
     steps = (f"ε = {request.epsilon:g}, fixed" if request.epsilon is not None
              else "automatic, from the forward's noise measured per tensor (ECnoise)")
-    held = evaluators.held_bytes(prepared.evaluator, prepared.layout, prepared.case.X, prepared.case.Y, size)
+    held = evaluators.held_bytes(prepared.evaluator, prepared.layout, prepared.case.X, prepared.case.Y,
+                                 clamped_chunk_size(size, n))
     return make_plan(n, request.workers, size, done, store=prepared.store, evaluator=prepared.evaluator, steps=steps,
                      worker_bytes=held)
 
@@ -146,14 +148,17 @@ class Resumed(NamedTuple):
     meta: StoreMeta
     plan: Plan
     verdicts: dict | None  # None until the suspects are re-verified
+    notes: list[str]
 
 
 def resume(prepared: preflight.Prepared) -> Resumed:
-    """The existing store of this job: its metadata, what is left to do, its verified suspects."""
+    """The existing store of this job: its metadata, what is left to do (done chunks whose results
+    fail their checksum are evaluated again), its verified suspects."""
     group = store.open_existing(prepared.store, mode="r")
     meta = store.metadata(group)
-    return Resumed(meta, plan_of(prepared, store.done_mask(group), meta.chunk_size),
-                   verification.read_verification(group, prepared.store))
+    done, notes = store.undamaged(group, meta, prepared.store)
+    return Resumed(meta, plan_of(prepared, done, meta.chunk_size),
+                   verification.read_verification(group, prepared.store), notes)
 
 
 def create(prepared: preflight.Prepared, seconds: dict) -> tuple[StoreMeta, Plan]:

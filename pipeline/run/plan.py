@@ -55,11 +55,14 @@ class Plan:
     evaluator: str
     steps: str                   # how steps are chosen
     worker_bytes: int            # data a worker holds for this job, besides Python and Dask
+    asked_chunk_size: int | None = None  # a --chunk-size above the parameter count, clamped to it
 
     def to_text(self) -> str:
         done = len(self.chunks) - len(self.todo)
         return "\n".join([
             f"plan    {self.n_parameters:,} parameters in {len(self.chunks)} chunks of {self.chunk_size}"
+            + (f" (chunk size {self.asked_chunk_size:,} asked: more than the parameters, clamped to them)"
+               if self.asked_chunk_size else "")
             + (f" ({done} already done in the store)" if done else ""),
             f"  store     {self.store}",
             f"  evaluator {self.evaluator}",
@@ -72,7 +75,14 @@ def make_plan(n_parameters: int, workers: int, chunk_size: int | None, done=None
               steps: str, worker_bytes: int) -> Plan:
     """Chunks for a new store (``chunk_size`` or about eight tasks per worker), or for the chunks
     of an existing one that ``done`` says are still missing."""
-    size = chunk_size or default_chunk_size(n_parameters, workers)
+    asked = chunk_size or default_chunk_size(n_parameters, workers)
+    size = clamped_chunk_size(asked, n_parameters)  # a chunk above n would make Zarr allocate all of it
     chunks = plan_chunks(n_parameters, size)
     todo = chunks if done is None else tuple(c for c in chunks if not done[c.index])
-    return Plan(n_parameters, size, chunks, todo, store, evaluator, steps, worker_bytes)
+    return Plan(n_parameters, size, chunks, todo, store, evaluator, steps, worker_bytes,
+                asked if asked != size else None)
+
+
+def clamped_chunk_size(chunk_size: int, n_parameters: int) -> int:
+    """No chunk is larger than the parameters: one chunk then holds them all."""
+    return max(1, min(chunk_size, n_parameters))

@@ -15,6 +15,7 @@ import numpy as np
 
 from gradjob.errors import InputError
 from gradjob.run import identity
+from gradjob.run.plan import clamped_chunk_size
 from gradjob.run.preflight import Prepared
 from gradjob.storage import store, urls
 from gradjob.types import StoreMeta
@@ -32,6 +33,10 @@ def existing_store(prepared: Prepared) -> tuple[list[str], bool]:
         if not store.recognised(path):
             raise InputError(f"{path} exists and is not a gradjob store; --overwrite deletes only gradjob stores")
         return [], True
+    if store.half_created(path):  # a full disk or a kill while it was being created
+        if request.resume:
+            raise InputError(f"--resume: store {path} was never fully created; submit without --resume to start afresh")
+        return [f"store {path} was left half-created; starting afresh"], True
     group = store.open_existing(path, mode="r")  # refuses a store that is not intact
     meta = store.metadata(group)
     differing = identity.differences(meta.identity, prepared.identity)
@@ -40,7 +45,8 @@ def existing_store(prepared: Prepared) -> tuple[list[str], bool]:
             f"store {path} was made by another job ({', '.join(differing)} differ); "
             "choose another --store or pass --overwrite to start afresh"
         )
-    if request.chunk_size is not None and request.chunk_size != meta.chunk_size:
+    asked = request.chunk_size and clamped_chunk_size(request.chunk_size, prepared.layout.n_parameters)
+    if asked and asked != meta.chunk_size:
         raise InputError(
             f"store {path} is chunked by {meta.chunk_size}; resume with --chunk-size {meta.chunk_size} "
             "or pass --overwrite"

@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 import fsspec
+import pydantic
 
+from gradjob.errors import InputError
 from gradjob.storage import urls
 
 FILE = "history.jsonl"
@@ -35,17 +37,39 @@ def read(root: str) -> list[dict]:
     if urls.is_url(str(root)):
         fs, folder = fsspec.core.url_to_fs(str(root))
         path = f"{folder.rstrip('/')}/{FILE}"
-        text = fs.cat_file(path).decode() if fs.exists(path) else ""
+        text = fs.cat_file(path).decode(errors="replace") if fs.exists(path) else ""
     else:
         path = Path(root) / FILE
-        text = path.read_text() if path.is_file() else ""
+        text = path.read_text(errors="replace") if path.is_file() else ""
+    lines = text.splitlines()
     rows = []
-    for line in text.splitlines():
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
-            continue  # a line cut by a crash is skipped, not fatal
-    return sorted(rows, key=lambda r: r.get("time", ""))
+            if number == len(lines) and not text.endswith("\n"):
+                continue  # the last line, cut by a crash while it was written: skipped, not fatal
+            row = line
+        try:
+            Row.model_validate(row)
+        except pydantic.ValidationError:
+            raise InputError(f"{path}: line {number} is not a history row (a JSON object with a time, a check and a "
+                             f"verdict): {line[:80]!r}; remove or repair that line") from None
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["time"])
+
+
+class Row(pydantic.BaseModel):
+    """What ``to_text`` reads of a row; other keys (store, error, …) are kept as they are."""
+
+    model_config = pydantic.ConfigDict(extra="allow", strict=True)
+    time: str
+    check: str
+    verdict: str
+    difference: float | None = None
+    failing: list[str] = []
 
 
 def to_text(rows: list[dict]) -> str:

@@ -11,10 +11,16 @@ Layout of the group::
     case/X, case/Y       the inputs, so workers read them once from the store
     verify/…             the re-verified suspects (see ``verification``): index, class,
                          estimate, tolerance and their ladders; written once by the client, sealed
+
+Every chunk of every array ends in a crc32c checksum (Zarr's ``crc32c`` codec), so a flipped bit
+is found when the chunk is read instead of changing the verdict. The checksum is unkeyed: it
+detects damage, not tampering.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 from typing import Iterator
@@ -22,35 +28,133 @@ from typing import Iterator
 import numpy as np
 import zarr
 
-from gradjob.errors import InputError
-from gradjob.run.plan import Chunk
+from gradjob.errors import InputError, JobError
+from gradjob.run.plan import Chunk, plan_chunks
+from gradjob.storage import schema, urls
 from gradjob.types import StoreMeta
 
-FORMAT = 2
+FORMAT = 3  # 3: every chunk checksummed
+CREATING = {"creating": "a gradjob store whose creation has not finished"}  # its metadata until then
 RESULT_ARRAYS = ("gradapprox", "cost_plus", "cost_minus", "step", "noise")
 READ_BLOCK = 1 << 16  # elements per read when streaming; fixed, so results never depend on chunking
 
 
+def codecs() -> dict:
+    """The compressors of every array gradjob writes: Zarr's default zstd, then a crc32c checksum."""
+    return {"compressors": (zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec())}
+
+
+class DamagedChunk(InputError):
+    """A stored chunk whose bytes no longer match their checksum."""
+
+    def __init__(self, where: str, array: str, chunk: tuple[int, ...], start: int | None = None):
+        self.array, self.chunk = array, chunk
+        key = ", ".join(map(str, chunk))
+        todo = ("resubmit the job to evaluate it again" if array in RESULT_ARRAYS
+                else "resubmit with --overwrite")
+        super().__init__(f"store {where} is corrupted: chunk {key} of {array} fails its checksum; {todo}")
+
+
+def checked(array: zarr.Array, selection=Ellipsis) -> np.ndarray:
+    """``array[selection]``, or ``DamagedChunk`` naming the first chunk that fails its checksum."""
+    try:
+        return array[selection]
+    except ValueError as exc:
+        if "checksum" not in str(exc):
+            raise
+    for block in np.ndindex(*array.cdata_shape):
+        if not _intact(array, block):
+            raise DamagedChunk(where(array), array.path, block)
+    raise AssertionError(f"{array.path}: a checksum failed but no chunk fails it alone")  # pragma: no cover
+
+
+def _intact(array: zarr.Array, block: tuple[int, ...]) -> bool:
+    try:
+        array.get_block_selection(block)
+    except ValueError as exc:
+        if "checksum" not in str(exc):
+            raise
+        return False
+    return True
+
+
+def where(node: zarr.Array | zarr.Group) -> str:
+    """The store's path as it was opened (a local path, or the URL's path)."""
+    return str(getattr(node.store, "root", None) or getattr(node.store, "path", None) or node.store)
+
+
+def undamaged(group: zarr.Group, meta: StoreMeta, path: str) -> tuple[np.ndarray, list[str]]:
+    """The done flags less the chunks whose results fail their checksum, which a resume evaluates
+    again, with a note for each. A damaged case (which the workers read) is refused here."""
+    read_case(group)
+    done = done_mask(group)
+    chunks = plan_chunks(meta.layout.n_parameters, meta.chunk_size)
+    notes = []
+    for k in np.flatnonzero(done):
+        bad = next((name for name in RESULT_ARRAYS if not _intact(group[name], (int(k),))), None)
+        if bad:
+            done[k] = False
+            first, last = meta.layout.describe(chunks[k].start), meta.layout.describe(chunks[k].stop - 1)
+            notes.append(f"chunk {k} of {bad} in {path} fails its checksum (parameters {first} to {last}): "
+                         "evaluated again")
+    return done, notes
+
+
 def create(path: str, meta: StoreMeta, theta: np.ndarray, grad: np.ndarray, X: np.ndarray, Y: np.ndarray,
 ) -> None:
-    """Write a new store: metadata, θ, the gradient and the case, before any task runs."""
+    """Write a new store: metadata, θ, the gradient and the case, before any task runs. Until its
+    metadata is written last, the group says it is being created (``CREATING``): a store left
+    half-made by a kill is recognised, and resubmitting starts it afresh."""
     try:
-        group = zarr.open_group(path, mode="w")
+        with disk_full(path):
+            group = zarr.open_group(path, mode="w", attributes={"gradjob": CREATING})
+    except JobError:
+        raise
     except Exception as exc:  # local OSErrors, and whatever an fsspec backend raises
         raise InputError(f"cannot write the store at {path}: {exc}; choose another --store") from None
+    try:
+        with disk_full(path):
+            _fill(group, meta, theta, grad, X, Y)
+    except JobError:
+        with contextlib.suppress(Exception):
+            urls.remove(path)  # ours, half-made: give the space back (if this fails, CREATING marks it)
+        raise
+
+
+def _fill(group: zarr.Group, meta: StoreMeta, theta: np.ndarray, grad: np.ndarray, X: np.ndarray, Y: np.ndarray,
+          ) -> None:
     n = theta.size
     block = min(n, READ_BLOCK)
     for name, vector in (("theta", theta), ("grad", grad)):  # NaN fill: a lost chunk reads as missing, not 0
-        group.create_array(name, shape=(n,), chunks=(block,), dtype=vector.dtype, fill_value=np.nan)
+        group.create_array(name, shape=(n,), chunks=(block,), dtype=vector.dtype, fill_value=np.nan, **codecs())
         group[name][:] = vector
     for name in RESULT_ARRAYS:
         group.create_array(name, shape=(n,), chunks=(meta.chunk_size,), dtype="f8", fill_value=np.nan,
-                           config={"write_empty_chunks": True})
-    group.create_array("done", shape=(meta.n_chunks,), chunks=(1,), dtype="u1", fill_value=0)
+                           config={"write_empty_chunks": True}, **codecs())
+    group.create_array("done", shape=(meta.n_chunks,), chunks=(1,), dtype="u1", fill_value=0, **codecs())
     case = group.create_group("case")
-    case.create_array("X", data=np.asarray(X))
-    case.create_array("Y", data=np.asarray(Y))
+    case.create_array("X", data=np.asarray(X), **codecs())
+    case.create_array("Y", data=np.asarray(Y), **codecs())
     group.attrs["gradjob"] = sealed(meta.to_json())
+
+
+@contextlib.contextmanager
+def disk_full(path: str) -> Iterator[None]:
+    """A full disk (or quota) while writing the store: one line and exit 3; what is written stays."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise JobError(f"disk full writing {path}; free some space and submit the same job again") from None
+
+
+def half_created(path: str) -> bool:
+    """Is ``path`` a store whose creation never finished (see ``create``)?"""
+    try:
+        return zarr.open_group(path, mode="r").attrs.get("gradjob") == CREATING
+    except Exception:
+        return False
 
 
 def sealed(meta: dict) -> dict:
@@ -89,11 +193,12 @@ def open_existing(path: str, mode: str = "r") -> zarr.Group:
 
 
 def metadata(group: zarr.Group) -> StoreMeta:
-    return StoreMeta.from_json(dict(group.attrs["gradjob"]))
+    """The store's metadata, checked against its schema and its arrays (see ``schema``)."""
+    return schema.validated(dict(group.attrs["gradjob"]), group, where(group))
 
 
 def done_mask(group: zarr.Group) -> np.ndarray:
-    return np.asarray(group["done"][:], dtype=bool)
+    return np.asarray(checked(group["done"]), dtype=bool)
 
 
 def read_vector(group: zarr.Group, name: str) -> np.ndarray:
@@ -108,12 +213,12 @@ def read_range(group: zarr.Group, name: str, start: int, stop: int) -> np.ndarra
     out = np.empty(stop - start, dtype=array.dtype)
     for first in range(start, stop, READ_BLOCK):
         last = min(stop, first + READ_BLOCK)
-        out[first - start:last - start] = array[first:last]
+        out[first - start:last - start] = checked(array, slice(first, last))
     return out
 
 
 def read_case(group: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
-    return group["case/X"][...], group["case/Y"][...]
+    return checked(group["case/X"]), checked(group["case/Y"])
 
 
 def write_chunk(group: zarr.Group, chunk: Chunk, results: dict[str, np.ndarray]) -> None:
@@ -121,9 +226,10 @@ def write_chunk(group: zarr.Group, chunk: Chunk, results: dict[str, np.ndarray])
     chunk_size = group["gradapprox"].chunks[0]
     if chunk.start % chunk_size or (chunk.size != chunk_size and chunk.stop != group["gradapprox"].shape[0]):
         raise ValueError(f"chunk {chunk} does not align with the store's Zarr chunks of {chunk_size}")
-    for name in RESULT_ARRAYS:
-        group[name][chunk.start : chunk.stop] = results[name]
-    group["done"][chunk.index] = 1
+    with disk_full(where(group)):
+        for name in RESULT_ARRAYS:
+            group[name][chunk.start : chunk.stop] = results[name]
+        group["done"][chunk.index] = 1
 
 
 def iter_blocks(group: zarr.Group, start: int, stop: int,
@@ -132,4 +238,5 @@ def iter_blocks(group: zarr.Group, start: int, stop: int,
     arrays = {name: group[name] for name in names}
     for block_start in range(start, stop, READ_BLOCK):
         block_stop = min(stop, block_start + READ_BLOCK)
-        yield {name: np.asarray(a[block_start:block_stop], dtype=np.float64) for name, a in arrays.items()}
+        yield {name: np.asarray(checked(a, slice(block_start, block_stop)), dtype=np.float64)
+               for name, a in arrays.items()}

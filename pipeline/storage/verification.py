@@ -10,7 +10,8 @@ import numpy as np
 import zarr
 
 from gradjob.errors import InputError
-from gradjob.numerics.verify import Verdict
+from gradjob.numerics.verify import CLASSES, Verdict
+from gradjob.storage import store
 
 VERIFY_ARRAYS = ("index", "klass", "estimate", "tolerance", "cost", "cost_plus", "cost_minus", "step_plus",
                  "step_minus")
@@ -18,10 +19,11 @@ VERIFY_ARRAYS = ("index", "klass", "estimate", "tolerance", "cost", "cost_plus",
 
 def write_verification(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None:
     """The verified suspects and their ladders, once, from the client; sealed by a checksum."""
-    folder = group.require_group("verify")
-    for name in VERIFY_ARRAYS:
-        folder.create_array(name, data=np.ascontiguousarray(arrays[name]), overwrite=True)
-    folder.attrs["checksum"] = _arrays_checksum(arrays)
+    with store.disk_full(store.where(group)):
+        folder = group.require_group("verify")
+        for name in VERIFY_ARRAYS:
+            folder.create_array(name, data=np.ascontiguousarray(arrays[name]), overwrite=True, **store.codecs())
+        folder.attrs["checksum"] = _arrays_checksum(arrays)
 
 
 def read_verification(group: zarr.Group, path: str) -> dict[int, Verdict] | None:
@@ -29,10 +31,28 @@ def read_verification(group: zarr.Group, path: str) -> dict[int, Verdict] | None
     if "verify" not in group or "checksum" not in group["verify"].attrs:
         return None
     folder = group["verify"]
-    arrays = {name: folder[name][...] for name in VERIFY_ARRAYS}
+    arrays = {name: store.checked(folder[name]) for name in VERIFY_ARRAYS}
     if folder.attrs["checksum"] != _arrays_checksum(arrays):
         raise InputError(f"store {path} is corrupted: its verified suspects were edited; resubmit with --overwrite")
+    problem = _problem(arrays, group["theta"].shape[0])
+    if problem:
+        raise InputError(f"store {path} is corrupted: its verified suspects {problem}; resubmit with --overwrite")
     return verdicts_of(arrays)
+
+
+def _problem(arrays: dict[str, np.ndarray], n: int) -> str | None:
+    """How the verified suspects disagree with what ``write_verification`` writes (their checksum is
+    unkeyed, so a crafted store can match it)."""
+    count = arrays["index"].shape
+    if any(a.ndim not in (1, 2) or a.shape[:1] != count for a in arrays.values()):  # ladders are 2-D
+        return "are arrays of different lengths"
+    if arrays["index"].dtype.kind not in "iu" or arrays["klass"].dtype.kind not in "iu":
+        return "have indices or classes that are not integers"
+    if count[0] and not (0 <= arrays["index"].min() and arrays["index"].max() < n):
+        return f"name parameters outside 0…{n - 1}"
+    if count[0] and not (0 <= arrays["klass"].min() and arrays["klass"].max() < len(CLASSES)):
+        return "have classes gradjob does not know"
+    return None
 
 
 def verdicts_of(arrays: dict[str, np.ndarray]) -> dict[int, Verdict]:
