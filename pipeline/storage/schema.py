@@ -30,6 +30,7 @@ class _Strict(pydantic.BaseModel):
 class _Layout(_Strict):
     dtype: str
     tensors: Annotated[list[tuple[str, list[Positive], Count]], Field(min_length=1)]
+    gradient_shapes: dict[str, list[Count]] = {}  # the backward's shape where it differs from its tensor's
 
 
 class _Precision(_Strict):
@@ -98,6 +99,10 @@ def _shape_problem(meta: _Meta, group: zarr.Group) -> str | None:
     names = [t[0] for t in meta.layout.tensors]
     if len(set(names)) != len(names):
         return "names a tensor twice"
+    sizes = {name: math.prod(shape) for name, shape, _ in meta.layout.tensors}
+    for name, shape in meta.layout.gradient_shapes.items():
+        if sizes.get(name) != math.prod(shape):
+            return f"gives a gradient shape {tuple(shape)} for {name!r}, which is not a tensor of that size"
     if [t[0] for t in meta.calibration.tensors] != names:
         return "calibrates other tensors than its layout has"
     arrays = {name: group.get(name) for name in ("theta", "grad", "gradapprox", "cost_plus", "cost_minus", "step",
