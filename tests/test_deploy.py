@@ -215,13 +215,13 @@ def test_every_file_parses():
             assert unit(path.name).sections(), path
         elif path.suffix == ".py":
             compile(path.read_text(), str(path), "exec")
-        elif path.suffix == ".sbatch":
+        elif path.suffix in (".sbatch", ".sh"):
             run = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
             assert run.returncode == 0, run.stderr
         elif path.name == "Dockerfile":
             assert {op for op, _ in dockerfile()} <= {"FROM", "WORKDIR", "COPY", "RUN", "ENV", "USER"}
         kinds.add(path.suffix or path.name)
-    assert kinds == {".yml", ".yaml", ".service", ".timer", ".py", ".sbatch", "Dockerfile", ".md", "crontab"}
+    assert kinds == {".yml", ".yaml", ".service", ".timer", ".py", ".sbatch", ".sh", "Dockerfile", ".md", "crontab"}
 
 
 def test_every_gradjob_command_line_parses_with_gradjobs_cli(monkeypatch):
@@ -659,6 +659,53 @@ def test_slurm_worker_jobs_with_dask_jobqueue():
     assert worker[1:3] == ["-m", "distributed.cli.dask_worker"]
     context = parse_dask(["dask", "worker"] + worker[3:])
     assert (context.params["scheduler"], context.params["nthreads"], context.params["interface"]) == (address, 1, "lo")
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm itself: a one-node Slurm from Debian's packages (deploy/slurm/one_node.sh), where installed
+
+SLURM_PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo")
+
+
+@pytest.fixture(scope="module")
+def one_node_slurm(tmp_path_factory):
+    """SLURM_CONF of a running one-node Slurm with CR_Core_Memory (8000 MB, every core), stopped afterwards."""
+    missing = [name for name in SLURM_PROGRAMS if shutil.which(name) is None]
+    if missing:
+        pytest.skip(f"Slurm is not installed ({', '.join(missing)} missing: apt-get install slurmctld slurmd slurm-client munge)")
+    pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed: slurm_cluster.py cannot start workers")
+    state = tmp_path_factory.mktemp("slurm")
+    script = str(DEPLOY / "slurm/one_node.sh")
+    started = subprocess.run([script, "start", str(state)], capture_output=True, text=True, timeout=60)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert started.stdout == f"export SLURM_CONF={state}/slurm.conf\n"
+        yield str(state / "slurm.conf")
+    finally:
+        subprocess.run([script, "stop", str(state)], timeout=60)
+
+
+def test_slurm_nightly_runs_on_a_one_node_slurm(tmp_path, one_node_slurm):
+    """sbatch for real: the batch job requests its memory, so under CR_Core_Memory the worker job
+    (4 GB) starts beside it on the same node; without --mem the batch job holds all 8000 MB and the
+    worker job pends until GRADJOB_WORKER_WAIT. The worker jobs are cancelled when the job ends."""
+    checkout, batch_env = slurm_checkout(tmp_path)
+    nightly = (ROOT / "jobs/nightly.toml").read_text()
+    (checkout / "jobs/nightly.toml").write_text(
+        nightly[:nightly.index("[[check]]")] + '[[check]]\nname = "seed"\nmodel = "network"\ncase = "seed"\n')
+    batch_env.pop("SLURM_SUBMIT_DIR")
+    batch_env.update(SLURM_CONF=one_node_slurm, GRADJOB_INTERFACE="lo", GRADJOB_PARTITION="cpu",
+                     GRADJOB_WORKERS="1", GRADJOB_WORKER_WAIT="40")
+    run = subprocess.run(["sbatch", "--parsable", "--wait", "deploy/slurm/nightly.sbatch"], cwd=checkout,
+                         env=batch_env, capture_output=True, text=True, timeout=300)
+    (log,) = checkout.glob("gradjob-nightly-*.log")
+    assert log.name == f"gradjob-nightly-{run.stdout.split()[0]}.log"
+    assert run.returncode == 0, log.read_text()[-3000:]
+    assert log.read_text().splitlines()[-1] == "job nightly: 1 of 1 checks passed"
+    assert (checkout / "reports/nightly.xml").stat().st_size > 0
+    jobs = subprocess.run(["squeue", "-h", "-o", "%j %T"], env=batch_env, capture_output=True, text=True, timeout=30)
+    assert jobs.returncode == 0 and jobs.stdout == ""
 
 
 # ---------------------------------------------------------------------------------------------
