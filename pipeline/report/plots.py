@@ -5,9 +5,14 @@ matrix's own row and column indices."""
 
 from __future__ import annotations
 
+import atexit
 import base64
 import io
 import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +32,30 @@ def png(figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def _quiet_config_dir() -> None:
+    """Point matplotlib at a private temporary config dir when its own (~/.config/matplotlib,
+    ~/.cache/matplotlib) cannot be made: a service user without a writable home (systemd, cron)
+    would otherwise log two warning lines on every run that writes HTML. MPLCONFIGDIR, if set, wins."""
+    if "MPLCONFIGDIR" in os.environ:
+        return
+    home = Path(os.environ.get("HOME") or "~").expanduser()
+    for base, default in (("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache")):
+        directory = Path(os.environ.get(base) or home / default) / "matplotlib"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            break
+        if not os.access(directory, os.W_OK):
+            break
+    else:
+        return
+    private = tempfile.mkdtemp(prefix="gradjob-matplotlib-")
+    atexit.register(shutil.rmtree, private, True)
+    os.environ["MPLCONFIGDIR"] = private
+
+
 def _figure(width, height):
+    _quiet_config_dir()
     import matplotlib
 
     matplotlib.use("Agg")
