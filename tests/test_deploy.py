@@ -494,6 +494,27 @@ def test_compose_volumes_are_created_and_owned_by_the_images_user():
     assert spec["services"]["job"]["stop_grace_period"] == "1m"   # time for gradjob's clean SIGTERM stop
 
 
+COMPOSE_V1_TOP_LEVEL = {"version", "services", "volumes", "networks", "secrets", "configs"}   # docker-compose 1.29
+
+
+def test_compose_file_is_valid_for_compose_v1_and_v2():
+    """No top-level key compose v1 rejects (`name:` is v2's only); each installed compose accepts it."""
+    assert {key for key in compose() if not key.startswith("x-")} <= COMPOSE_V1_TOP_LEVEL
+    readme = (DEPLOY / "README.md").read_text()
+    assert "docker compose -p gradjob -f deploy/compose/docker-compose.yml up --build --exit-code-from job" in readme
+    commands = {"v1": ["docker-compose"], "v2": ["docker", "compose"]}
+    ran = []
+    for version, command in commands.items():
+        if shutil.which(command[0]) is None or subprocess.run([*command, "version"], capture_output=True).returncode:
+            continue
+        check = subprocess.run([*command, "-p", "gradjob", "-f", str(DEPLOY / "compose/docker-compose.yml"), "config", "-q"],
+                               capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, (version, check.stderr)
+        ran.append(version)
+    if not ran:
+        pytest.skip("neither docker-compose (v1) nor docker compose (v2) is installed: the file was checked as YAML only")
+
+
 # ---------------------------------------------------------------------------------------------
 # systemd
 
