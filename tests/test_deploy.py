@@ -384,11 +384,14 @@ def test_kubernetes_launcher_creates_the_daskjob_every_night():
     launcher = kube_pod_specs()["launcher"]
     assert cronjob["spec"]["schedule"] == "30 2 * * *" and cronjob["spec"]["concurrencyPolicy"] == "Forbid"
     volume = {v["name"]: v for v in launcher["volumes"]}
-    create = container(launcher)
+    render, create = container(launcher, "render", init=True), container(launcher)
+    (template, tonight) = render["volumeMounts"]
+    assert volume[template["name"]]["configMap"]["name"] == generator["name"]
+    assert volume[tonight["name"]] == {"name": tonight["name"], "emptyDir": {}}
     (mount,) = create["volumeMounts"]
-    assert volume[mount["name"]]["configMap"]["name"] == generator["name"]
+    assert mount == {**tonight, "readOnly": True}
     assert argv(create) == ["create", f"--filename={mount['mountPath']}/daskjob.yaml"]
-    delete = container(launcher, init=True)
+    delete = container(launcher, "delete-last-night", init=True)
     assert argv(delete)[:3] == ["delete", "daskjob", job["metadata"]["name"]]
     assert f"--namespace={job['metadata']['namespace']}" in argv(delete) and "--ignore-not-found=true" in argv(delete)
     (binding,) = kube("RoleBinding")
@@ -440,8 +443,9 @@ def test_kubernetes_manifests_with_kubectl(tmp_path):
     assert configmap["data"] == {"daskjob.yaml": (DEPLOY / "kubernetes/daskjob.yaml").read_text()}
     # the launcher's kubectl lines get past kubectl's parser (then fail: no API server here)
     launcher = kube_pod_specs()["launcher"]
-    for args in (argv(container(launcher, init=True)), argv(container(launcher)), ["delete", "daskjob", "x", "--no-such-flag"]):
-        args = [a.replace("/etc/gradjob/daskjob.yaml", str(DEPLOY / "kubernetes/daskjob.yaml")) for a in args]
+    for args in (argv(container(launcher, "delete-last-night", init=True)), argv(container(launcher)),
+                 ["delete", "daskjob", "x", "--no-such-flag"]):
+        args = [a.replace("/run/gradjob/daskjob.yaml", str(DEPLOY / "kubernetes/daskjob.yaml")) for a in args]
         run = subprocess.run([kubectl, "--server=http://127.0.0.1:9", "--request-timeout=5s", *args],
                              capture_output=True, text=True, timeout=60,
                              env={**os.environ, "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "no-kubeconfig")})
@@ -450,6 +454,52 @@ def test_kubernetes_manifests_with_kubectl(tmp_path):
             assert "unknown flag: --no-such-flag" in run.stderr
         else:
             assert "unknown" not in run.stderr and "127.0.0.1:9" in run.stderr, run.stderr
+
+
+def test_kubernetes_claims_name_a_storage_class():
+    classes = {obj["metadata"]["name"]: obj["spec"].get("storageClassName") for obj in kube("PersistentVolumeClaim")}
+    assert classes == {"gradjob-stores": "nfs-client", "gradjob-reports": "nfs-client"}
+
+
+def test_kubernetes_image_is_named_once_in_the_kustomization(tmp_path):
+    """Editing images: in kustomization.yaml alone puts your image in every gradjob container,
+    tonight's DaskJob's included: kustomize for real, then the render container's command for real."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the kustomization is not built")
+    manifests = tmp_path / "kubernetes"
+    shutil.copytree(DEPLOY / "kubernetes", manifests)
+    kustomization = manifests / "kustomization.yaml"
+    text = kustomization.read_text()
+    for old, new in (("newName: registry.example.com/gradjob ", "newName: ghcr.io/team/gradjob "),
+                     ("newTag: latest", "newTag: v7")):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    kustomization.write_text(text)
+    built = subprocess.run([kubectl, "kustomize", str(manifests)], capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    objects = {o["kind"]: o for o in yaml.safe_load_all(built.stdout)}
+    launcher = objects["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    render = container(launcher, "render", init=True)
+    assert render["image"] == env(render)["GRADJOB_IMAGE"] == "ghcr.io/team/gradjob:v7"
+    (template, tonight) = render["volumeMounts"]
+    (tmp_path / template["mountPath"].lstrip("/")).mkdir(parents=True)
+    (tmp_path / template["mountPath"].lstrip("/") / "daskjob.yaml").write_text(objects["ConfigMap"]["data"]["daskjob.yaml"])
+    (tmp_path / tonight["mountPath"].lstrip("/")).mkdir(parents=True)
+    args = argv(render)
+    assert args[:2] == ["python", "-c"]
+    code = args[2]
+    for mount in (template, tonight):
+        code = code.replace(mount["mountPath"] + "/", str(tmp_path / mount["mountPath"].lstrip("/")) + "/")
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env(render)},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    (job,) = yaml.safe_load_all((tmp_path / tonight["mountPath"].lstrip("/") / "daskjob.yaml").read_text())
+    spec = job["spec"]
+    pods = [spec["job"]["spec"], spec["cluster"]["spec"]["worker"]["spec"], spec["cluster"]["spec"]["scheduler"]["spec"]]
+    images = [c["image"] for pod in pods for c in pod["containers"] + pod.get("initContainers", [])]
+    assert images == ["ghcr.io/team/gradjob:v7"] * 4
+    assert {k: v for k, v in job.items() if k != "spec"} == {k: v for k, v in daskjob().items() if k != "spec"}
 
 
 # ---------------------------------------------------------------------------------------------
