@@ -133,8 +133,8 @@ def _check_section(check: str, result: dict) -> list[str]:
     body.append(f'<img alt="per-tensor difference of {e(check)}" src="data:image/png;base64,'
                 f'{plots.png(plots.difference_figure(result))}">')
     if group is None:  # a directional screen keeps no per-element values
-        body.append(f"<p>{e(result['method'])}: the kinks and re-verified counts above are of random directions, "
-                    "not elements; no per-element heatmaps: run a full check for them.</p>")
+        body.append(f"<p>{e(result['method'])}: no per-element heatmaps; run a full check for them. The kinks and "
+                    "re-verified counts above are of random directions, not elements.</p>")
         return body
     maps = []
     for tensor in layout.tensors:

@@ -233,4 +233,4 @@ def test_directional_screen_names_directions_not_elements(tmp_path):
     notes = [p.text for p in page.find_all("p", class_="small")]
     assert notes == ["W2: 3 of 3 random directions still wrong on smaller steps: directions 0, 1, 2"]
     assert not re.search(r"W[12]\[", page.text)
-    assert "the kinks and re-verified counts above are of random directions, not elements" in page.text
+    assert "The kinks and re-verified counts above are of random directions, not elements." in page.text
