@@ -767,12 +767,14 @@ def test_slurm_nightly_runs_on_a_one_node_slurm(tmp_path, one_node_slurm):
         nightly[:nightly.index("[[check]]")] + '[[check]]\nname = "seed"\nmodel = "network"\ncase = "seed"\n')
     batch_env.pop("SLURM_SUBMIT_DIR")
     batch_env.update(SLURM_CONF=one_node_slurm, GRADJOB_INTERFACE="lo", GRADJOB_PARTITION="cpu",
-                     GRADJOB_WORKERS="1", GRADJOB_WORKER_WAIT="40")
+                     GRADJOB_WORKERS="1", GRADJOB_WORKER_WAIT="60")
     run = subprocess.run(["sbatch", "--parsable", "--wait", "deploy/slurm/nightly.sbatch"], cwd=checkout,
                          env=batch_env, capture_output=True, text=True, timeout=300)
     (log,) = checkout.glob("gradjob-nightly-*.log")
     assert log.name == f"gradjob-nightly-{run.stdout.split()[0]}.log"
-    assert run.returncode == 0, log.read_text()[-3000:]
+    state = Path(one_node_slurm).parent
+    assert run.returncode == 0, "\n".join([log.read_text()[-3000:], *(p.read_text()[-1500:] for p in sorted(
+        checkout.glob("slurm-*.out"))), (state / "slurmctld.log").read_text()[-3000:]])
     assert log.read_text().splitlines()[-1] == "job nightly: 1 of 1 checks passed"
     assert (checkout / "reports/nightly.xml").stat().st_size > 0
     jobs = subprocess.run(["squeue", "-h", "-o", "%j %T"], env=batch_env, capture_output=True, text=True, timeout=30)

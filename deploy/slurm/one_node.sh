@@ -63,9 +63,10 @@ AccountingStorageType=accounting_storage/none
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=1   # a throwaway node: schedule at once, not every minute
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=${SLURM_NODE_MEMORY:-8000} State=UNKNOWN
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$(slurmd -C | sed -n "s/.* CPUs=\([0-9]*\) .*/\1/p") RealMemory=${SLURM_NODE_MEMORY:-8000} State=UNKNOWN
 PartitionName=cpu Nodes=$node Default=YES MaxTime=INFINITE State=UP
 EOF
 export SLURM_CONF="$dir/slurm.conf"
