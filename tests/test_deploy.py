@@ -484,7 +484,8 @@ def test_kubernetes_image_is_named_once_in_the_kustomization(tmp_path):
     assert render["image"] == env(render)["GRADJOB_IMAGE"] == "ghcr.io/team/gradjob:v7"
     (template, tonight) = render["volumeMounts"]
     (tmp_path / template["mountPath"].lstrip("/")).mkdir(parents=True)
-    (tmp_path / template["mountPath"].lstrip("/") / "daskjob.yaml").write_text(objects["ConfigMap"]["data"]["daskjob.yaml"])
+    source = objects["ConfigMap"]["data"]["daskjob.yaml"]
+    (tmp_path / template["mountPath"].lstrip("/") / "daskjob.yaml").write_text(source)
     (tmp_path / tonight["mountPath"].lstrip("/")).mkdir(parents=True)
     args = argv(render)
     assert args[:2] == ["python", "-c"]
@@ -496,7 +497,8 @@ def test_kubernetes_image_is_named_once_in_the_kustomization(tmp_path):
     assert run.returncode == 0, run.stderr
     (job,) = yaml.safe_load_all((tmp_path / tonight["mountPath"].lstrip("/") / "daskjob.yaml").read_text())
     spec = job["spec"]
-    pods = [spec["job"]["spec"], spec["cluster"]["spec"]["worker"]["spec"], spec["cluster"]["spec"]["scheduler"]["spec"]]
+    cluster = spec["cluster"]["spec"]
+    pods = [spec["job"]["spec"], cluster["worker"]["spec"], cluster["scheduler"]["spec"]]
     images = [c["image"] for pod in pods for c in pod["containers"] + pod.get("initContainers", [])]
     assert images == ["ghcr.io/team/gradjob:v7"] * 4
     assert {k: v for k, v in job.items() if k != "spec"} == {k: v for k, v in daskjob().items() if k != "spec"}
@@ -557,12 +559,13 @@ def test_compose_file_is_valid_for_compose_v1_and_v2():
     for version, command in commands.items():
         if shutil.which(command[0]) is None or subprocess.run([*command, "version"], capture_output=True).returncode:
             continue
-        check = subprocess.run([*command, "-p", "gradjob", "-f", str(DEPLOY / "compose/docker-compose.yml"), "config", "-q"],
-                               capture_output=True, text=True, timeout=60)
+        check = subprocess.run([*command, "-p", "gradjob", "-f", str(DEPLOY / "compose/docker-compose.yml"),
+                                "config", "-q"], capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, (version, check.stderr)
         ran.append(version)
     if not ran:
-        pytest.skip("neither docker-compose (v1) nor docker compose (v2) is installed: the file was checked as YAML only")
+        pytest.skip("neither docker-compose (v1) nor docker compose (v2) is installed: "
+                    "the file was checked as YAML only")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -744,7 +747,8 @@ def one_node_slurm(tmp_path_factory):
     """SLURM_CONF of a running one-node Slurm with CR_Core_Memory (8000 MB, every core), stopped afterwards."""
     missing = [name for name in SLURM_PROGRAMS if shutil.which(name) is None]
     if missing:
-        pytest.skip(f"Slurm is not installed ({', '.join(missing)} missing: apt-get install slurmctld slurmd slurm-client munge)")
+        pytest.skip(f"Slurm is not installed ({', '.join(missing)} missing: "
+                    "apt-get install slurmctld slurmd slurm-client munge)")
     pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed: slurm_cluster.py cannot start workers")
     state = tmp_path_factory.mktemp("slurm")
     script = str(DEPLOY / "slurm/one_node.sh")

@@ -2,7 +2,9 @@
 rather look at than read.
 
 At the top, a summary of the run: per check its verdict, difference, threshold and failing
-tensors (or its error), linked to its section, and how many checks passed. Per check: the text report's head line and its facts (model, case, precision, step, evaluator,
+tensors (or its error), linked to its section, and how many checks passed.
+
+Per check: the text report's head line and its facts (model, case, precision, step, evaluator,
 store), when it ran and with which versions; a table of tensors with their difference,
 threshold, resolution, noise, kinks and re-verified suspects, and the same verdict words as the
 text (a passing tensor says why it passes); the elements left out at kinks and near-kinks and the
