@@ -180,6 +180,8 @@ class TensorResult:
     suspects: Suspects = field(default_factory=Suspects)
     wrong_elements: list = field(default_factory=list)
     checked: int = 0        # elements in the difference: not at a kink (0: nothing here could be checked)
+    # a directional screen's numbers are of random directions, not elements: {"count", "kinks", "wrong"}
+    directions: dict | None = None
 
     def to_json(self) -> dict:
         return {"difference": self.difference, "passed": self.passed, "shape": list(self.shape), "checked": self.checked,
@@ -188,7 +190,8 @@ class TensorResult:
                 "error_norm": self.error_norm, "noise_norm": self.noise_norm,
                 "diagnosis": self.diagnosis, "worst": self.worst,
                 "kinks": {"count": self.kinks, "elements": self.kink_elements},
-                "suspects": {**self.suspects.to_json(), "wrong_elements": self.wrong_elements}}
+                "suspects": {**self.suspects.to_json(), "wrong_elements": self.wrong_elements},
+                **({"directions": self.directions} if self.directions is not None else {})}
 
 
 @dataclass

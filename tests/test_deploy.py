@@ -215,13 +215,13 @@ def test_every_file_parses():
             assert unit(path.name).sections(), path
         elif path.suffix == ".py":
             compile(path.read_text(), str(path), "exec")
-        elif path.suffix == ".sbatch":
+        elif path.suffix in (".sbatch", ".sh"):
             run = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
             assert run.returncode == 0, run.stderr
         elif path.name == "Dockerfile":
             assert {op for op, _ in dockerfile()} <= {"FROM", "WORKDIR", "COPY", "RUN", "ENV", "USER"}
         kinds.add(path.suffix or path.name)
-    assert kinds == {".yml", ".yaml", ".service", ".timer", ".py", ".sbatch", "Dockerfile", ".md", "crontab"}
+    assert kinds == {".yml", ".yaml", ".service", ".timer", ".py", ".sbatch", ".sh", "Dockerfile", ".md", "crontab"}
 
 
 def test_every_gradjob_command_line_parses_with_gradjobs_cli(monkeypatch):
@@ -384,11 +384,14 @@ def test_kubernetes_launcher_creates_the_daskjob_every_night():
     launcher = kube_pod_specs()["launcher"]
     assert cronjob["spec"]["schedule"] == "30 2 * * *" and cronjob["spec"]["concurrencyPolicy"] == "Forbid"
     volume = {v["name"]: v for v in launcher["volumes"]}
-    create = container(launcher)
+    render, create = container(launcher, "render", init=True), container(launcher)
+    (template, tonight) = render["volumeMounts"]
+    assert volume[template["name"]]["configMap"]["name"] == generator["name"]
+    assert volume[tonight["name"]] == {"name": tonight["name"], "emptyDir": {}}
     (mount,) = create["volumeMounts"]
-    assert volume[mount["name"]]["configMap"]["name"] == generator["name"]
+    assert mount == {**tonight, "readOnly": True}
     assert argv(create) == ["create", f"--filename={mount['mountPath']}/daskjob.yaml"]
-    delete = container(launcher, init=True)
+    delete = container(launcher, "delete-last-night", init=True)
     assert argv(delete)[:3] == ["delete", "daskjob", job["metadata"]["name"]]
     assert f"--namespace={job['metadata']['namespace']}" in argv(delete) and "--ignore-not-found=true" in argv(delete)
     (binding,) = kube("RoleBinding")
@@ -440,8 +443,9 @@ def test_kubernetes_manifests_with_kubectl(tmp_path):
     assert configmap["data"] == {"daskjob.yaml": (DEPLOY / "kubernetes/daskjob.yaml").read_text()}
     # the launcher's kubectl lines get past kubectl's parser (then fail: no API server here)
     launcher = kube_pod_specs()["launcher"]
-    for args in (argv(container(launcher, init=True)), argv(container(launcher)), ["delete", "daskjob", "x", "--no-such-flag"]):
-        args = [a.replace("/etc/gradjob/daskjob.yaml", str(DEPLOY / "kubernetes/daskjob.yaml")) for a in args]
+    for args in (argv(container(launcher, "delete-last-night", init=True)), argv(container(launcher)),
+                 ["delete", "daskjob", "x", "--no-such-flag"]):
+        args = [a.replace("/run/gradjob/daskjob.yaml", str(DEPLOY / "kubernetes/daskjob.yaml")) for a in args]
         run = subprocess.run([kubectl, "--server=http://127.0.0.1:9", "--request-timeout=5s", *args],
                              capture_output=True, text=True, timeout=60,
                              env={**os.environ, "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "no-kubeconfig")})
@@ -450,6 +454,54 @@ def test_kubernetes_manifests_with_kubectl(tmp_path):
             assert "unknown flag: --no-such-flag" in run.stderr
         else:
             assert "unknown" not in run.stderr and "127.0.0.1:9" in run.stderr, run.stderr
+
+
+def test_kubernetes_claims_name_a_storage_class():
+    classes = {obj["metadata"]["name"]: obj["spec"].get("storageClassName") for obj in kube("PersistentVolumeClaim")}
+    assert classes == {"gradjob-stores": "nfs-client", "gradjob-reports": "nfs-client"}
+
+
+def test_kubernetes_image_is_named_once_in_the_kustomization(tmp_path):
+    """Editing images: in kustomization.yaml alone puts your image in every gradjob container,
+    tonight's DaskJob's included: kustomize for real, then the render container's command for real."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the kustomization is not built")
+    manifests = tmp_path / "kubernetes"
+    shutil.copytree(DEPLOY / "kubernetes", manifests)
+    kustomization = manifests / "kustomization.yaml"
+    text = kustomization.read_text()
+    for old, new in (("newName: registry.example.com/gradjob ", "newName: ghcr.io/team/gradjob "),
+                     ("newTag: latest", "newTag: v7")):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    kustomization.write_text(text)
+    built = subprocess.run([kubectl, "kustomize", str(manifests)], capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    objects = {o["kind"]: o for o in yaml.safe_load_all(built.stdout)}
+    launcher = objects["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    render = container(launcher, "render", init=True)
+    assert render["image"] == env(render)["GRADJOB_IMAGE"] == "ghcr.io/team/gradjob:v7"
+    (template, tonight) = render["volumeMounts"]
+    (tmp_path / template["mountPath"].lstrip("/")).mkdir(parents=True)
+    source = objects["ConfigMap"]["data"]["daskjob.yaml"]
+    (tmp_path / template["mountPath"].lstrip("/") / "daskjob.yaml").write_text(source)
+    (tmp_path / tonight["mountPath"].lstrip("/")).mkdir(parents=True)
+    args = argv(render)
+    assert args[:2] == ["python", "-c"]
+    code = args[2]
+    for mount in (template, tonight):
+        code = code.replace(mount["mountPath"] + "/", str(tmp_path / mount["mountPath"].lstrip("/")) + "/")
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env(render)},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    (job,) = yaml.safe_load_all((tmp_path / tonight["mountPath"].lstrip("/") / "daskjob.yaml").read_text())
+    spec = job["spec"]
+    cluster = spec["cluster"]["spec"]
+    pods = [spec["job"]["spec"], cluster["worker"]["spec"], cluster["scheduler"]["spec"]]
+    images = [c["image"] for pod in pods for c in pod["containers"] + pod.get("initContainers", [])]
+    assert images == ["ghcr.io/team/gradjob:v7"] * 4
+    assert {k: v for k, v in job.items() if k != "spec"} == {k: v for k, v in daskjob().items() if k != "spec"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,6 +544,28 @@ def test_compose_volumes_are_created_and_owned_by_the_images_user():
                       "reports": {("job", f"{workdir}/{paths['reports']}")}}
     assert spec["services"]["job"]["environment"] == {"DASK_SCHEDULER_ADDRESS": "tcp://scheduler:8786"}
     assert spec["services"]["job"]["stop_grace_period"] == "1m"   # time for gradjob's clean SIGTERM stop
+
+
+COMPOSE_V1_TOP_LEVEL = {"version", "services", "volumes", "networks", "secrets", "configs"}   # docker-compose 1.29
+
+
+def test_compose_file_is_valid_for_compose_v1_and_v2():
+    """No top-level key compose v1 rejects (`name:` is v2's only); each installed compose accepts it."""
+    assert {key for key in compose() if not key.startswith("x-")} <= COMPOSE_V1_TOP_LEVEL
+    readme = (DEPLOY / "README.md").read_text()
+    assert "docker compose -p gradjob -f deploy/compose/docker-compose.yml up --build --exit-code-from job" in readme
+    commands = {"v1": ["docker-compose"], "v2": ["docker", "compose"]}
+    ran = []
+    for version, command in commands.items():
+        if shutil.which(command[0]) is None or subprocess.run([*command, "version"], capture_output=True).returncode:
+            continue
+        check = subprocess.run([*command, "-p", "gradjob", "-f", str(DEPLOY / "compose/docker-compose.yml"),
+                                "config", "-q"], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, (version, check.stderr)
+        ran.append(version)
+    if not ran:
+        pytest.skip("neither docker-compose (v1) nor docker compose (v2) is installed: "
+                    "the file was checked as YAML only")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,6 +733,56 @@ def test_slurm_worker_jobs_with_dask_jobqueue():
     assert worker[1:3] == ["-m", "distributed.cli.dask_worker"]
     context = parse_dask(["dask", "worker"] + worker[3:])
     assert (context.params["scheduler"], context.params["nthreads"], context.params["interface"]) == (address, 1, "lo")
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm itself: a one-node Slurm from Debian's packages (deploy/slurm/one_node.sh), where installed
+
+SLURM_PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo")
+
+
+@pytest.fixture(scope="module")
+def one_node_slurm(tmp_path_factory):
+    """SLURM_CONF of a running one-node Slurm with CR_Core_Memory (8000 MB, every core), stopped afterwards."""
+    missing = [name for name in SLURM_PROGRAMS if shutil.which(name) is None]
+    if missing:
+        pytest.skip(f"Slurm is not installed ({', '.join(missing)} missing: "
+                    "apt-get install slurmctld slurmd slurm-client munge)")
+    pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed: slurm_cluster.py cannot start workers")
+    state = tmp_path_factory.mktemp("slurm")
+    script = str(DEPLOY / "slurm/one_node.sh")
+    started = subprocess.run([script, "start", str(state)], capture_output=True, text=True, timeout=60)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert started.stdout == f"export SLURM_CONF={state}/slurm.conf\n"
+        yield str(state / "slurm.conf")
+    finally:
+        subprocess.run([script, "stop", str(state)], timeout=60)
+
+
+def test_slurm_nightly_runs_on_a_one_node_slurm(tmp_path, one_node_slurm):
+    """sbatch for real: the batch job requests its memory, so under CR_Core_Memory the worker job
+    (4 GB) starts beside it on the same node; without --mem the batch job holds all 8000 MB and the
+    worker job pends until GRADJOB_WORKER_WAIT. The worker jobs are cancelled when the job ends."""
+    checkout, batch_env = slurm_checkout(tmp_path)
+    nightly = (ROOT / "jobs/nightly.toml").read_text()
+    (checkout / "jobs/nightly.toml").write_text(
+        nightly[:nightly.index("[[check]]")] + '[[check]]\nname = "seed"\nmodel = "network"\ncase = "seed"\n')
+    batch_env.pop("SLURM_SUBMIT_DIR")
+    batch_env.update(SLURM_CONF=one_node_slurm, GRADJOB_INTERFACE="lo", GRADJOB_PARTITION="cpu",
+                     GRADJOB_WORKERS="1", GRADJOB_WORKER_WAIT="60")
+    run = subprocess.run(["sbatch", "--parsable", "--wait", "deploy/slurm/nightly.sbatch"], cwd=checkout,
+                         env=batch_env, capture_output=True, text=True, timeout=300)
+    (log,) = checkout.glob("gradjob-nightly-*.log")
+    assert log.name == f"gradjob-nightly-{run.stdout.split()[0]}.log"
+    state = Path(one_node_slurm).parent
+    assert run.returncode == 0, "\n".join([log.read_text()[-3000:], *(p.read_text()[-1500:] for p in sorted(
+        checkout.glob("slurm-*.out"))), (state / "slurmctld.log").read_text()[-3000:]])
+    assert log.read_text().splitlines()[-1] == "job nightly: 1 of 1 checks passed"
+    assert (checkout / "reports/nightly.xml").stat().st_size > 0
+    jobs = subprocess.run(["squeue", "-h", "-o", "%j %T"], env=batch_env, capture_output=True, text=True, timeout=30)
+    assert jobs.returncode == 0 and jobs.stdout == ""
 
 
 # ---------------------------------------------------------------------------------------------

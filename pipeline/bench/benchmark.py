@@ -40,18 +40,30 @@ def run_pipeline(request: Request, after: Callable[[Outcome], dict] | None = Non
         outcome = job.run(request)
         wall = time.perf_counter() - started
         extra = after(outcome) if after else {}
-    n, workers = outcome.reduction.n_parameters, request.workers
-    busy = sum(outcome.task_seconds)
-    stages = outcome.seconds
+    return {**run_figures(outcome.reduction.n_parameters, request.workers, wall, outcome.task_seconds, outcome.seconds),
+            "evaluator": outcome.evaluator, "chunk_size": outcome.meta.chunk_size,
+            "peak_worker_rss_bytes": outcome.peak_worker_rss_bytes,
+            "difference": outcome.reduction.difference, "passed": outcome.reduction.passed, **extra}
+
+
+def run_figures(n: int, workers: int, wall: float, task_seconds, stages: dict) -> dict:
+    """What one run's measured times say: rate, tasks, idle share, share spent on verification."""
+    busy = sum(task_seconds)
     return {"workers": workers, "n_parameters": n, "wall_seconds": wall, "params_per_second": n / wall,
-            "evaluator": outcome.evaluator, "n_tasks": len(outcome.task_seconds),
-            "chunk_size": outcome.meta.chunk_size, "mean_task_seconds": busy / max(1, len(outcome.task_seconds)),
+            "n_tasks": len(task_seconds), "mean_task_seconds": busy / max(1, len(task_seconds)),
             # wall-clock share the workers were not computing: start-up, scheduling, store, reduce
             "overhead_fraction": max(0.0, 1 - busy / (wall * workers)),
             # measuring the forward's noise and re-verifying suspects (issue 11: at most 5 %)
             "verification_fraction": (stages.get("calibrate", 0.0) + stages.get("verify", 0.0)) / wall,
-            "seconds": stages, "peak_worker_rss_bytes": outcome.peak_worker_rss_bytes,
-            "difference": outcome.reduction.difference, "passed": outcome.reduction.passed, **extra}
+            "seconds": stages}
+
+
+def baseline_figures(params_per_second: float, seed_seconds: float, torch_seconds: float | None) -> dict:
+    """The baselines' rates from their seconds per parameter, and how many times faster gradjob is."""
+    return {"seed_loop_params_per_second": 1 / seed_seconds,
+            "torch_params_per_second": (1 / torch_seconds) if torch_seconds else None,
+            "speedup_vs_seed_loop": params_per_second * seed_seconds,
+            "speedup_vs_torch": (params_per_second * torch_seconds) if torch_seconds else None}
 
 
 def builtin_figures(layers, examples_: int, worker_counts, growth_layers=None) -> dict:
@@ -62,10 +74,7 @@ def builtin_figures(layers, examples_: int, worker_counts, growth_layers=None) -
     torch_seconds = baselines.torch_seconds_per_parameter(layers, examples_)
     result = {
         "layers": list(layers), "examples": examples_, **main, "runs": runs,
-        "seed_loop_params_per_second": 1 / seed,
-        "torch_params_per_second": (1 / torch_seconds) if torch_seconds else None,
-        "speedup_vs_seed_loop": main["params_per_second"] * seed,
-        "speedup_vs_torch": (main["params_per_second"] * torch_seconds) if torch_seconds else None,
+        **baseline_figures(main["params_per_second"], seed, torch_seconds),
         "baselines_timed_on": f"{baselines.SUBSET} fixed random elements, scaled per element, one core",
     }
     if len(runs) > 1:

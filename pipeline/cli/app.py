@@ -16,7 +16,7 @@ from typing import List, Optional
 import typer
 
 from gradjob.bench import benchmark as bench
-from gradjob.cli.parsing import AtLeast, OneLineErrors, OneOf, PositiveNumber, Sizes
+from gradjob.cli.parsing import AtLeast, OneLineErrors, OneOf, PositiveNumber, Sizes, typed
 from gradjob.errors import InputError, JobError, Stopped
 from gradjob.report import outputs
 from gradjob.report import text as report
@@ -86,31 +86,32 @@ SINGLE_CHECK_OPTIONS = tuple(name for name in jobfile.Check.model_fields if name
 @app.command(short_help="Run one check, or every check of a job file.")
 def submit(
     ctx: typer.Context,
-    job_file: Optional[str] = typer.Argument(None, help="A job file (jobs/*.toml) of checks to run instead of one check."),
+    job_file: Optional[str] = typer.Argument(None, help="A job file (jobs/*.toml) of checks to run instead of one check; "
+                                             "a model file (.py) here is --model."),
     model: str = typer.Option("seed-buggy", help="A model file (.py) or a built-in: linear, network, seed-buggy."),
     forward: Optional[str] = typer.Option(None, help="Forward function in the model file [forward_propagation_n]."),
     backward: Optional[str] = typer.Option(None, help="Backward function in the model file [backward_propagation_n]."),
     case: Optional[str] = typer.Option(None, help="file.npz, case.zarr, file.py:FUNC, or seed, linear, random [the model's own]."),
-    layers: str = typer.Option("4,5,3,1", parser=Sizes("--layers"), help="Layer sizes for --case random."),
-    examples: int = typer.Option(16, parser=AtLeast("--examples"), help="Examples for --case random."),
-    seed: int = typer.Option(0, help="Random seed for --case random."),
-    epsilon: Optional[float] = typer.Option(None, parser=PositiveNumber("--epsilon"),
+    layers: str = typed("4,5,3,1", parser=Sizes("--layers"), help="Layer sizes for --case random."),
+    examples: int = typed(16, parser=AtLeast("--examples"), help="Examples for --case random."),
+    seed: int = typed(0, parser=AtLeast("--seed", 0), help="Random seed for --case random."),
+    epsilon: Optional[float] = typed(None, parser=PositiveNumber("--epsilon"),
                                             help="Fixed step for every parameter [automatic, from the measured noise]."),
-    method: str = typer.Option("central", parser=OneOf("--method", METHODS), help="central, five-point or complex-step (complex-safe forwards only)."),
+    method: str = typed("central", parser=OneOf("--method", METHODS), help="central, five-point or complex-step (complex-safe forwards only)."),
     fast: bool = typer.Option(True, help="Incremental evaluation: the built-in network's, a traced replay of a model file's forward (--no-fast: one forward call per evaluation)."),
-    precision: str = typer.Option("float64", parser=OneOf("--precision", PRECISIONS), help="float64: check float32/float16 models in float64 where their code allows; model: in their own dtype."),
-    threshold: Optional[float] = typer.Option(None, parser=PositiveNumber("--threshold"), help="Largest difference that passes [2e-7 for float64, 1e-3 for float32]."),
-    chunk_size: Optional[int] = typer.Option(None, parser=AtLeast("--chunk-size"), help="Parameters per task [about 8 tasks per worker]."),
-    workers: Optional[int] = typer.Option(None, parser=AtLeast("--workers"), help=f"Worker processes of the embedded cluster [{DEFAULT_WORKERS}]."),
+    precision: str = typed("float64", parser=OneOf("--precision", PRECISIONS), help="float64: check float32/float16 models in float64 where their code allows; model: in their own dtype."),
+    threshold: Optional[float] = typed(None, parser=PositiveNumber("--threshold"), help="Largest difference that passes [2e-7 for float64, 1e-3 for float32]."),
+    chunk_size: Optional[int] = typed(None, parser=AtLeast("--chunk-size"), help="Parameters per task [about 8 tasks per worker]."),
+    workers: Optional[int] = typed(None, parser=AtLeast("--workers"), help=f"Worker processes of the embedded cluster [{DEFAULT_WORKERS}]."),
     scheduler: Optional[str] = typer.Option(None, envvar="DASK_SCHEDULER_ADDRESS", help="Use an existing Dask scheduler, tcp://HOST:PORT [DASK_SCHEDULER_ADDRESS]."),
     store: Optional[str] = typer.Option(None, help="Zarr store of this check [gradjob-stores/<model>-<case>-<hash>.zarr]."),
-    task_timeout: Optional[float] = typer.Option(None, parser=PositiveNumber("--task-timeout"),
+    task_timeout: Optional[float] = typed(None, parser=PositiveNumber("--task-timeout"),
                                                  help="Seconds a task may run before the job ends, naming it [max(60, 50× its expected time)]."),
     overwrite: bool = typer.Option(False, help="Delete an existing store at --store and start afresh."),
     resume: bool = typer.Option(False, help="Require an existing store and compute only its missing chunks."),
     break_lock: bool = typer.Option(False, help="Take over the store's lock even if held from another host."),
-    mode: str = typer.Option("full", parser=OneOf("--mode", MODES), help="full: every parameter, on the cluster; directional: a quick screen on the client."),
-    directions: int = typer.Option(DEFAULT_DIRECTIONS, parser=AtLeast("--directions"), help="Random directions per tensor in directional mode."),
+    mode: str = typed("full", parser=OneOf("--mode", MODES), help="full: every parameter, on the cluster; directional: a quick screen on the client."),
+    directions: int = typed(DEFAULT_DIRECTIONS, parser=AtLeast("--directions"), help="Random directions per tensor in directional mode."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (chunks, steps, memory, store) and stop: no store, no cluster."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
     json_file: Optional[str] = typer.Option(None, help="Also write the JSON result to this file."),
@@ -123,6 +124,10 @@ def submit(
     try:
         if workers is not None and scheduler_given:
             raise InputError(preflight.WORKERS_WITH_SCHEDULER)
+        if job_file is not None and job_file.endswith(".py"):  # `gradjob submit model.py`: a model, not a job
+            if ctx.get_parameter_source("model").name == "COMMANDLINE":
+                raise InputError(f"{job_file} and --model {model} are both models: give one model file")
+            model, job_file = job_file, None
         if job_file is not None:
             given = [name for name in SINGLE_CHECK_OPTIONS if ctx.get_parameter_source(name).name == "COMMANDLINE"]
             if given:
@@ -210,7 +215,7 @@ def _submit_job_file(path: str, scheduler: str | None, workers: int | None, file
 @app.command("report", short_help="Print (and write) the verdict of a finished store.")
 def report_command(
     store: str = typer.Argument(..., help="A finished gradjob store."),
-    threshold: Optional[float] = typer.Option(None, parser=PositiveNumber("--threshold"), help="Judge against this threshold [the job's]."),
+    threshold: Optional[float] = typed(None, parser=PositiveNumber("--threshold"), help="Judge against this threshold [the job's]."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
     json_file: Optional[str] = typer.Option(None, help="Also write the JSON result to this file."),
     junit: Optional[str] = typer.Option(None, help="Write JUnit XML: one test case per check and tensor."),
@@ -241,10 +246,10 @@ def history_command(root: str = typer.Argument(..., help="A job's store root (it
 
 @app.command("bench", short_help="Speed and memory against baselines run in the same process.")
 def bench_command(
-    layers: str = typer.Option("784,512,256,1", parser=Sizes("--layers"), help="Layer sizes of the networks."),
-    examples: int = typer.Option(128, parser=AtLeast("--examples"), help="Examples in the random case."),
-    workers: List[int] = typer.Option([2], parser=AtLeast("--workers"), help="Worker processes; repeat to measure scaling (--workers 1 --workers 2)."),
-    growth_layers: Optional[str] = typer.Option(
+    layers: str = typed("784,512,256,1", parser=Sizes("--layers"), help="Layer sizes of the networks."),
+    examples: int = typed(128, parser=AtLeast("--examples"), help="Examples in the random case."),
+    workers: List[int] = typed([2], parser=AtLeast("--workers"), help="Worker processes; repeat to measure scaling (--workers 1 --workers 2)."),
+    growth_layers: Optional[str] = typed(
         None, parser=Sizes("--growth-layers"), help="Also run the pipeline alone on this larger network (e.g. 784,2048,256,1) and "
                                        "report how peak worker memory grows."),
     model: Optional[str] = typer.Option(None, help="Time this model file (instead of the built-in network) against its "

@@ -1,6 +1,8 @@
 """Typed command-line options: each bad value is refused while parsing with one line naming the
 option, what it must be and what was given (``gradjob: error: --epsilon must be a positive
-finite number; got 0.0``), exit code 2. Choices come from ``types``."""
+finite number; got 0.0``), exit code 2. Choices come from ``types``. ``typed`` makes the Typer
+option of a parser, so that ``--help`` shows its choices or range as click's Choice, IntRange and
+FloatRange would (``<central|five-point|complex-step>``, ``[x>=1]``), with these messages kept."""
 
 from __future__ import annotations
 
@@ -33,18 +35,25 @@ class OneLineErrors(typer.core.TyperGroup):
 
 
 class _Parser:
-    """A Typer ``parser=``: the raw text in, the value out, or ``InputError`` naming the option."""
+    """A Typer ``parser=``: the raw text in, the value out, or ``InputError`` naming the option.
+    ``metavar`` and ``bounds`` (Typer's ``min``/``max``) are what ``--help`` shows of it."""
 
     __name__ = "value"
+    metavar: str | None = None
+    bounds: dict = {}
+    range_text = ""  # a range Typer's min/max cannot say (an open bound)
 
     def __init__(self, option: str):
         self.option = option
 
 
 class AtLeast(_Parser):
+    metavar = "<int range>"
+
     def __init__(self, option: str, minimum: int = 1):
         super().__init__(option)
         self.minimum = minimum
+        self.bounds = {"min": minimum}
 
     def __call__(self, value):
         try:
@@ -57,6 +66,9 @@ class AtLeast(_Parser):
 
 
 class PositiveNumber(_Parser):
+    metavar = "<float range>"
+    range_text = "[x>0]"
+
     def __call__(self, value):
         try:
             number = float(value)
@@ -71,6 +83,7 @@ class OneOf(_Parser):
     def __init__(self, option: str, choices: tuple[str, ...]):
         super().__init__(option)
         self.choices = choices
+        self.metavar = f"<{'|'.join(choices)}>"
 
     def __call__(self, value):
         if value not in self.choices:
@@ -81,6 +94,8 @@ class OneOf(_Parser):
 class Sizes(_Parser):
     """Comma-separated layer sizes such as 784,512,256,1."""
 
+    metavar = "<int,int,...>"
+
     def __call__(self, value):
         if isinstance(value, tuple):
             return value
@@ -88,3 +103,10 @@ class Sizes(_Parser):
             return tuple(int(part) for part in str(value).split(","))
         except ValueError:
             raise InputError(f"{self.option} must be comma-separated sizes such as 784,512,256,1; got {value!r}") from None
+
+
+def typed(default, *declarations: str, parser: _Parser, help: str, **options):
+    """``typer.Option`` parsed by ``parser``, its choices or range shown in ``--help``."""
+    text = f"{help}  {parser.range_text}" if parser.range_text else help
+    return typer.Option(default, *declarations, parser=parser, metavar=parser.metavar, help=text,
+                        **parser.bounds, **options)

@@ -1,6 +1,9 @@
 """One self-contained HTML page per run: what the text report says, and the plots a person would
 rather look at than read.
 
+At the top, a summary of the run: per check its verdict, difference, threshold and failing
+tensors (or its error), linked to its section, and how many checks passed.
+
 Per check: the text report's head line and its facts (model, case, precision, step, evaluator,
 store), when it ran and with which versions; a table of tensors with their difference,
 threshold, resolution, noise, kinks and re-verified suspects, and the same verdict words as the
@@ -9,7 +12,9 @@ elements settled as wrong, by index; the worst elements of each failing tensor; 
 difference against the asked threshold and its own; and a heatmap of |grad − gradapprox| for
 every weight matrix, max-pooled to at most ``HEATMAP_SIDE`` cells a side while streaming the
 matrix from the store ``store.READ_BLOCK`` elements at a time, with its axes in the matrix's own
-row and column indices and the re-verified kinks and wrong elements marked. Images are embedded
+row and column indices and the re-verified kinks and wrong elements marked, and a strip for each
+failing vector (1-D, 1×N or N×1) over its own indices. A directional screen's numbers are of
+random directions: it names directions, never elements. Images are embedded
 PNGs. Everything is read from the report JSON (``report.to_json``), and from the store only the
 heatmaps' values and the (at most ``verify.CAP`` per tensor) re-verified suspects.
 """
@@ -52,17 +57,24 @@ def _verified(group, path: str, layout: Layout) -> dict[str, dict[int, list]]:
     return out
 
 
+def _directions(numbers: list[int]) -> str:
+    return ("direction " if len(numbers) == 1 else "directions ") + ", ".join(map(str, numbers))
+
+
 def _elements(name: str, t: dict, classes: dict[int, list] | None) -> list[str]:
     """The elements left out at kinks and near-kinks, settled as wrong or unresolved, by index.
     ``classes``: the tensor's re-verified suspects by verify class; None without a store (a
-    directional screen, whose counts are of directions: only elements the report names are listed)."""
+    directional screen, whose numbers are of random directions: those are named, by number)."""
     e, lines = html.escape, []
     kinks, s = t["kinks"], t["suspects"]
     if classes is None:
-        if kinks["elements"]:
-            lines.append(f"{kinks['count']} left out at kinks: {_listed(name, kinks['elements'], kinks['count'])}")
-        if s.get("wrong_elements"):
-            lines.append(f"{s['wrong']} still wrong on smaller steps: {_listed(name, s['wrong_elements'], s['wrong'])}")
+        numbers = t.get("directions") or {"count": 0, "kinks": [], "wrong": []}
+        if numbers["kinks"]:
+            lines.append(f"{len(numbers['kinks'])} of {numbers['count']} random directions cross a kink, left out: "
+                         f"{_directions(numbers['kinks'])}")
+        if numbers["wrong"]:
+            lines.append(f"{len(numbers['wrong'])} of {numbers['count']} random directions still wrong on smaller "
+                         f"steps: {_directions(numbers['wrong'])}")
         return [f'<p class="small">{e(name)}: {e(line)}</p>' for line in lines]
     if kinks["count"]:
         parts = [f"{len(classes[k])} {label}: {_listed(name, classes[k])}"
@@ -150,7 +162,8 @@ def _check_section(check: str, result: dict) -> list[str]:
     body.append(f'<img alt="per-tensor difference of {e(check)}" src="data:image/png;base64,'
                 f'{plots.png(plots.difference_figure(result))}">')
     if group is None:  # a directional screen keeps no per-element values
-        body.append(f"<p>{e(result['method'])}: no per-element heatmaps; run a full check for them.</p>")
+        body.append(f"<p>{e(result['method'])}: no per-element heatmaps; run a full check for them. The kinks and "
+                    "re-verified counts above are of random directions, not elements.</p>")
         return body
     maps = []
     for tensor in layout.tensors:
@@ -158,6 +171,11 @@ def _check_section(check: str, result: dict) -> list[str]:
             error, row_step, col_step = plots.pooled_error(group, layout, tensor.name)
             image = plots.png(plots.heatmap_figure(error, tensor.name, tensor.shape, row_step, col_step, verified[tensor.name]))
             maps.append(f'<img alt="heatmap of |grad − gradapprox| for {e(tensor.name)}" '
+                        f'src="data:image/png;base64,{image}">')
+        elif plots.is_vector(tensor.shape) and not result["tensors"][tensor.name]["passed"]:
+            error, _, step = plots.pooled_error(group, layout, tensor.name, shape=(1, tensor.size))
+            image = plots.png(plots.strip_figure(error, tensor.name, tensor.shape, step, verified[tensor.name]))
+            maps.append(f'<img alt="strip of |grad − gradapprox| for {e(tensor.name)}" '
                         f'src="data:image/png;base64,{image}">')
     if maps:
         settled = (", and elements re-verified as agreeing count with their settled estimate"
@@ -168,13 +186,41 @@ def _check_section(check: str, result: dict) -> list[str]:
     return body
 
 
+def _anchor(index: int) -> str:
+    return f"check-{index + 1}"
+
+
+def _summary(results: list[dict]) -> list[str]:
+    """The run at a glance: how many checks passed, and a row per check linked to its section."""
+    e = html.escape
+    failing = [entry["check"] for entry in results if entry.get("error") or not entry["result"]["passed"]]
+    line = f"{len(results) - len(failing)} of {len(results)} checks passed"
+    word = "FAIL" if failing else "PASS"
+    body = [f'<p id="summary"><span class="{word.lower()}">{word}</span> {e(line)}'
+            + (f"; not passed: {e(', '.join(failing))}" if failing else "") + "</p>",
+            '<table class="summary"><tr><th>check</th><th>verdict</th><th>mode</th><th>difference</th>'
+            "<th>threshold</th><th>failing tensors</th></tr>"]
+    for index, entry in enumerate(results):
+        link = f'<td><a href="#{_anchor(index)}">{e(entry["check"])}</a></td>'
+        if entry.get("error"):
+            body.append(f'<tr>{link}<td class="fail">ERROR</td><td colspan="4">{e(entry["error"])}</td></tr>')
+            continue
+        r = entry["result"]
+        word = "PASS" if r["passed"] else "FAIL"
+        body.append(f'<tr>{link}<td class="{word.lower()}">{word}</td><td>{e(r["mode"])}</td>'
+                    f'<td>{r["difference"]:.4e}</td><td>{r["threshold"]:.1e}</td>'
+                    f'<td>{e(", ".join(r["failing"]))}</td></tr>')
+    body.append("</table>")
+    return body
+
+
 def to_html(title: str, results: list[dict]) -> str:
     """``results``: per check, ``{"check", "result" (report JSON)}`` or ``{"check", "error"}``;
     ``title`` names the run ("check seed", "job nightly")."""
     heading = html.escape(run_name(title))
-    body = [f"<h1>{heading}</h1>"]
-    for entry in results:
-        body.append(f"<h2>{html.escape(entry['check'])}</h2>")
+    body = [f"<h1>{heading}</h1>", *_summary(results)]
+    for index, entry in enumerate(results):
+        body.append(f'<h2 id="{_anchor(index)}">{html.escape(entry["check"])}</h2>')
         if entry.get("error"):
             body.append(f'<p class="fail">ERROR: {html.escape(entry["error"])}</p>')
         else:

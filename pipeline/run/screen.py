@@ -65,7 +65,10 @@ def screen(prepared: Prepared, directions: int, seed: int = 0) -> Outcome:
     reduction.n_parameters = layout.n_parameters
     for result, tensor in zip(reduction.tensors, layout.tensors):
         result.shape = tensor.shape
-        result.worst, result.kink_elements = [], []
+        # the reducer's "elements" here are direction numbers: said as directions, no element is named
+        result.directions = {"count": directions, "kinks": [k for (k,) in result.kink_elements],
+                             "wrong": [k for (k,) in result.wrong_elements]}
+        result.worst, result.kink_elements, result.wrong_elements = [], [], []
         if result.diagnosis and not _names_a_factor(result.diagnosis):
             result.diagnosis = f"{gradient_name(tensor.name)} disagrees with the numerical derivative along random directions"
         shape_verdict(tensor, result)

@@ -56,19 +56,25 @@ def test_directional_screen_flags_every_broken_tensor(key, broken, gradjob):
     assert run.exit_code == (1 if broken else 0)
 
 
+def submitted(gradjob, exit_code: int, *args: str) -> dict:
+    """The JSON of a submit that must exit with ``exit_code`` (0 pass, 1 disagrees)."""
+    run = gradjob("submit", "--json", *args)
+    assert run.exit_code == exit_code, run.stderr
+    return json.loads(run.stdout)
+
+
 def test_seed_default_options_corrected_below_1e_9_and_factors_named(gradjob, cluster_address):
-    correct = json.loads(gradjob("submit", "--json", "--model", "network", "--case", "seed",
-                                 "--scheduler", cluster_address).stdout)
+    correct = submitted(gradjob, 0, "--model", "network", "--case", "seed", "--scheduler", cluster_address)
     assert correct["difference"] < 1e-9 and correct["passed"]
-    buggy = json.loads(gradjob("submit", "--json", "--scheduler", cluster_address).stdout)
+    buggy = submitted(gradjob, 1, "--scheduler", cluster_address)
     assert buggy["tensors"]["W2"]["diagnosis"] == "dW2 is 2.00× the numerical gradient"
     assert buggy["tensors"]["b1"]["diagnosis"] == "db1 is 4.00× the numerical gradient"
 
 
 @pytest.mark.parametrize("method, below", [("five-point", 1e-10), ("complex-step", 1e-12)])
 def test_other_methods_on_the_seed(method, below, gradjob, cluster_address):
-    result = json.loads(gradjob("submit", "--json", "--model", "network", "--case", "seed", "--method", method,
-                                "--scheduler", cluster_address).stdout)
+    result = submitted(gradjob, 0, "--model", "network", "--case", "seed", "--method", method,
+                       "--scheduler", cluster_address)
     assert result["difference"] < below and result["method"] == method
 
 

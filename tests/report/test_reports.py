@@ -178,7 +178,7 @@ class Page(HTMLParser):
 
     def __init__(self, source: str):
         super().__init__(convert_charrefs=True)
-        self.title, self.rows, self.images, self._data = None, [], [], []
+        self.title, self.rows, self.images, self.headings, self._data = None, [], [], [], []
         self._row = self._cell = None
         self._in = None
         self.feed(source)
@@ -205,6 +205,8 @@ class Page(HTMLParser):
     def handle_data(self, data):
         if self._in == "title" and self.title is None:
             self.title = data
+        if self._in in ("h1", "h2") and data.strip():
+            self.headings.append((self._in, data))
         if self._in in ("style",):
             return
         if self._cell is not None:
@@ -403,7 +405,7 @@ def test_html_head_time_versions_precision_and_tensor_table(seed, kinks):
     result = json.loads(seed.submit_json)
     page = Page(seed.submit_html)
     assert page.title == "gradjob check seed"
-    assert "<h1>gradjob check seed</h1>\n<h2>seed</h2>" in seed.submit_html
+    assert page.headings == [("h1", "gradjob check seed"), ("h2", "seed")]
     facts = {r[0]: r[1] for r in page.rows if len(r) == 2}
     assert facts["run"] == result["created"]
     assert facts["versions"] == ", ".join(f"{k} {v}" for k, v in result["versions"].items())
@@ -458,11 +460,13 @@ def test_html_lists_kinks_near_kinks_wrong_and_the_worst_elements(seed, kinks):
 
 
 def test_html_is_self_contained_with_the_plots(seed, kinks):
-    for source, heatmaps in ((seed.submit_html, ("W1", "W2")), (kinks["broken"].html, ("W1", "W2"))):
+    # a heatmap for every matrix, a strip for every failing vector (the seed's b1, 5×1)
+    for source, maps in ((seed.submit_html, ("heatmap W1", "strip b1", "heatmap W2")),
+                         (kinks["broken"].html, ("heatmap W1", "heatmap W2"))):
         page = Page(source)
         alts = [i["alt"] for i in page.images]
         assert alts[0].startswith("per-tensor difference of ")
-        assert alts[1:] == [f"heatmap of |grad − gradapprox| for {n}" for n in heatmaps]  # 2-D, more than one row
+        assert alts[1:] == [f"{m.split()[0]} of |grad − gradapprox| for {m.split()[1]}" for m in maps]
         for image in page.images:
             assert image["src"].startswith("data:image/png;base64,")
             assert base64.b64decode(image["src"].split(",", 1)[1]).startswith(PNG)

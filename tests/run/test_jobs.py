@@ -57,8 +57,13 @@ def test_nightly_job_writes_reports_and_exits_by_verdict(gradjob, jobs, tmp_path
     result = json.loads(run.stdout)
     assert [c["passed"] for c in result["checks"]] == [False, True]
     assert result["checks"][0]["failing"] == ["W2"]
-    failures = ET.parse(tmp_path / "reports/nightly.xml").getroot().findall(".//failure")
-    assert [f.get("message") for f in failures] == [failures[0].get("message"), "dW2 is 2.00× the numerical gradient"]
+    suites = ET.parse(tmp_path / "reports/nightly.xml").getroot()
+    failed = [(suite.get("name"), case.get("name"), case.find("failure").get("message"))
+              for suite in suites for case in suite if case.find("failure") is not None]
+    difference = result["checks"][0]["difference"]
+    assert difference > 0.1   # dW2 doubled: far beyond any threshold
+    assert failed == [("fraud-network-model-file", "overall difference", f"wrong: W2; difference {difference:.6e}"),
+                      ("fraud-network-model-file", "tensor W2", "dW2 is 2.00× the numerical gradient")]
 
 
 def test_history_over_three_runs_marks_the_failing_night(gradjob, jobs, tmp_path, cluster_address):

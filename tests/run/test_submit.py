@@ -64,7 +64,8 @@ def test_text_verdict_names_failing_tensors_and_report_prints_the_same(gradjob, 
 
 
 def test_store_holds_theta_gradient_done_chunks_and_provenance(gradjob, cluster_address, tmp_path):
-    gradjob("submit", "--epsilon", "1e-7", "--chunk-size", "7", "--store", "s.zarr", "--scheduler", cluster_address)
+    run = gradjob("submit", "--epsilon", "1e-7", "--chunk-size", "7", "--store", "s.zarr", "--scheduler", cluster_address)
+    assert run.exit_code == 1, run.stderr   # the seed's planted bugs: a finished check that disagrees
     group = zarr.open_group(tmp_path / "s.zarr", mode="r")
     assert group["gradapprox"].chunks == (7,)
     assert group["done"][:].tolist() == [1] * 7

@@ -6,6 +6,7 @@ with one line saying why, and gives exactly the generic path's numbers."""
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 
@@ -39,7 +40,8 @@ def forward(X, Y, parameters):
     if cost > 100:
         raise ValueError("diverged")
     return cost, cache
-''', "the traced fast path is off for this model: "),
+''', "the traced fast path is off for this model: Python control flow on a traced value (if, while, and, or, not, "
+     "assert) is not supported (model.py:7); each evaluation calls the forward"),
     "hidden global counter": ('''
 from gradjob.model.networks import network_forward, network_backward as backward
 
@@ -50,7 +52,9 @@ def forward(X, Y, parameters):
     CALLS[0] += 1
     cost, cache = network_forward(X, Y, parameters)
     return cost + (1e-3 if CALLS[0] > 3 else 0.0), cache
-''', "the traced fast path is off for this model: its replayed cost "),
+''', re.compile(r"the traced fast path is off for this model: its replayed cost (\S+) differs from the forward's "
+                 r"(\S+) at W1\[\d+, \d+\] \(hidden state, arithmetic in a lower precision inside the forward, or an "
+                 r"operation that depends on call order\?\); each evaluation calls the forward")),
 }
 
 
@@ -73,11 +77,20 @@ def test_fallbacks_give_the_generic_paths_numbers_and_say_why(kind, gradjob, wri
     source, note = FALLBACKS[kind]
     model = write_model(source)
     traced_run, traced = submit(gradjob, model, "--store", "fast.zarr", "--workers", "1")
-    assert traced_run.exit_code in (0, 1), traced_run.stderr
+    # the einsum model's backward leaves out its 1e-3·‖W1‖² term: W1 fails; the others are correct
+    failing = ["W1"] if kind == "unsupported operation" else []
+    assert (traced_run.exit_code, traced["failing"]) == (1 if failing else 0, failing), traced_run.stderr
     assert traced["evaluator"] == "forward"
-    notes = [line for line in traced_run.stderr.splitlines() if line.startswith("gradjob: note: the traced fast path")]
-    assert len(notes) == 1 and notes[0].startswith(f"gradjob: note: {note}"), traced_run.stderr
+    notes = [line.removeprefix("gradjob: note: ") for line in traced_run.stderr.splitlines()
+             if line.startswith("gradjob: note: the traced fast path")]
+    assert len(notes) == 1, traced_run.stderr
+    if isinstance(note, str):
+        assert notes[0] == note
+    else:   # the replay misses exactly the counter's planted 1e-3
+        replayed, forward = map(float, note.fullmatch(notes[0]).groups())
+        assert forward - replayed == pytest.approx(1e-3, rel=1e-9)
     plain_run, plain = submit(gradjob, model, "--store", "plain.zarr", "--no-fast", "--workers", "1")
+    assert plain_run.exit_code == traced_run.exit_code, plain_run.stderr
     assert plain["evaluator"] == "forward"
     for name in ("gradapprox", "cost_plus", "cost_minus", "step"):
         fast = zarr.open_group(tmp_path / "fast.zarr", mode="r")[name][:]
