@@ -156,7 +156,9 @@ def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps
     plus, minus, step_plus, step_minus = verify.ladder(original, np.asarray(first_steps, dtype=np.float64))
     rungs = plus.shape[1]
     repeated = np.repeat(index, rungs)
-    costs = workspace.costs
+    # the real forward, not a replay: a chunk's check samples only two of its elements, and a ladder's
+    # "agrees" overrides the chunk's numbers (ladders are few evaluations)
+    costs = workspace.forward_costs() if context.evaluator == "traced" else workspace.costs
     try:
         cost = costs(index, original, "")
         cost_plus = costs(repeated, plus.ravel(), "+").reshape(-1, rungs)
