@@ -22,6 +22,7 @@ from gradjob.numerics.evaluate import Costs, PerturbationFailure, in_place_costs
 from gradjob.numerics.fastpath import FastNetwork
 from gradjob.trace import Replay, Untraceable
 
+PROBE_TENSORS = 4        # tensors with an element moved when a worker checks it runs the client's function
 VALIDATION_SAMPLES = 8   # perturbations compared with the real forward before a traced model is used
 # how far a replayed cost may differ from the real forward's, relative to max(1, |J|), by the dtype the
 # forward computes in: round-off of sums that cancel reaches ~1e-12 in float64 (measured on random programs)
@@ -94,6 +95,17 @@ def _picks(layout: Layout, candidates: np.ndarray, samples: int) -> np.ndarray:
     each = [rng.integers(max(t.offset, lo), min(t.stop, hi)) for t in layout.tensors if t.offset < hi and t.stop > lo]
     more = rng.choice(candidates, size=min(samples, len(candidates)), replace=False)
     return np.unique(np.concatenate([np.asarray(each, dtype=np.int64), more.astype(np.int64)]))
+
+
+def probe(layout: Layout, model: Model, X, Y, theta: np.ndarray, tensors: int = PROBE_TENSORS):
+    """J with the real forward at θ and with one element of up to ``tensors`` tensors moved, as
+    (indices, values, costs): what every worker must reproduce (see ``tasks.Probe``)."""
+    picked = layout.tensors[::max(1, -(-len(layout.tensors) // tensors))]
+    moved = np.array([t.offset + t.size // 2 for t in picked], dtype=np.int64)
+    indices = np.concatenate([[0], moved])
+    values = np.concatenate([theta[:1], theta[moved] + 1e-3 * np.maximum(1.0, np.abs(theta[moved]))])
+    costs = np.real(build("forward", model, layout, X, Y, theta.copy())(indices, values.astype(theta.dtype), "~"))
+    return tuple(int(i) for i in indices), tuple(float(v) for v in values), tuple(float(c) for c in costs)
 
 
 def held_bytes(kind: str, layout: Layout, X, Y, chunk_size: int) -> int:

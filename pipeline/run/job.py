@@ -151,8 +151,10 @@ def calibrate(prepared: preflight.Prepared) -> Calibration:
 
 
 def task_context(prepared: preflight.Prepared, meta: StoreMeta) -> tasks.TaskContext:
+    probe = None if prepared.spec.is_builtin else tasks.Probe(*evaluators.probe(  # workers must reproduce it
+        prepared.layout, prepared.model, prepared.case.X, prepared.case.Y, prepared.theta))
     return tasks.TaskContext(urls.location(prepared.store), prepared.spec, meta.evaluator, meta.method, meta.epsilon,
-                             meta.calibration, meta.precision.checked, identity.digest(meta.identity))
+                             meta.calibration, meta.precision.checked, identity.digest(meta.identity), probe)
 
 
 def reduce_store(path: str, threshold: float | None = None, verdicts: dict | None = None) -> Outcome:
