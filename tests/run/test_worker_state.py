@@ -105,3 +105,29 @@ def test_check_loss_on_workers_with_a_module_dict_the_client_changed_raises_one_
     assert "Untraceable" not in str(info.value)
     in_process = gradjob.check_loss(net.loss, net.params, X, y, fast=fast)  # the same model in-process passes
     assert in_process.reduction.passed
+
+
+def test_check_loss_whose_second_trace_is_refused_raises_input_error_not_untraceable():
+    """A loss that is traceable once and then, because of what it kept, no longer: one clear error
+    (exit 2 on the command line, before a store is written), never ``Untraceable``'s traceback."""
+    from gradjob.errors import InputError
+
+    rng = np.random.default_rng(0)
+    params = {"W": rng.standard_normal((3, 2))}
+    kept = {"traces": 0}
+
+    def loss(X, y):
+        W = params["W"]
+        if type(W).__name__ == "Traced":
+            kept["traces"] += 1
+            if kept["traces"] > 1:
+                W = W.tolist()  # what a cache of the first trace's arrays would lead to: refused
+        d = X @ W - y
+        return 0.5 * np.sum(d * d), {"W": X.T @ d}
+
+    X, y = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    with pytest.raises(InputError) as info:
+        gradjob.check_loss(loss, params, X, y)
+    assert str(info.value).startswith("the forward was traced once but not a second time (.tolist() of a traced "
+                                      "value is not supported (")
+    assert str(info.value).endswith("make it so, or turn the traced fast path off (--no-fast, fast=False)")
