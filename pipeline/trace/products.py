@@ -149,7 +149,8 @@ class _Products:
         np.multiply(D[rows][:, :, None], C[pins][None, :, :], out=out)
         out += base[:, None, :] if kind == "F" else \
             np.take(base, positions, axis=0, out=self._buffer((i, "base"), (rows.size, m), base.dtype))[:, None, :]
-        return Rep((kind, "F"), (positions, None), out, 1, base.shape, base, owned=True), bias
+        return Rep((kind, "F"), (positions, None), out, 1, base.shape, base, owned=True,
+                   same=(D[rows] == 0)[:, :, None]), bias
 
     def _matmul_right(self, i, C, r, base, B, exact, remaining, bias):
         """C (n, k) constant, r (k, m) perturbed."""
@@ -186,7 +187,8 @@ class _Products:
         transposed = self._transposed(i)
         out += transposed[None] if kind == "F" else \
             np.take(transposed, positions, axis=0, out=self._buffer((i, "base"), (columns.size, n), base.dtype))[None]
-        return Rep(("F", kind), (None, positions), out.transpose(2, 0, 1), 1, base.shape, base, owned=True), bias
+        return Rep(("F", kind), (None, positions), out.transpose(2, 0, 1), 1, base.shape, base, owned=True,
+                   same=(D[:, columns] == 0)[None]), bias
 
     def _product(self, i, r: Rep, axis: int, M: np.ndarray, base) -> Rep:
         """r with its (full) axis ``axis`` contracted with M (k, width): one GEMM of everything
@@ -205,8 +207,8 @@ class _Products:
             data = np.moveaxis(turned.reshape((M.shape[1],) + rest.shape[:-1]), 0, dk)
         else:
             data = np.moveaxis(out.reshape(rest.shape[:-1] + (M.shape[1],)), -1, dk)
-        _settle(data, d, dk, r, base)
-        return Rep(r.kinds, r.idx, data, r.bpos, base.shape, base, owned=True)
+        same = _settle(data, d, dk, r, base)
+        return Rep(r.kinds, r.idx, data, r.bpos, base.shape, base, owned=True, same=same)
 
     def _rank_one_support(self, D: np.ndarray, pins: np.ndarray, width: int, remaining: int):
         """Where the rank-one update ΔD (B, length) ⊗ (width) changes anything. Splits the batch
@@ -252,10 +254,18 @@ def _dot(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _settle(data: np.ndarray, d: np.ndarray, axes, r: Rep, base) -> None:
-    """Where a perturbation left every input of an output unchanged (all of ``d`` along ``axes``
-    equals θ's), its output is θ's, as where the batch had no change at all: which positions are
-    recomputed depends on the whole batch, and a recomputed value may differ from θ's by round-off."""
-    same = np.all(d == np.asarray(_gather(r.base, r.kinds, r.idx, r.bpos)), axis=axes, keepdims=True)
+def _settle(data: np.ndarray, d: np.ndarray, axes, r: Rep, base) -> np.ndarray:
+    """Where a perturbation left every input of an output unchanged (all of ``d`` along ``axes`` is
+    θ's: known from ``r.same``, else compared), its output is θ's, as where the batch had no change
+    at all: which positions are recomputed depends on the whole batch, and a recomputed value may
+    differ from θ's by round-off. Returns where the output is θ's."""
+    axes = axes if isinstance(axes, tuple) else (axes,)
+    if r.same is not None:
+        same = r.same
+        reduce = tuple(a for a in axes if same.shape[a] != 1)
+        same = np.all(same, axis=reduce, keepdims=True) if reduce else same
+    else:
+        same = np.all(d == np.asarray(_gather(r.base, r.kinds, r.idx, r.bpos)), axis=axes, keepdims=True)
     if same.any():
         np.copyto(data, np.asarray(_gather(base, r.kinds, r.idx, r.bpos)), where=same)
+    return same
