@@ -33,8 +33,8 @@ from gradjob.types import Calibration
 
 @dataclass(frozen=True)
 class Probe:
-    """J as the client computed it with the real forward, at θ (first) and with one element of some
-    tensors moved: every worker computes the same before its first chunk (see ``_check_probe``)."""
+    """J as the client computed it with the real forward, at θ: every worker computes the same before
+    its first chunk (see ``_check_probe``)."""
 
     indices: tuple[int, ...]
     values: tuple[float, ...]

@@ -1,5 +1,5 @@
-"""Issue 17.4: workers must evaluate the function the client checked. Each worker evaluates J at θ (and
-at a few perturbations) before its first chunk and compares them with the client's; a model whose
+"""Issue 17.4: workers must evaluate the function the client checked. Each worker evaluates J at θ before
+its first chunk and compares it with the client's; a model whose
 workers see other module state (a module-level dict the client's calls changed, weights drawn
 without a seed at import) stops the job with one line naming the likely causes, exit 3: the
 workers' state can only be seen once they run the model."""
