@@ -61,29 +61,50 @@ def choose(spec: ModelSpec, model: Model, layout: Layout, X, Y, theta: np.ndarra
 
 def mismatch(costs: Costs, real: Costs, layout: Layout, theta: np.ndarray, computed_dtype: str,
              candidates: np.ndarray, samples: int = VALIDATION_SAMPLES) -> str | None:
-    """Compare ``costs`` with ``real`` (the forward evaluator) at θ and at a few perturbations drawn
-    from ``candidates``; the first disagreement beyond round-off, in words, or None."""
-    rng = np.random.default_rng(len(candidates))
-    picks = np.sort(rng.choice(candidates, size=min(samples, len(candidates)), replace=False))
-    values = (theta[picks] + 1e-3 * np.maximum(1.0, np.abs(theta[picks]))).astype(theta.dtype)
-    indices = np.concatenate([picks[:1], picks])
-    values = np.concatenate([theta[picks[:1]], values])  # the first: no change at all, J(θ)
+    """Compare ``costs`` with ``real`` (the forward evaluator) at θ and on both sides of θ at an
+    element of every tensor ``candidates`` reach (one-element tensors too) and a few more drawn from
+    them; the first disagreement beyond round-off, in words, or None. The replay raising anything
+    is a disagreement: the forward decides."""
+    picks = _picks(layout, candidates, samples)
+    step = 1e-3 * np.maximum(1.0, np.abs(theta[picks]))
+    indices = np.concatenate([picks[:1], picks, picks])
+    values = np.concatenate([theta[picks[:1]], (theta[picks] + step).astype(theta.dtype),
+                             (theta[picks] - step).astype(theta.dtype)])  # the first: no change at all, J(θ)
     try:
         replayed = costs(indices, values, "~")
     except PerturbationFailure as failure:
         return f"the replay failed at {layout.describe(failure.index)} ({failure.detail})"
+    except Exception as exc:  # e.g. an operation the replay mishandles: never a traceback
+        return f"the replay raised {type(exc).__name__}: {exc}"
     try:  # θ moved by 1e-3 here, far more than any step: a forward failing there is judged at the steps
         expected = real(indices, values, "~")
     except PerturbationFailure as failure:
         return f"the forward itself failed at {layout.describe(failure.index)} moved by 1e-3 ({failure.detail})"
     tolerance = REPLAY_RTOL.get(computed_dtype, 1e-11) * np.maximum(1.0, np.abs(expected))
-    bad = np.flatnonzero(np.abs(replayed - expected) > tolerance)
+    bad = np.flatnonzero(~(np.abs(replayed - expected) <= tolerance))
     if bad.size:
         k = int(bad[0])
         return (f"its replayed cost {replayed[k]:.17g} differs from the forward's {expected[k]:.17g} at "
                 f"{layout.describe(int(indices[k]))} (hidden state, arithmetic in a lower precision inside the "
                 "forward, or an operation that depends on call order?)")
     return None
+
+
+def _picks(layout: Layout, candidates: np.ndarray, samples: int) -> np.ndarray:
+    """One element of every tensor among ``candidates``, and more drawn from them up to ``samples``
+    in all; reproducibly."""
+    rng = np.random.default_rng(len(candidates))
+    lo, hi = int(candidates.min()), int(candidates.max()) + 1
+    each = [rng.integers(max(t.offset, lo), min(t.stop, hi)) for t in layout.tensors if t.offset < hi and t.stop > lo]
+    more = rng.choice(candidates, size=min(max(0, samples - len(each)), len(candidates)), replace=False)
+    return np.unique(np.concatenate([np.asarray(each, dtype=np.int64), more.astype(np.int64)]))
+
+
+def probe(layout: Layout, model: Model, X, Y, theta: np.ndarray):
+    """J at θ with the real forward, as (indices, values, costs): what every worker must reproduce (see
+    ``tasks.Probe``). Only at θ: the client must not run the forward where it may crash its process."""
+    cost = build("forward", model, layout, X, Y, theta.copy())(np.array([0]), theta[:1].copy(), "~")[0]
+    return (0,), (float(np.real(theta[0])),), (float(np.real(cost)),)
 
 
 def held_bytes(kind: str, layout: Layout, X, Y, chunk_size: int) -> int:

@@ -27,6 +27,7 @@ from gradjob.run import evaluators, identity, preflight, reuse, reverify, tasks
 from gradjob.run.plan import Plan, clamped_chunk_size, default_chunk_size, make_plan
 from gradjob.run.progress import Progress
 from gradjob.storage import lock, store, urls, verification
+from gradjob.trace import Untraceable
 from gradjob.types import Calibration, Outcome, Request, StoreMeta
 from gradjob.version import __version__
 
@@ -207,15 +208,22 @@ def calibrate(prepared: preflight.Prepared) -> Calibration:
     if prepared.request.method == "complex-step":
         eps = float(np.finfo(theta.dtype).eps)
         return noise.fixed_calibration(layout, eps * abs(prepared.cost), noise.COMPLEX_STEP)
-    costs = evaluators.build(prepared.evaluator, prepared.model, layout, prepared.case.X,
-                             prepared.case.Y, theta.copy())
+    try:
+        costs = evaluators.build(prepared.evaluator, prepared.model, layout, prepared.case.X,
+                                 prepared.case.Y, theta.copy())
+    except Untraceable as exc:  # traced in preflight, not now: before the store is written
+        raise InputError(f"the forward was traced once but not a second time ({exc}): it does not depend on its "
+                         "arguments alone (module-level state its calls change, or a cache kept between calls); "
+                         "make it so, or turn the traced fast path off (--no-fast, fast=False)") from None
     return noise.calibrate(costs, layout, theta, prepared.cost, prepared.request.method,
                            np.dtype(prepared.precision.checked))
 
 
 def task_context(prepared: preflight.Prepared, meta: StoreMeta) -> tasks.TaskContext:
+    probe = None if prepared.spec.is_builtin else tasks.Probe(*evaluators.probe(  # workers must reproduce it
+        prepared.layout, prepared.model, prepared.case.X, prepared.case.Y, prepared.theta))
     return tasks.TaskContext(urls.location(prepared.store), prepared.spec, meta.evaluator, meta.method, meta.epsilon,
-                             meta.calibration, meta.precision.checked, identity.digest(meta.identity))
+                             meta.calibration, meta.precision.checked, identity.digest(meta.identity), probe)
 
 
 def reduce_store(path: str, threshold: float | None = None, verdicts: dict | None = None) -> Outcome:

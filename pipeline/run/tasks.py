@@ -28,7 +28,23 @@ from gradjob.numerics.evaluate import PerturbationFailure, numerical_gradient, p
 from gradjob.run import evaluators
 from gradjob.run.plan import Chunk
 from gradjob.storage import store
+from gradjob.trace import Untraceable
 from gradjob.types import Calibration
+
+
+@dataclass(frozen=True)
+class Probe:
+    """J as the client computed it with the real forward, at θ: every worker computes the same before
+    its first chunk (see ``_check_probe``)."""
+
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
+    costs: tuple[float, ...]
+
+
+SAME_FUNCTION = ("Likely causes: module-level state the client's calls changed (a dict or global the forward "
+                 "reads), randomness drawn at import without a seed, or a cache kept between calls; make the "
+                 "forward depend only on its arguments")
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,7 @@ class TaskContext:
     calibration: Calibration
     computed_dtype: str
     token: str  # the job's identity digest: a new job never reuses a worker's cached θ
+    probe: Probe | None = None  # a model file's or Python function's J on the client (built-ins: None)
 
 
 @dataclass(frozen=True)
@@ -70,7 +87,13 @@ class _Workspace:
         self.theta = store.read_vector(self.group, "theta")  # this thread's own, writable copy
         if context.method == "complex-step":
             self.theta = self.theta.astype(np.result_type(self.theta.dtype, np.complex64))
-        self.costs = evaluators.build(context.evaluator, self.model, self.layout, self.X, self.Y, self.theta)
+        if context.probe is not None:  # before anything else calls the model here: its first call may set state
+            _check_probe(context.probe, self.forward_costs(), self.layout, context.computed_dtype)
+        try:
+            self.costs = evaluators.build(context.evaluator, self.model, self.layout, self.X, self.Y, self.theta)
+        except Untraceable as exc:
+            raise JobError(f"the workers evaluate a different function than the client: the forward was traced on "
+                           f"the client but not on a worker ({exc}). {SAME_FUNCTION}") from None
 
     def forward_costs(self):
         """The plain forward evaluator, for checking a traced chunk (built once, on first use)."""
@@ -83,6 +106,25 @@ class _Workspace:
         if self.fast is not None:
             return self.fast.unperturbed(np.arange(start, stop))
         return self.theta[start:stop].copy()
+
+
+def _check_probe(probe: Probe, forward, layout: Layout, computed_dtype: str) -> None:
+    """``JobError`` unless this worker's forward gives the client's costs (to round-off of another
+    machine's BLAS; on one machine, bit for bit)."""
+    indices = np.asarray(probe.indices, dtype=np.int64)
+    expected = np.asarray(probe.costs)
+    try:
+        got = np.real(forward(indices, np.asarray(probe.values), "~"))
+    except PerturbationFailure as failure:
+        raise JobError(f"the workers evaluate a different function than the client: the forward fails on a worker "
+                       f"where it ran on the client ({failure.detail}). {SAME_FUNCTION}") from None
+    tolerance = evaluators.REPLAY_RTOL.get(computed_dtype, 1e-11) * np.maximum(1.0, np.abs(expected))
+    bad = np.flatnonzero(~(np.abs(got - expected) <= tolerance))
+    if bad.size:
+        k = int(bad[0])
+        where = "J(θ)" if k == 0 else f"J with {layout.describe(int(indices[k]))} moved to {probe.values[k]:.17g}"
+        raise JobError(f"the workers evaluate a different function than the client: {where} is {got[k]:.17g} on a "
+                       f"worker but {expected[k]:.17g} on the client. {SAME_FUNCTION}")
 
 
 _local = threading.local()
@@ -157,7 +199,9 @@ def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps
     plus, minus, step_plus, step_minus = verify.ladder(original, np.asarray(first_steps, dtype=np.float64))
     rungs = plus.shape[1]
     repeated = np.repeat(index, rungs)
-    costs = workspace.costs
+    # the real forward, not a replay: a chunk's check samples only two of its elements, and a ladder's
+    # "agrees" overrides the chunk's numbers (ladders are few evaluations)
+    costs = workspace.forward_costs() if context.evaluator == "traced" else workspace.costs
     try:
         cost = costs(index, original, "")
         cost_plus = costs(repeated, plus.ravel(), "+").reshape(-1, rungs)

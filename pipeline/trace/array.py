@@ -1,9 +1,9 @@
 """``Traced``: what the forward's parameters, and every value computed from them, are while the
 forward is traced (see ``trace``): a stand-in for an ndarray that holds its NumPy value at θ and
 its node in the graph. It answers every entry point NumPy and Python have for an array: the
-dispatch protocols (NEP 13/18), operators, methods, ``len``/``shape``/printing, conversions. It
+dispatch protocols (NEP 13/18), operators, methods, ``len``/``shape``, text, conversions. It
 computes with NumPy itself and records through the rules in ``traced_numpy``; conversions that
-would freeze a value (``if``, ``float()``) and writes into parameters are refused.
+would freeze a value (``if``, ``float()``, text) and writes into parameters are refused.
 
 About 310 lines because it is one class, and each entry point it answers sits in it.
 """
@@ -80,14 +80,18 @@ class Traced:
             raise TypeError("iteration over a 0-d array")
         return (self[i] for i in range(len(self)))
 
+    # -- text: a value at θ as text could come back as a constant (float(f"{x}")), so not while traced
     def __repr__(self):
+        if self._tape.open:
+            _refuse("a traced value as text (print, str(), repr(), f-strings, format) is not supported: "
+                    "its value at θ could come back as a constant")
         return repr(self._value)
 
     def __str__(self):
-        return str(self._value)
+        return self.__repr__() and str(self._value)
 
     def __format__(self, spec):
-        return format(self._value, spec)
+        return self.__repr__() and format(self._value, spec)
 
     # -- the NumPy protocols
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -110,6 +114,9 @@ class Traced:
         dot = profile.dot_of(self) if profile is not None else None
         if dot is not None:  # X.dot(self): see _Dot
             return dot.argument if dtype is None else dot.argument_as(np.dtype(dtype))
+        if dtype is not None and profile is not None and profile.converting():
+            _refuse(f"{np_name(profile.calls[-1][0])} of a traced array is not supported: it would be a plain array "
+                    "holding its value at θ")
         if dtype is not None and self.ndim > 0:
             return _Cast.of(self.astype(dtype))  # np.int64(A > 0): a cast, still traced
         _refuse("converting a traced array to a plain NumPy array (np.asarray, np.array, storing it into "

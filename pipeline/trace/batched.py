@@ -30,12 +30,13 @@ class _Split(Exception):
 class Rep:
     """The values of one node under a batch of perturbations (see the module docstring)."""
 
-    __slots__ = ("kinds", "idx", "data", "bpos", "shape", "base", "owned")
+    __slots__ = ("kinds", "idx", "data", "bpos", "shape", "base", "owned", "same")
 
-    def __init__(self, kinds, idx, data, bpos, shape, base, owned=False):
+    def __init__(self, kinds, idx, data, bpos, shape, base, owned=False, same=None):
         self.kinds, self.idx, self.data, self.bpos = tuple(kinds), tuple(idx), data, bpos
         self.shape, self.base = tuple(shape), base
         self.owned = owned  # data is a buffer written for this block that no other Rep shares
+        self.same = same    # if known: where a perturbation left the value θ's (bool, broadcastable to data)
 
     @property
     def B(self) -> int:
@@ -47,7 +48,8 @@ class Rep:
     def take(self, part) -> "Rep":
         key = (slice(None),) * self.bpos + (part,)
         idx = tuple(i[part] if k == "P" else i for k, i in zip(self.kinds, self.idx))
-        return Rep(self.kinds, idx, self.data[key], self.bpos, self.shape, self.base)
+        same = self.same if self.same is None or self.same.shape[self.bpos] == 1 else self.same[key]
+        return Rep(self.kinds, idx, self.data[key], self.bpos, self.shape, self.base, same=same)
 
 
 # --- layouts -------------------------------------------------------------------------------------

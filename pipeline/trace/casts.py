@@ -127,6 +127,9 @@ class _Dot:
         tape.casts.extend(weakref.ref(a) for a in (product, self.argument, *self.converted))
 
 
+_PLAIN_ARRAY = (np.asarray, np.array, np.ascontiguousarray, np.asfortranarray)
+
+
 class _Profile:
     """The C calls under way while tracing (a profile hook, chained to any other profiler)."""
 
@@ -142,6 +145,17 @@ class _Profile:
                 dot.finish(event == "c_return", frame)
         if self.previous is not None:
             self.previous(frame, event, arg)
+
+    def converting(self) -> bool:
+        """Whether the innermost C call under way makes a plain array (``np.asarray(x, dtype=...)``):
+        a ``_Cast`` given to it would lose its type and leave its poisoned memory behind."""
+        if not self.calls:
+            return False
+        function = self.calls[-1][0]  # read first: a builtin called here (any, ...) is a C call too
+        for plain in _PLAIN_ARRAY:
+            if function is plain:
+                return True
+        return False
 
     def dot_of(self, traced: Traced):
         """The ``_Dot`` when ``traced`` is being converted as the argument of X.dot, else None."""

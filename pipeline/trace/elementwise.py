@@ -76,7 +76,8 @@ class _Elementwise:
             np.clip(*args, out=out)
         else:
             function(*args, out=out)
-        return Rep(kinds, idx, out, bpos, shape, self.base[i], owned=True)
+        same = first.same if len(changed) == 1 and out.shape == first.data.shape else None  # θ's stays θ's
+        return Rep(kinds, idx, out, bpos, shape, self.base[i], owned=True, same=same)
 
     # -- shapes and indexing
     def _reshape(self, rep: Rep, shape: tuple, base, B: int) -> Rep:

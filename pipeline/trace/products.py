@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 # Python work per node and block, in element operations, when deciding whether splitting a
 # batch by pinned row (fewer changed columns each) pays.
 NODE_OVERHEAD_ELEMENTS = 20_000
+# BLAS computes a row of a product the same way in every product whose row count is a multiple of
+# this (no gemv for one row, no remainder kernels; checked on OpenBLAS): products over a batch are
+# computed in such row counts, so an element's cost does not depend on the batch it is replayed in.
+ROW_TILE = 8
 # A product with at most this many outputs per row (e.g. class scores) is laid out with that axis
 # outermost in memory: a softmax's reductions over it are then vectorised.
 NARROW = 32
@@ -120,7 +124,7 @@ class _Products:
             if k0 == "P":  # rows: one GEMM
                 self._split_by_size(B, m * base.dtype.itemsize)
                 d = np.moveaxis(r.data, r.bpos, 0)
-                return Rep("PF", (r.idx[0], None), np.dot(d, C, out=self._buffer(i, (B, m), base.dtype)), 0,
+                return Rep("PF", (r.idx[0], None), _dot(d, C, self._buffer(i, (B, m), base.dtype)), 0,
                            base.shape, base, owned=True), None
             self._split_by_size(B, _per_item(r.kinds, r.idx, r.shape) // k * m * base.dtype.itemsize)
             return self._product(i, r, 1, C, base), None
@@ -145,7 +149,8 @@ class _Products:
         np.multiply(D[rows][:, :, None], C[pins][None, :, :], out=out)
         out += base[:, None, :] if kind == "F" else \
             np.take(base, positions, axis=0, out=self._buffer((i, "base"), (rows.size, m), base.dtype))[:, None, :]
-        return Rep((kind, "F"), (positions, None), out, 1, base.shape, base, owned=True), bias
+        return Rep((kind, "F"), (positions, None), out, 1, base.shape, base, owned=True,
+                   same=(D[rows] == 0)[:, :, None]), bias
 
     def _matmul_right(self, i, C, r, base, B, exact, remaining, bias):
         """C (n, k) constant, r (k, m) perturbed."""
@@ -157,7 +162,7 @@ class _Products:
             if k1 == "P":  # columns: one GEMM
                 self._split_by_size(B, n * base.dtype.itemsize)
                 d = np.moveaxis(r.data, r.bpos, 1)  # (k, B)
-                return Rep("FP", (None, r.idx[1]), np.dot(C, d, out=self._buffer(i, (n, B), base.dtype)), 1,
+                return Rep("FP", (None, r.idx[1]), _dot(d.T, C.T, self._buffer(i, (n, B), base.dtype).T).T, 1,
                            base.shape, base, owned=True), None
             self._split_by_size(B, _per_item(r.kinds, r.idx, r.shape) // k * n * base.dtype.itemsize)
             return self._product(i, r, 0, C.T, base), None
@@ -182,7 +187,8 @@ class _Products:
         transposed = self._transposed(i)
         out += transposed[None] if kind == "F" else \
             np.take(transposed, positions, axis=0, out=self._buffer((i, "base"), (columns.size, n), base.dtype))[None]
-        return Rep(("F", kind), (None, positions), out.transpose(2, 0, 1), 1, base.shape, base, owned=True), bias
+        return Rep(("F", kind), (None, positions), out.transpose(2, 0, 1), 1, base.shape, base, owned=True,
+                   same=(D[:, columns] == 0)[None]), bias
 
     def _product(self, i, r: Rep, axis: int, M: np.ndarray, base) -> Rep:
         """r with its (full) axis ``axis`` contracted with M (k, width): one GEMM of everything
@@ -194,14 +200,15 @@ class _Products:
         rest = np.moveaxis(d, dk, -1)
         flat = rest.reshape(-1, M.shape[0])  # a view when k is innermost in memory
         out = self._buffer(i, (flat.shape[0], M.shape[1]), base.dtype)
-        np.dot(flat, M, out=out)
+        _dot(flat, M, out)
         if M.shape[1] <= NARROW:  # few outputs (classes): those axes outermost, for reductions over them
             turned = self._buffer((i, "narrow"), (M.shape[1], flat.shape[0]), base.dtype)
             np.copyto(turned, out.T)
             data = np.moveaxis(turned.reshape((M.shape[1],) + rest.shape[:-1]), 0, dk)
         else:
             data = np.moveaxis(out.reshape(rest.shape[:-1] + (M.shape[1],)), -1, dk)
-        return Rep(r.kinds, r.idx, data, r.bpos, base.shape, base, owned=True)
+        same = _settle(data, d, dk, r, base)
+        return Rep(r.kinds, r.idx, data, r.bpos, base.shape, base, owned=True, same=same)
 
     def _rank_one_support(self, D: np.ndarray, pins: np.ndarray, width: int, remaining: int):
         """Where the rank-one update ΔD (B, length) ⊗ (width) changes anything. Splits the batch
@@ -228,3 +235,37 @@ def _delta(r, C) -> np.ndarray:
     """How far the perturbed operand moved from θ, in the product's dtype."""
     dtype = np.result_type(r.data, C)
     return r.data.astype(dtype) - np.asarray(_gather(r.base, r.kinds, r.idx, r.bpos)).astype(dtype)
+
+
+def _dot(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """a @ b written into ``out``, the rows of a (one or more per perturbation) taken in multiples of
+    ``ROW_TILE``, the last few padded with zeros."""
+    rows = a.shape[0]
+    full = rows - rows % ROW_TILE
+    if full:
+        if out.flags.c_contiguous:
+            np.dot(a[:full], b, out=out[:full])
+        else:
+            out[:full] = np.dot(a[:full], b)
+    if full < rows:
+        padded = np.zeros((ROW_TILE, a.shape[1]), dtype=a.dtype)
+        padded[:rows - full] = a[full:]
+        out[full:] = np.dot(padded, b)[:rows - full]
+    return out
+
+
+def _settle(data: np.ndarray, d: np.ndarray, axes, r: Rep, base) -> np.ndarray:
+    """Where a perturbation left every input of an output unchanged (all of ``d`` along ``axes`` is
+    θ's: known from ``r.same``, else compared), its output is θ's, as where the batch had no change
+    at all: which positions are recomputed depends on the whole batch, and a recomputed value may
+    differ from θ's by round-off. Returns where the output is θ's."""
+    axes = axes if isinstance(axes, tuple) else (axes,)
+    if r.same is not None:
+        same = r.same
+        reduce = tuple(a for a in axes if same.shape[a] != 1)
+        same = np.all(same, axis=reduce, keepdims=True) if reduce else same
+    else:
+        same = np.all(d == np.asarray(_gather(r.base, r.kinds, r.idx, r.bpos)), axis=axes, keepdims=True)
+    if same.any():
+        np.copyto(data, np.asarray(_gather(base, r.kinds, r.idx, r.bpos)), where=same)
+    return same

@@ -27,7 +27,7 @@ Supported on parameters and on values computed from them (this list is the READM
 - indexing with constants: integers, slices, ``None``, ``...``, integer and boolean arrays
   (``scores[np.arange(N), y]``);
 - ``len()``, ``.shape``, ``.ndim``, ``.size``, ``.dtype``, iterating over the first axis,
-  ``np.zeros_like``/``ones_like``/``full_like`` (constants), printing a value;
+  ``np.zeros_like``/``ones_like``/``full_like`` (constants);
 - augmented assignment: ``loss += reg`` on scalars; ``scores -= scores.max(axis=1, keepdims=True)``
   on arrays that share memory with no other (no views).
 
@@ -41,7 +41,8 @@ in float32). Anything else raises ``Untraceable`` naming the operation and the u
 - writing into a parameter or a view of one (``W[0] = 0``, ``W += 1``);
 - Python control flow or conversion on a traced value: ``if``/``while``/``and``/``assert``,
   ``float()`` and ``.item()`` (but on the cost the forward returns: ``return float(cost), cache``),
-  ``int()``, ``.tolist()``, ``np.asarray``/``np.array``, storing it into a plain array; indexing
+  ``int()``, ``.tolist()``, ``np.asarray``/``np.array`` (with ``dtype=`` too), storing it into a plain
+  array; a traced value as text (``print``, ``str``, f-strings: it could come back as a constant); indexing
   with a traced index (``v[v > 0]``);
 - a cost not computed from the parameters, or not one floating-point value;
 - and, only when the cost depends on the array written: assignment into a traced array

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradjob.trace.batched import Rep, _dpos, _full_batch, _gather, _per_item, _unit_drop, _unpinned
+from gradjob.trace.products import _settle
+from gradjob.trace.batched import Rep, _dpos, _expand, _full_batch, _gather, _per_item, _unit_drop, _unpinned
 
 _REDUCERS = {"sum": (np.add, np.sum), "mean": (np.add, np.sum), "max": (np.maximum, np.max),
              "min": (np.minimum, np.min), "nansum": (np.add, np.nansum), "nanmax": (np.fmax, np.nanmax),
@@ -37,25 +38,23 @@ class _Reductions:
             given = rep.base.dtype
             dtype = np.dtype(np.float64) if given.kind in "biu" else (np.dtype(np.float32) if given == np.float16 else None)
         kwargs = {"dtype": dtype} if dtype is not None else {}
+        selected = [a for a in axes if rep.kinds[a] == "S"]
+        if selected:  # held in full: which positions changed depends on the batch, the order of a sum must not
+            self._split_by_size(B, _per_item(["F" if a in selected else k for a, k in enumerate(rep.kinds)],
+                                             rep.idx, rep.shape) * rep.data.dtype.itemsize)
+            for a in selected:
+                rep = _expand(rep, a)
         kinds, idx, data, bpos = list(rep.kinds), list(rep.idx), rep.data, rep.bpos
         shape = list(rep.shape)
         done: tuple = ()
         full = [a for a in axes if kinds[a] == "F"]
         if full:
-            data = reducer(data, axis=tuple(_dpos(kinds, bpos, a) for a in full), keepdims=True, **kwargs)
+            reduced = tuple(_dpos(kinds, bpos, a) for a in full)
+            data = _each(reducer, rep.data, reduced, bpos, kwargs)
+            _settle(data, rep.data, reduced, rep, self._partial(source, kind, tuple(full), dtype))
             for a in full:
                 shape[a] = 1
             done = tuple(full)
-        for a in [x for x in axes if kinds[x] == "S"]:  # what changed, plus what did not
-            base = self._partial(source, kind, done, dtype)
-            d = _dpos(kinds, bpos, a)
-            part = reducer(data, axis=d, keepdims=True, **kwargs)
-            rest = np.setdiff1d(np.arange(shape[a]), idx[a], assume_unique=True)
-            if rest.size:
-                others = np.asarray(_gather(base, kinds[:a] + ["S"] + kinds[a + 1:], idx[:a] + [rest] + idx[a + 1:], bpos))
-                part = combine(part, reducer(others, axis=d, keepdims=True, **kwargs))
-            data, kinds[a], idx[a], shape[a] = part, "F", None, 1
-            done = tuple(sorted(done + (a,)))
         for a in [x for x in axes if kinds[x] == "P"]:  # the changed position, plus all others
             base = self._partial(source, kind, done, dtype)
             rest = self._excluding_pins(base, (source, kind, done, dtype), kinds, idx, bpos, a, kind, B, kwargs)
@@ -95,7 +94,7 @@ class _Reductions:
                     moved[at + (pins,)] = 0
                 else:  # max/min: a neighbour's value changes nothing
                     moved[at + (pins,)] = moved[at + ((pins + 1) % base.shape[a],)]
-                results.append(reducer(block, axis=d, keepdims=True, **kwargs))
+                results.append(_each(reducer, block, (d,), new_bpos, kwargs))
             return results[0] if len(results) == 1 else np.concatenate(results, axis=new_bpos)
         unique, inverse = np.unique(idx[a], return_inverse=True)
         parts = []
@@ -108,3 +107,14 @@ class _Reductions:
         table = np.concatenate(parts, axis=a)  # along a: one entry per position left out
         gathered = _gather(table, kinds, idx[:a] + [inverse.reshape(-1)] + idx[a + 1:], bpos)
         return np.expand_dims(gathered, d)
+
+
+def _each(reducer, data: np.ndarray, axes: tuple, bpos: int, kwargs: dict) -> np.ndarray:
+    """``data`` reduced over its axes ``axes`` (kept, length 1), each perturbation on its own and in
+    one order whatever the batch: batch first, the reduced axes last and contiguous, reduced as one
+    axis. An element's cost is then the same to the last bit in any batch, so in any chunking."""
+    keep = [a for a in range(data.ndim) if a not in axes and a != bpos]
+    order = [bpos, *keep, *axes]
+    moved = np.ascontiguousarray(data.transpose(order))
+    out = reducer(moved.reshape(moved.shape[:1 + len(keep)] + (-1,)), axis=-1, **kwargs)
+    return out.reshape(out.shape + (1,) * len(axes)).transpose(np.argsort(order))

@@ -191,8 +191,9 @@ def test_check_loss_on_cs231n_code(private_tmp):
     plain = gradjob.check_loss(model.loss, model.params, X, y, fast=False)
     assert plain.reduction.passed and plain.evaluator == "forward"
     # forward path: every perturbation runs the whole loss, backward part included (2 per parameter);
-    # traced: a fixed number of calls (gradient, trace, validation), none per parameter
-    assert type(model).calls >= 2 * n and traced_calls < 100 < n
+    # traced: a fixed number of calls (gradient, trace, validation of every tensor on both sides before the job
+    # and per chunk, the workers' check of J), none per parameter
+    assert type(model).calls >= 2 * n and traced_calls < 150 < n
 
     broken = _counting(cs, scale_b3=1.05)
     with pytest.raises(AssertionError) as raised:
