@@ -44,7 +44,6 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gradjob.errors import InputError, JobError, Stopped
-from gradjob.executors.cluster import SharedCluster
 from gradjob.model import cases
 from gradjob.model import spec as models
 from gradjob.report import outputs
@@ -240,6 +239,8 @@ def run(jobs: JobFile, files: ReportFiles, progress_for, on_error) -> tuple[list
     on one cluster at most; then its reports and history. Returns the entries and the job's exit
     code: the first error's, else 1 if any check failed, else 0. A stop (``Stopped``, Ctrl-C)
     still writes the reports and history: the finished checks', the others marked stopped."""
+    from gradjob.executors.cluster import SharedCluster  # distributed only once a job runs: `import gradjob` stays light
+
     entries = []
     with SharedCluster() as shared:
         try:
