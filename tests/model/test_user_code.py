@@ -86,6 +86,14 @@ def exit_when_w1_moves_far(X, Y, parameters):
         if np.abs(parameters["W1"] - W1[0]).max() > 5e-4:
             sys.exit(0)
     return network_forward(X, Y, parameters)
+
+
+def none_forward(X, Y, parameters):
+    return None
+
+
+def text_forward(X, Y, parameters):
+    return "1.0", None
 '''
 
 CASE = '''
@@ -166,6 +174,8 @@ def test_a_forward_failing_only_where_the_replay_is_validated_falls_back(gradjob
 
 @pytest.mark.parametrize("forward, message", [
     ("empty_forward", "forward must return a scalar cost or (cost, cache); it returned an empty tuple ()"),
+    ("none_forward", "forward must return a scalar cost or (cost, cache); it returned None"),  # was "NoneType of shape ()"
+    ("text_forward", "forward must return a scalar cost or (cost, cache); it returned str '1.0'"),
     ("complex_forward", "the forward's cost at the case's parameters is complex ((2.407833389834357+1j)); the cost "
                         "must be a real number"),
 ])
