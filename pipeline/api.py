@@ -89,7 +89,8 @@ def check(forward, backward, X, Y, parameters, **options) -> Outcome:
     dict of arrays (any names and shapes; float32 is checked in float64 where the code allows).
     Options: see the module's docstring. Returns the ``Outcome``; bad input raises ``InputError``.
     """
-    return _run("check", *adapters.functions(forward, backward, X, Y, parameters), options)
+    __tracebackhide__ = True
+    return _users_view(lambda: _run("check", *adapters.functions(forward, backward, X, Y, parameters), options))
 
 
 def check_loss(loss, params, X, y, **options) -> Outcome:
@@ -102,7 +103,8 @@ def check_loss(loss, params, X, y, **options) -> Outcome:
     also pays for the backward part; with ``fast=True`` (the default) a traceable loss is traced
     once and only what the loss value depends on is replayed per perturbation.
     """
-    return _run("check_loss", *adapters.loss(loss, params, X, y), options)
+    __tracebackhide__ = True
+    return _users_view(lambda: _run("check_loss", *adapters.loss(loss, params, X, y), options))
 
 
 def check_lists(cost, backprop, parameters, data, *, average: bool = True, **options) -> Outcome:
@@ -114,7 +116,8 @@ def check_lists(cost, backprop, parameters, data, *, average: bool = True, **opt
     ``cost(data)`` is the cost and the mean (``average=False``: the sum) of ``backprop(x, y)``
     over ``data`` is checked as its gradient. The lists hold the caller's arrays again afterwards.
     """
-    return _run("check_lists", *adapters.lists(cost, backprop, parameters, data, average), options)
+    __tracebackhide__ = True
+    return _users_view(lambda: _run("check_lists", *adapters.lists(cost, backprop, parameters, data, average), options))
 
 
 def assert_passed(outcome: Outcome) -> Outcome:
@@ -132,6 +135,16 @@ def assert_backprop(forward, backward, X, Y, parameters, **options) -> Outcome:
     shapes: ``gradjob.assert_passed(gradjob.check_loss(...))``."""
     __tracebackhide__ = True
     return assert_passed(check(forward, backward, X, Y, parameters, **options))
+
+
+def _users_view(call):
+    """``call()``; its one-line errors raised from here, without gradjob's frames (pytest printed
+    them with their locals, θ and the case, above the message and the user's own frames)."""
+    __tracebackhide__ = True
+    try:
+        return call()
+    except (InputError, JobError) as exc:
+        raise exc.with_traceback(None) from None
 
 
 def request_of(function: str, options: dict) -> tuple[Request, Progress | None]:

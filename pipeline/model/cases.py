@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import runpy
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,8 @@ def load_case(spec: str, layers: list[int], examples: int, seed: int) -> Case:
 def _npz_case(path: Path) -> Case:
     if not path.is_file():
         raise InputError(f"case file {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):  # np.load then tries pickle, and its error spoke of object arrays
+        raise InputError(f"case file {path} is not an .npz archive; write it with np.savez(path, X=X, Y=Y, W1=W1, …)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import reprlib
 import sys
 import types
 from dataclasses import dataclass
@@ -196,6 +197,8 @@ def as_cost(result) -> float | complex:
     except Exception:  # ragged sequences and the like
         array = np.asarray(None)
     if array.size != 1 or array.dtype.kind not in "fiuc":
-        raise InputError(f"forward must return a scalar cost or (cost, cache); it returned {type(cost).__name__} of shape {array.shape}")
+        found = (f"{type(cost).__name__} of shape {array.shape}" if array.dtype.kind in "fiucb"
+                 else "None" if cost is None else f"{type(cost).__name__} {reprlib.repr(cost)}")  # no shape to speak of
+        raise InputError(f"forward must return a scalar cost or (cost, cache); it returned {found}")
     value = array.reshape(())
     return complex(value) if array.dtype.kind == "c" else float(value)

@@ -67,12 +67,13 @@ def in_place_costs(cost: Callable[[], float], theta: np.ndarray) -> Costs:
     """The generic path: set θ[i], call the forward, restore θ[i] to its exact original value."""
 
     def costs(indices: np.ndarray, values: np.ndarray, sign: str) -> np.ndarray:
-        out = np.empty(len(indices), dtype=np.complex128 if np.iscomplexobj(values) else np.float64)
+        complex_step = np.iscomplexobj(values)
+        out = np.empty(len(indices), dtype=np.complex128 if complex_step else np.float64)
         for p, (i, value) in enumerate(zip(indices, values)):
             original = theta[i]
             theta[i] = value
             try:
-                out[p] = _evaluate(cost, int(i), sign)
+                out[p] = _evaluate(cost, int(i), sign, complex_step)
             finally:
                 theta[i] = original
         return out
@@ -123,11 +124,13 @@ def central_noise(cost_noise, h, curvature):
     return 2 * cost_noise / (math.sqrt(2) * h) + curvature * h * h / 6
 
 
-def _evaluate(cost: Callable[[], float], index: int, sign: str):
+def _evaluate(cost: Callable[[], float], index: int, sign: str, complex_ok: bool = False):
     try:
         value = cost()
     except Exception as exc:
         raise with_frames(PerturbationFailure(index, sign, f"{type(exc).__name__}: {exc}"), exc) from None
+    if isinstance(value, complex) and not complex_ok:  # real at θ but not here: a failure, not a crash
+        raise PerturbationFailure(index, sign, f"the cost is complex ({value}); the cost must be a real number")
     if not np.isfinite(value):
         raise PerturbationFailure(index, sign, f"the cost is {value}")
     return value

@@ -108,6 +108,9 @@ class Schema(_Strict):
     check: list[Check] = []
 
 
+_SECTIONS = {"job": Job, "cluster": Cluster, "reports": Reports, "[check]": Check}
+
+
 @dataclass(frozen=True)
 class NamedCheck:
     name: str
@@ -177,6 +180,10 @@ def _message(path: str, data: dict, error: dict) -> str:
     """One line from pydantic's first error: where, what was expected, what was found."""
     loc, kind = error["loc"], error["type"]
     if kind == "extra_forbidden" and len(loc) == 1:
+        if not isinstance(data.get(loc[0]), (dict, list)):  # a key above every section, not a section
+            home = [f"[{section}]" for section, model in _SECTIONS.items() if loc[0] in model.model_fields]
+            where = f"put it under {' or '.join(home)}" if home else "keys belong under a section"
+            return f"job file {path}: {loc[0]} is outside any section; {where}"
         return f"job file {path}: unknown section [{loc[0]}]; use check, cluster, job, reports"
     if loc and loc[0] == "check" and len(loc) >= 2 and isinstance(loc[1], int):
         entry = data["check"][loc[1]] if isinstance(data.get("check"), list) else {}

@@ -185,3 +185,31 @@ def test_assert_backprop_in_pytest_shows_the_report_not_gradjobs_frames(tmp_path
     assert "dW2 is 2.00× the numerical gradient" in run.stdout
     for hidden in ("pipeline/api.py", "def assert_passed", "Outcome(", "gradjob-", "store"):
         assert hidden not in run.stdout, hidden
+
+
+def test_an_error_in_the_users_forward_in_pytest_shows_the_line_and_their_frames_not_gradjobs(tmp_path):
+    """It showed every gradjob frame from api.py to precision.py, with θ and the case as locals."""
+    (tmp_path / "test_user.py").write_text(textwrap.dedent('''
+        import numpy as np
+        import gradjob
+        from gradjob.model import cases, networks
+
+        def broken(X, Y, parameters):
+            return np.dot(np.ones((8, 6)), np.ones((3, 20)))
+
+        def test_backprop():
+            case = cases.seed_case()
+            gradjob.assert_backprop(broken, networks.network_backward, case.X, case.Y, case.parameters)
+    '''))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1
+    failure = run.stdout.split("_ test_backprop _")[1].split("short test summary")[0]
+    assert [line for line in failure.splitlines() if line.startswith(("E ", ">"))] == [
+        ">       gradjob.assert_backprop(broken, networks.network_backward, case.X, case.Y, case.parameters)",
+        "E       gradjob.errors.InputError: the forward raised at the case's parameters: ValueError: shapes (8,6) "
+        "and (3,20) not aligned: 6 (dim 1) != 3 (dim 0)",
+        f'E         File "{tmp_path / "test_user.py"}", line 7, in broken',
+        "E           return np.dot(np.ones((8, 6)), np.ones((3, 20)))"]
+    for hidden in ("pipeline/", "theta", "def analytic_gradient"):
+        assert hidden not in failure, hidden

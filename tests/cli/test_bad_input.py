@@ -92,6 +92,8 @@ ROWS = [
      "parameter 'W1' is not a numeric array (dtype <U1); give real numbers"),
     ("npz that needs pickle", lambda t, s: ["--case", npz(t, "c.npz", **{**seed_arrays(), "W1": np.array([{}], dtype=object)})],
      "case file {t}/c.npz holds object arrays that need pickle; save numeric arrays only"),
+    ("npz that is not an archive", lambda t, s: ["--case", write(t, "c.npz", "X,Y\n1,2\n")],  # said "need pickle"
+     "case file {t}/c.npz is not an .npz archive; write it with np.savez(path, X=X, Y=Y, W1=W1, …)"),
     ("case without X", lambda t, s: ["--case", npz(t, "c.npz", **{k: v for k, v in seed_arrays().items() if k != "X"})],
      "case {t}/c.npz has no X; it needs X, Y and one array per parameter"),
     ("case without Y", lambda t, s: ["--case", npz(t, "c.npz", **{k: v for k, v in seed_arrays().items() if k != "Y"})],

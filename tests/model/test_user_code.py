@@ -2,6 +2,7 @@
 pass nor lose where it went wrong. Model files through the CLI, on the session's real cluster."""
 
 import json
+import re
 
 import pytest
 
@@ -73,12 +74,26 @@ def transposed_dw1(X, Y, cache):
     return gradients
 
 
+def complex_when_b3_moves(X, Y, parameters):
+    B3.append(float(parameters["b3"][0, 0])) if not B3 else None
+    cost, cache = network_forward(X, Y, parameters)
+    return (cost + 1j if float(parameters["b3"][0, 0]) != B3[0] else cost), cache
+
+
 def exit_when_w1_moves_far(X, Y, parameters):
     if isinstance(parameters["W1"], np.ndarray):
         W1.append(parameters["W1"].copy()) if not W1 else None   # per process: a worker's first W1 is θ's ± h
         if np.abs(parameters["W1"] - W1[0]).max() > 5e-4:
             sys.exit(0)
     return network_forward(X, Y, parameters)
+
+
+def none_forward(X, Y, parameters):
+    return None
+
+
+def text_forward(X, Y, parameters):
+    return "1.0", None
 '''
 
 CASE = '''
@@ -159,12 +174,25 @@ def test_a_forward_failing_only_where_the_replay_is_validated_falls_back(gradjob
 
 @pytest.mark.parametrize("forward, message", [
     ("empty_forward", "forward must return a scalar cost or (cost, cache); it returned an empty tuple ()"),
+    ("none_forward", "forward must return a scalar cost or (cost, cache); it returned None"),  # was "NoneType of shape ()"
+    ("text_forward", "forward must return a scalar cost or (cost, cache); it returned str '1.0'"),
     ("complex_forward", "the forward's cost at the case's parameters is complex ((2.407833389834357+1j)); the cost "
                         "must be a real number"),
 ])
 def test_an_empty_or_complex_cost_is_one_line_exit_2(gradjob, cluster_address, model, forward, message):
     run = submit(gradjob, cluster_address, model, forward)
     assert (run.exit_code, run.stderr) == (2, f"gradjob: error: {message}\n")
+
+
+def test_a_complex_cost_at_a_perturbation_ends_the_job_with_exit_3(gradjob, cluster_address, model):
+    """Real at θ, complex at θ ± h: it was a TypeError traceback (exit 1, read as a FAIL) from the calibration."""
+    run = submit(gradjob, cluster_address, model, "complex_when_b3_moves", "backward", "--no-fast")
+    assert run.exit_code == 3 and run.stdout == ""
+    assert "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("gradjob: error:")]
+    assert len(errors) == 1 and re.fullmatch(
+        r"gradjob: error: the forward failed at b3\[0, 0\] \+ step \(parameter 46, chunk 15\): the cost is complex "
+        r"\(\(2\.4078\d+\+1j\)\); the cost must be a real number; finished chunks are kept in the store", errors[0])
 
 
 # --- 20: the user's frames under the line ----------------------------------------------------------

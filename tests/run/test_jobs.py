@@ -173,6 +173,10 @@ case = "seed"
 @pytest.mark.parametrize("text, message", [
     ("[[check]]\nname = 'a'\nmodle = 'network'\n", "job file {f}: unknown key(s) modle in [check]"),
     ("[jobs]\nname = 'x'\n", "job file {f}: unknown section [jobs]; use check, cluster, job, reports"),
+    # a key above every section was "unknown section [store_root]"
+    ("store_root = 'r'\n[[check]]\nname = 'a'\n", "job file {f}: store_root is outside any section; put it under [job]"),
+    ("epsilon = 1e-7\n[[check]]\nname = 'a'\n", "job file {f}: epsilon is outside any section; put it under [[check]]"),
+    ("colour = 1\n[[check]]\nname = 'a'\n", "job file {f}: colour is outside any section; keys belong under a section"),
     ("[job]\nname = 'x'\n", "job file {f} has no [[check]]; add at least one"),
     ("[[check]]\nmodel = 'network'\n", "job file {f}: check 1 has no name"),
     ("[[check]]\nname = 'a'\n[[check]]\nname = 'a'\n", "job file {f}: two checks are named 'a'"),
