@@ -104,6 +104,38 @@ def central_step(line: Line, noise: float, cost: float, scale: float) -> tuple[f
     return float(np.clip((3 * noise / mu3) ** (1 / 3), lowest, highest)), float(mu3), 4
 
 
+def noise_along(costs, i: int, value, cost: float, flips=None) -> float:
+    """ε_f along coordinate ``i`` alone (a suspect's own, not its tensor's sample): the round-off of
+    J differs from element to element where a saturated output or a cancelling sum is reached
+    from some elements only. At least one ulp of J; NaN where ECnoise never settles.
+
+    With ``flips`` (``Replay.flips``: the traced forward's switches), kinks are kept out of the
+    difference table exactly: the spacing shrinks until no point of it flips a switch, and the
+    larger of the levels at that spacing and a tenth of it is kept (one ECnoise estimate can be
+    several times low). Without, ``measure_noise`` shrinks the spacing while the level does."""
+    kind = np.asarray(value).dtype
+    eps = float(np.finfo(kind).eps)
+    floor = eps * max(abs(cost), np.finfo(np.float64).tiny)
+    base, scale = float(value), max(1.0, abs(float(value)))
+    offsets = (np.arange(POINTS) - POINTS // 2).astype(np.float64)
+
+    def line(steps):
+        return costs(np.full(steps.size, i), (base + steps).astype(kind), "~")
+
+    spacing = math.sqrt(eps) * scale
+    if flips is None:
+        level, _ = measure_noise(line, spacing)
+    else:
+        for _ in range(SPACINGS + 2):
+            if not flips(np.full(POINTS, i), (base + offsets * spacing).astype(kind)).any():
+                break
+            spacing /= 100
+        levels = [ecnoise(line(offsets * s)) for s in (spacing, spacing / 10)]
+        found = [lv for lv, inform in levels if inform == 1]
+        level = max(found) if found else _settled_level(line, spacing)[0]
+    return math.nan if level is None else max(level, floor)
+
+
 def calibrate(costs, layout: Layout, theta: np.ndarray, cost: float, method: str, checked_dtype) -> Calibration:
     """Noise and step scale per tensor, from ``SAMPLES`` elements each (fixed, spread, seeded).
 

@@ -87,11 +87,17 @@ class Verdict:
     klass: int
     estimate: float    # the settled derivative (agrees: the central one; kink: the side that matched)
     tolerance: float   # how exactly the ladder determined it
+    distance: float = math.nan  # a kink found by its switches: within this step of θ
 
 
 def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.ndarray, step_plus: np.ndarray,
-             step_minus: np.ndarray, noise: float, grad_eps: float, decide: float = RESOLUTION) -> Verdict:
+             step_minus: np.ndarray, noise: float, grad_eps: float, decide: float = RESOLUTION,
+             flip_plus: np.ndarray | None = None, flip_minus: np.ndarray | None = None) -> Verdict:
     """Class of one suspect from its ladder (rungs from coarse to fine); see the module docstring.
+
+    With ``flip_plus``/``flip_minus`` (per rung, whether that evaluation takes another branch of
+    some switch than θ does: ``Replay.flips``), kinks are known rather than guessed: see
+    ``_classify_switched``. Without them, from the slopes alone:
 
     A rung counts where three times its one-sided noise (from ε_f) is below ``decide`` (see
     ``resolution``) of the values. At such a rung the function is smooth if the one-sided slopes
@@ -102,6 +108,9 @@ def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.nda
     of its sides; *wrong* then needs the finest counting rungs to have settled, since a change
     there means more kinks closer to θ than float arithmetic can resolve (*near-kink*).
     """
+    if flip_plus is not None and flip_minus is not None:
+        return _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus, noise, grad_eps, decide,
+                                  np.asarray(flip_plus, dtype=bool) | np.asarray(flip_minus, dtype=bool))
     with np.errstate(divide="ignore", invalid="ignore"):
         right = (cost_plus - cost) / step_plus
         left = (cost - cost_minus) / step_minus
@@ -160,3 +169,56 @@ def _moved(slope: np.ndarray, k: int, valid: np.ndarray) -> float:
     """How far an estimate moves to a neighbouring rung: a bound on its truncation at rung k."""
     neighbours = [abs(slope[k] - slope[j]) for j in (k + 1, k - 1) if 0 <= j < RUNGS and valid[j]]
     return min(neighbours) if neighbours else 0.0
+
+
+def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus, noise, grad_eps, decide,
+                       flipped: np.ndarray) -> Verdict:
+    """Class of one suspect whose switches are known per rung (``flipped``: either evaluation of
+    the rung takes another branch than θ).
+
+    A rung that flips nothing spans θ's smooth piece: its central estimate is off by its noise and
+    its truncation only, the truncation bounded by how far the estimate moves to a neighbouring
+    rung that flips nothing either (to the next finer one; from the next coarser one, a tenth of
+    it, since a smooth truncation falls as h²). The rung with the smallest bound decides, where
+    that bound is within ``decide`` of the values: the analytic value agrees with its estimate
+    (within three bounds), or it is wrong. Otherwise an element some of whose rungs flip sits at a
+    kink within the finest flipping step (its distance): a kink where the analytic value is one of
+    the one-sided slopes of a precise rung, else a near-kink; left out either way, never wrong.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        right = (cost_plus - cost) / step_plus
+        left = (cost - cost_minus) / step_minus
+        central = (cost_plus - cost_minus) / (step_plus + step_minus)
+        n = 2 * math.sqrt(2) * noise / np.minimum(step_plus, step_minus)
+    slack = 8 * grad_eps * abs(grad)
+    valid = (step_plus > 0) & (step_minus > 0) & np.isfinite(right) & np.isfinite(left)
+    scale = np.maximum.reduce([np.full(RUNGS, abs(grad)), np.abs(right), np.abs(left)])
+    smooth = valid & ~flipped
+    bounds = []
+    for k in np.flatnonzero(smooth):
+        truncation = []
+        if k + 1 < RUNGS and smooth[k + 1]:
+            truncation.append(1.02 * abs(central[k] - central[k + 1]) + (n[k] + n[k + 1]) / 2)
+        if k >= 1 and smooth[k - 1]:
+            truncation.append((abs(central[k - 1] - central[k]) + (n[k - 1] + n[k]) / 2) / 10)
+        if truncation:
+            bounds.append((n[k] / 2 + min(truncation), int(k)))
+    decided = [(e, k) for e, k in bounds if e <= decide * scale[k]]
+    if decided:
+        e, k = min(decided)
+        agrees = abs(grad - central[k]) <= 3 * e + slack
+        return Verdict(AGREES if agrees else WRONG, float(central[k]), float(e))
+    crossed = np.flatnonzero(valid & flipped)
+    if not crossed.size:
+        return Verdict(UNRESOLVED, math.nan, math.nan)
+    distance = float(np.minimum(step_plus, step_minus)[crossed].min())
+    sides = []
+    for k in crossed:
+        for slope in (right, left):
+            e = 3 * n[k] + _moved(slope, k, valid)
+            if e <= decide * scale[k] / 3:
+                sides.append((e, float(slope[k])))
+    matched = [(e, s) for e, s in sorted(sides) if abs(grad - s) <= e + slack]
+    if matched:
+        return Verdict(KINK, matched[0][1], float(matched[0][0]), distance)
+    return Verdict(NEAR_KINK, math.nan, math.nan, distance)

@@ -24,6 +24,7 @@ from gradjob.model.layout import Layout
 from gradjob.model.spec import ModelSpec, load_model
 from gradjob.numerics import verify
 from gradjob.numerics.evaluate import PerturbationFailure, numerical_gradient, per_element, step_sizes
+from gradjob.numerics.noise import noise_along
 from gradjob.run import evaluators
 from gradjob.run.plan import Chunk
 from gradjob.storage import store
@@ -64,12 +65,14 @@ class _Workspace:
             self.costs = evaluators.build("incremental", self.model, self.layout, self.X, self.Y, None,
                                           read=partial(store.read_range, self.group, "theta"))
             self.fast = self.costs.__self__
+            self.flips = None
             return
         self.fast = None
         self.theta = store.read_vector(self.group, "theta")  # this thread's own, writable copy
         if context.method == "complex-step":
             self.theta = self.theta.astype(np.result_type(self.theta.dtype, np.complex64))
         self.costs = evaluators.build(context.evaluator, self.model, self.layout, self.X, self.Y, self.theta)
+        self.flips = evaluators.switches(self.costs)  # the replay's switch question, whoever evaluates ladders
 
     def forward_costs(self):
         """The plain forward evaluator, for checking a traced chunk (built once, on first use)."""
@@ -149,7 +152,9 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
 
 @_quiet
 def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps: tuple[float, ...]) -> dict:
-    """J at θ and at θᵢ ± hᵢ·10⁻ᵏ (see ``verify.ladder``) for a batch of suspects."""
+    """J at θ and at θᵢ ± hᵢ·10⁻ᵏ (see ``verify.ladder``) for a batch of suspects, each suspect's
+    noise measured along its own coordinate, and, for a traced forward, which evaluations flip a
+    switch (``Replay.flips``)."""
     workspace = _workspace(context)
     index = np.asarray(indices, dtype=np.int64)
     original = np.concatenate([workspace.original(int(i), int(i) + 1) for i in index])
@@ -161,8 +166,14 @@ def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps
         cost = costs(index, original, "")
         cost_plus = costs(repeated, plus.ravel(), "+").reshape(-1, rungs)
         cost_minus = costs(repeated, minus.ravel(), "-").reshape(-1, rungs)
+        noise = np.array([noise_along(costs, int(i), o, float(c), workspace.flips)
+                          for i, o, c in zip(index, original, cost)])
     except PerturbationFailure as failure:
         raise JobError(f"the forward failed at {workspace.layout.describe(failure.index)} while re-verifying it "
                        f"on smaller steps: {failure.detail}") from None
-    return {"index": index, "cost": cost, "cost_plus": cost_plus, "cost_minus": cost_minus,
-            "step_plus": step_plus, "step_minus": step_minus}
+    ladders = {"index": index, "cost": cost, "cost_plus": cost_plus, "cost_minus": cost_minus,
+               "step_plus": step_plus, "step_minus": step_minus, "noise": noise}
+    if workspace.flips is not None:  # where the forward is traced, kinks are found, not guessed
+        ladders["flip_plus"] = workspace.flips(repeated, plus.ravel()).reshape(-1, rungs)
+        ladders["flip_minus"] = workspace.flips(repeated, minus.ravel()).reshape(-1, rungs)
+    return ladders
