@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradjob.numerics.evaluate import central_noise
+
 SUSPECT_FACTOR = 8.0    # |grad − gradapprox| beyond this many noise bounds makes an element a suspect
 CAP = 256
 RUNGS = 10              # steps h, h/10, …, h/10⁹: down to where the noise decides nothing
@@ -82,6 +84,55 @@ def ladder(original: np.ndarray, first_step: np.ndarray) -> tuple[np.ndarray, np
     return plus, minus, plus.astype(np.float64) - wide, wide - minus.astype(np.float64)
 
 
+def off_kinks(costs, flips, original: np.ndarray, start: int, result, cost_noise: np.ndarray,
+              curvature: np.ndarray, grad: np.ndarray) -> int:
+    """Where the forward is traced (``flips``: ``Replay.flips``), first differences that disagree
+    with the analytic gradient beyond their bound and whose evaluations flip a switch (a kink
+    inside the step) are taken again at steps 10×, 100×, 1000× smaller; the first that flips
+    nothing replaces them where its bound is smaller. Otherwise they keep their numbers, with the
+    kink in their bound: a central difference across one kink is off by half the gap of its
+    one-sided slopes. So a kink crossed by the first step is neither an error nor, unbounded, a
+    share of the tensor's difference. ``result`` (a ``ChunkResult``, central, automatic steps) is
+    updated in place; returns how many elements crossed a kink."""
+    candidates = np.flatnonzero(np.abs(grad - result.gradapprox) > result.noise)
+    if not candidates.size:
+        return 0
+    kind = original.dtype.type
+    base = original[candidates]
+    index = start + candidates
+    plus, minus = (base + result.step[candidates]).astype(kind), (base - result.step[candidates]).astype(kind)
+    crossed = (flips(index, plus) > 0) | (flips(index, minus) > 0)
+    k = candidates[crossed]
+    if not k.size:
+        return 0
+    cost = float(costs(np.array([start]), original[:1], "")[0])
+    h = result.step[k]
+    bound = result.noise[k] + np.abs(result.cost_plus[k] - 2 * cost + result.cost_minus[k]) / (2 * h)
+    pending = np.ones(k.size, dtype=bool)
+    for t in range(1, 4):
+        todo = np.flatnonzero(pending)
+        if not todo.size:
+            break
+        at, value = start + k[todo], original[k[todo]]
+        plus = (value + h[todo] / 10 ** t).astype(kind)
+        minus = (value - h[todo] / 10 ** t).astype(kind)
+        clean = (flips(at, plus) == 0) & (flips(at, minus) == 0)
+        if not clean.any():
+            continue
+        done = todo[clean]
+        j_plus, j_minus = costs(at[clean], plus[clean], "+"), costs(at[clean], minus[clean], "-")
+        step = (plus[clean].astype(np.float64) - minus[clean].astype(np.float64)) / 2
+        noise = central_noise(cost_noise[k[done]], step, curvature[k[done]])
+        better = noise < bound[done]
+        for name, values in (("gradapprox", (j_plus - j_minus) / (2 * step)), ("noise", noise), ("step", step),
+                             ("cost_plus", j_plus), ("cost_minus", j_minus)):
+            getattr(result, name)[k[done[better]]] = values[better]
+        pending[done] = False
+        result.noise[k[done[~better]]] = bound[done[~better]]  # kept at the first step, kink in its bound
+    result.noise[k[pending]] = bound[pending]
+    return int(k.size)
+
+
 @dataclass(frozen=True)
 class Verdict:
     klass: int
@@ -110,7 +161,7 @@ def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.nda
     """
     if flip_plus is not None and flip_minus is not None:
         return _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus, noise, grad_eps, decide,
-                                  np.asarray(flip_plus, dtype=bool) | np.asarray(flip_minus, dtype=bool))
+                                  np.asarray(flip_plus), np.asarray(flip_minus))
     with np.errstate(divide="ignore", invalid="ignore"):
         right = (cost_plus - cost) / step_plus
         left = (cost - cost_minus) / step_minus
@@ -172,19 +223,25 @@ def _moved(slope: np.ndarray, k: int, valid: np.ndarray) -> float:
 
 
 def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus, noise, grad_eps, decide,
-                       flipped: np.ndarray) -> Verdict:
-    """Class of one suspect whose switches are known per rung (``flipped``: either evaluation of
-    the rung takes another branch than θ).
+                       flips_plus: np.ndarray, flips_minus: np.ndarray) -> Verdict:
+    """Class of one suspect whose switches are known per rung (how many switch elements each
+    evaluation flips, ``Replay.flips``).
 
     A rung that flips nothing spans θ's smooth piece: its central estimate is off by its noise and
     its truncation only, the truncation bounded by how far the estimate moves to a neighbouring
     rung that flips nothing either (to the next finer one; from the next coarser one, a tenth of
     it, since a smooth truncation falls as h²). The rung with the smallest bound decides, where
     that bound is within ``decide`` of the values: the analytic value agrees with its estimate
-    (within three bounds), or it is wrong. Otherwise an element some of whose rungs flip sits at a
-    kink within the finest flipping step (its distance): a kink where the analytic value is one of
-    the one-sided slopes of a precise rung, else a near-kink; left out either way, never wrong.
+    (within three bounds), or it is wrong.
+
+    Otherwise each side is read on its own, at the rungs that flip as many switches as its finest
+    rung (the same kinks crossed: none, or those closer to θ than any step, i.e. at θ): its
+    one-sided slope is then the derivative of the piece beside θ, to first order. With no kink at
+    θ, either side decides agrees or wrong; with one at θ (its distance: within the finest step),
+    the analytic value must be one side or their midpoint (kink), both sides known and none of
+    these is wrong, else a near-kink. A kink is never guessed from slopes.
     """
+    flipped = (flips_plus > 0) | (flips_minus > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         right = (cost_plus - cost) / step_plus
         left = (cost - cost_minus) / step_minus
@@ -192,6 +249,8 @@ def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus,
         n = 2 * math.sqrt(2) * noise / np.minimum(step_plus, step_minus)
     slack = 8 * grad_eps * abs(grad)
     valid = (step_plus > 0) & (step_minus > 0) & np.isfinite(right) & np.isfinite(left)
+    if not valid.any():
+        return Verdict(UNRESOLVED, math.nan, math.nan)
     scale = np.maximum.reduce([np.full(RUNGS, abs(grad)), np.abs(right), np.abs(left)])
     smooth = valid & ~flipped
     bounds = []
@@ -208,17 +267,44 @@ def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus,
         e, k = min(decided)
         agrees = abs(grad - central[k]) <= 3 * e + slack
         return Verdict(AGREES if agrees else WRONG, float(central[k]), float(e))
-    crossed = np.flatnonzero(valid & flipped)
-    if not crossed.size:
-        return Verdict(UNRESOLVED, math.nan, math.nan)
-    distance = float(np.minimum(step_plus, step_minus)[crossed].min())
-    sides = []
-    for k in crossed:
-        for slope in (right, left):
-            e = 3 * n[k] + _moved(slope, k, valid)
-            if e <= decide * scale[k] / 3:
-                sides.append((e, float(slope[k])))
-    matched = [(e, s) for e, s in sorted(sides) if abs(grad - s) <= e + slack]
-    if matched:
-        return Verdict(KINK, matched[0][1], float(matched[0][0]), distance)
-    return Verdict(NEAR_KINK, math.nan, math.nan, distance)
+    finest = int(np.flatnonzero(valid)[-1])
+    at_theta = bool(flips_plus[finest] > 0 or flips_minus[finest] > 0)
+    distance = float(min(step_plus[finest], step_minus[finest])) if at_theta else math.nan
+    sides = [_one_side(slope, valid & (flips == flips[finest]), n, decide * scale / 3)
+             for slope, flips in ((right, flips_plus), (left, flips_minus))]
+    known = [side for side in sides if side is not None]
+    if at_theta:
+        if len(known) == 2:
+            known.append(((known[0][0] + known[1][0]) / 2, (known[0][1] + known[1][1]) / 2))
+        matched = [(e, s) for s, e in known if abs(grad - s) <= 3 * e + slack]
+        if matched:
+            e, s = min(matched)
+            return Verdict(KINK, float(s), float(e), distance)
+        if all(side is not None for side in sides):
+            nearest = min(known, key=lambda side: abs(grad - side[0]))
+            return Verdict(WRONG, float(nearest[0]), float(nearest[1]), distance)
+        return Verdict(NEAR_KINK, math.nan, math.nan, distance)
+    if len(known) == 2 and abs(known[0][0] - known[1][0]) > 3 * (known[0][1] + known[1][1]):
+        return Verdict(NEAR_KINK, math.nan, math.nan)  # the sides disagree: a kink no switch showed
+    if known:
+        s, e = min(known, key=lambda side: side[1])
+        return Verdict(AGREES if abs(grad - s) <= 3 * e + slack else WRONG, float(s), float(e))
+    return Verdict(NEAR_KINK if flipped[valid].any() else UNRESOLVED, math.nan, math.nan)
+
+
+def _one_side(slope: np.ndarray, same: np.ndarray, n: np.ndarray, within: np.ndarray):
+    """(slope, bound) of the best-known rung among ``same`` (rungs crossing the same kinks), its
+    first-order truncation bounded by the move to a neighbour (1.12×: it falls 10× a rung; from the
+    coarser one, a fifth), or None where no rung is known within ``within``."""
+    best = None
+    for k in np.flatnonzero(same):
+        truncation = []
+        if k + 1 < RUNGS and same[k + 1]:
+            truncation.append(1.12 * abs(slope[k] - slope[k + 1]) + n[k] + n[k + 1])
+        if k >= 1 and same[k - 1]:
+            truncation.append((abs(slope[k - 1] - slope[k]) + n[k - 1] + n[k]) / 5)
+        if truncation:
+            e = n[k] + min(truncation)
+            if e <= within[k] and (best is None or e < best[1]):
+                best = (float(slope[k]), float(e))
+    return best

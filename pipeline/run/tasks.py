@@ -131,6 +131,9 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
             try:
                 result = numerical_gradient(workspace.costs, original, chunk.start, steps, noise, context.method,
                                             fixed=fixed, curvature=curvature)
+                if workspace.flips is not None and not fixed and context.method == "central":
+                    verify.off_kinks(workspace.costs, workspace.flips, original, chunk.start, result, noise, curvature,
+                                     store.read_range(workspace.group, "grad", chunk.start, chunk.stop))
             except Exception as exc:  # the replay, not the model, failed: the forward decides
                 detail = exc.detail if isinstance(exc, PerturbationFailure) else f"{type(exc).__name__}: {exc}"
                 note = f"chunk {chunk.index}: the traced fast path failed ({detail}); evaluated by the forward"

@@ -152,11 +152,11 @@ def _branches(function, args, dtype) -> list:
 
 
 def _flipped(function, args, bases, dtype, bpos: int, B: int) -> np.ndarray:
-    """Per perturbation of the block, whether any element takes another branch than at θ."""
-    flags = np.zeros(B, dtype=bool)
+    """Per perturbation of the block, how many elements take another branch than at θ."""
+    counts = np.zeros(B, dtype=np.int64)
     for now, then in zip(_branches(function, args, dtype), _branches(function, bases, dtype)):
         differ = np.asarray(np.not_equal(now, then))
         if differ.any():
             moved = np.moveaxis(differ, bpos, 0)
-            flags |= moved.reshape(moved.shape[0], -1).any(axis=1)
-    return flags
+            counts += np.count_nonzero(moved.reshape(moved.shape[0], -1), axis=1)
+    return counts

@@ -18,8 +18,8 @@ _EXTREMES = ("max", "min", "nanmax", "nanmin")
 
 
 def _extreme_moved(rep: Rep, base: np.ndarray, axes: tuple, kind: str, B: int) -> np.ndarray:
-    """Per perturbation, whether a max/min reduction's extreme moved to another position than at θ,
-    or a tie formed or broke (the switch of max-pooling: its argmax)."""
+    """Per perturbation, in how many slots a max/min reduction's extreme moved to another position
+    than at θ, or a tie formed or broke (the switch of max-pooling: its argmax)."""
     dense = _dense(rep)
     data = np.moveaxis(_full_batch(np.asarray(dense.data), dense.bpos, B), dense.bpos, 0)
 
@@ -34,7 +34,7 @@ def _extreme_moved(rep: Rep, base: np.ndarray, axes: tuple, kind: str, B: int) -
 
     (where_now, tie_now), (where_then, tie_then) = winners(data, 1), winners(base, 0)
     differ = (where_now != where_then) | (tie_now != tie_then)
-    return differ.reshape(B, -1).any(axis=1)
+    return np.count_nonzero(differ.reshape(B, -1), axis=1)
 
 
 class _Reductions:

@@ -5,8 +5,9 @@ layers, each act one of ReLU (``np.maximum``), ReLU as ``Z * (Z > 0)``, leaky Re
 ``abs`` and max-pooling over pairs of units; float64 or float32 parameters; kinks planted through
 the biases at distances 0, 1e-14 … 1e-8 from a pre-activation's switch (a tie of a pooled pair) in
 one, two or three consecutive layers, for the same example or for different ones; and, in some
-cases, one output saturated near 1 with label 0, so that ``log(1 - A)`` carries round-off far above
-one ulp of the cost. Float32 parameters are checked in float64, where a float32 bias can put a
+float64 cases, one output saturated near 1 (pre-activation 12 to 18) with label 0, so that
+``log(1 - A)`` carries round-off far above one ulp of the cost (in float32, or beyond 18 in float64,
+that round-off makes gradjob check the model in float32, which no 1 % error survives). Float32 parameters are checked in float64, where a float32 bias can put a
 pre-activation only as near its kink as float32 allows (about 1e-8). The broken twin scales one
 random tensor's gradient by 1.01.
 
@@ -190,10 +191,10 @@ def make_case(seed: int) -> Case:
         A = activate(act, Z)
 
     saturated = None
-    if rng.random() < 0.5:  # the largest output pushed near 1, its label 0: log(1 - A) is noisy
+    if dtype == "float64" and rng.random() < 0.6:  # the largest output near 1, its label 0: log(1 - A) is noisy
         WA = np.dot(parameters[f"W{L}"].astype(A.dtype), A)[0]
         top = int(np.argmax(WA))
-        saturated = float(rng.choice((12.0, 18.0, 24.0) if dtype == "float64" else (8.0, 12.0)))
+        saturated = float(rng.choice((12.0, 15.0, 18.0)))
         parameters[f"b{L}"][0, 0] = kind(saturated - WA[top])
         Y[0, top] = 0
     broken = str(rng.choice(sorted(parameters)))
