@@ -85,14 +85,16 @@ def ladder(original: np.ndarray, first_step: np.ndarray) -> tuple[np.ndarray, np
 
 
 def off_kinks(costs, flips, original: np.ndarray, start: int, result, cost_noise: np.ndarray,
-              curvature: np.ndarray, grad: np.ndarray) -> int:
+              curvature: np.ndarray, grad: np.ndarray, grad_eps: float) -> int:
     """Where the forward is traced (``flips``: ``Replay.flips``), first differences that disagree
     with the analytic gradient beyond their bound and whose evaluations flip a switch (a kink
     inside the step) are taken again at steps 10×, 100×, 1000× smaller; the first that flips
-    nothing replaces them where its bound is smaller. Otherwise they keep their numbers, with the
-    kink in their bound: a central difference across one kink is off by half the gap of its
-    one-sided slopes. So a kink crossed by the first step is neither an error nor, unbounded, a
-    share of the tensor's difference. ``result`` (a ``ChunkResult``, central, automatic steps) is
+    nothing replaces them where its bound is smaller; otherwise they keep their numbers with the
+    kink in their bound (a central difference across one kink is off by half the gap of its
+    one-sided slopes). An element that no smaller step takes off its kink is made a suspect (its
+    bound half what makes one), so that its ladder reports the kink and its distance and leaves it
+    out. So a kink crossed by a first step is neither an error nor an unbounded share of the
+    tensor's difference. ``result`` (a ``ChunkResult``, central, automatic steps) is
     updated in place; returns how many elements crossed a kink."""
     candidates = np.flatnonzero(np.abs(grad - result.gradapprox) > result.noise)
     if not candidates.size:
@@ -108,7 +110,7 @@ def off_kinks(costs, flips, original: np.ndarray, start: int, result, cost_noise
     cost = float(costs(np.array([start]), original[:1], "")[0])
     h = result.step[k]
     bound = result.noise[k] + np.abs(result.cost_plus[k] - 2 * cost + result.cost_minus[k]) / (2 * h)
-    pending = np.ones(k.size, dtype=bool)
+    pending, kept = np.ones(k.size, dtype=bool), np.ones(k.size, dtype=bool)
     for t in range(1, 4):
         todo = np.flatnonzero(pending)
         if not todo.size:
@@ -128,8 +130,13 @@ def off_kinks(costs, flips, original: np.ndarray, start: int, result, cost_noise
                              ("cost_plus", j_plus), ("cost_minus", j_minus)):
             getattr(result, name)[k[done[better]]] = values[better]
         pending[done] = False
-        result.noise[k[done[~better]]] = bound[done[~better]]  # kept at the first step, kink in its bound
-    result.noise[k[pending]] = bound[pending]
+        kept[done[better]] = False
+    error = np.abs(grad[k] - result.gradapprox[k])
+    kept &= error <= tolerance(grad[k], result.noise[k], grad_eps)  # a suspect anyway: its ladder finds the kink
+    bounded = kept & ~pending
+    result.noise[k[bounded]] = bound[bounded]
+    at_kink = kept & pending  # no step avoids it: a suspect, so that its ladder reports the kink and its distance
+    result.noise[k[at_kink]] = error[at_kink] / (2 * SUSPECT_FACTOR)
     return int(k.size)
 
 
@@ -239,7 +246,8 @@ def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus,
     one-sided slope is then the derivative of the piece beside θ, to first order. With no kink at
     θ, either side decides agrees or wrong; with one at θ (its distance: within the finest step),
     the analytic value must be one side or their midpoint (kink), both sides known and none of
-    these is wrong, else a near-kink. A kink is never guessed from slopes.
+    these is wrong. Undecided, an element some of whose rungs flip is at a kink, its distance the
+    finest flipping step. A kink is never guessed from slopes.
     """
     flipped = (flips_plus > 0) | (flips_minus > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -283,13 +291,15 @@ def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus,
         if all(side is not None for side in sides):
             nearest = min(known, key=lambda side: abs(grad - side[0]))
             return Verdict(WRONG, float(nearest[0]), float(nearest[1]), distance)
-        return Verdict(NEAR_KINK, math.nan, math.nan, distance)
+        return Verdict(KINK, math.nan, math.nan, distance)
+    crossed = np.flatnonzero(valid & flipped)
+    near = float(np.minimum(step_plus, step_minus)[crossed].min()) if crossed.size else math.nan
     if len(known) == 2 and abs(known[0][0] - known[1][0]) > 3 * (known[0][1] + known[1][1]):
-        return Verdict(NEAR_KINK, math.nan, math.nan)  # the sides disagree: a kink no switch showed
+        return Verdict(KINK, math.nan, math.nan, near)  # the sides disagree: a kink no switch showed
     if known:
         s, e = min(known, key=lambda side: side[1])
         return Verdict(AGREES if abs(grad - s) <= 3 * e + slack else WRONG, float(s), float(e))
-    return Verdict(NEAR_KINK if flipped[valid].any() else UNRESOLVED, math.nan, math.nan)
+    return Verdict(KINK if crossed.size else UNRESOLVED, math.nan, math.nan, near)
 
 
 def _one_side(slope: np.ndarray, same: np.ndarray, n: np.ndarray, within: np.ndarray):

@@ -133,7 +133,8 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
                                             fixed=fixed, curvature=curvature)
                 if workspace.flips is not None and not fixed and context.method == "central":
                     verify.off_kinks(workspace.costs, workspace.flips, original, chunk.start, result, noise, curvature,
-                                     store.read_range(workspace.group, "grad", chunk.start, chunk.stop))
+                                     store.read_range(workspace.group, "grad", chunk.start, chunk.stop),
+                                     float(np.finfo(layout.dtype).eps))
             except Exception as exc:  # the replay, not the model, failed: the forward decides
                 detail = exc.detail if isinstance(exc, PerturbationFailure) else f"{type(exc).__name__}: {exc}"
                 note = f"chunk {chunk.index}: the traced fast path failed ({detail}); evaluated by the forward"
