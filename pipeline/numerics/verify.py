@@ -235,9 +235,10 @@ def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus,
     evaluation flips, ``Replay.flips``).
 
     A rung that flips nothing spans θ's smooth piece: its central estimate is off by its noise and
-    its truncation only, the truncation bounded by how far the estimate moves to a neighbouring
-    rung that flips nothing either (to the next finer one; from the next coarser one, a tenth of
-    it, since a smooth truncation falls as h²). The rung with the smallest bound decides, where
+    its truncation only, the truncation bounded by how far the estimate moves to the next finer
+    rung that flips nothing either (whose truncation is 100× smaller and whose noise 10× larger:
+    the move also measures the noise, where ECnoise's seven points missed rare jumps of a
+    saturated cost). The rung with the smallest bound decides, where
     that bound is within ``decide`` of the values: the analytic value agrees with its estimate
     (within three bounds), or it is wrong.
 
@@ -266,8 +267,6 @@ def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus,
         truncation = []
         if k + 1 < RUNGS and smooth[k + 1]:
             truncation.append(1.02 * abs(central[k] - central[k + 1]) + (n[k] + n[k + 1]) / 2)
-        if k >= 1 and smooth[k - 1]:
-            truncation.append((abs(central[k - 1] - central[k]) + (n[k - 1] + n[k]) / 2) / 10)
         if truncation:
             bounds.append((n[k] / 2 + min(truncation), int(k)))
     decided = [(e, k) for e, k in bounds if e <= decide * scale[k]]
@@ -304,15 +303,13 @@ def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus,
 
 def _one_side(slope: np.ndarray, same: np.ndarray, n: np.ndarray, within: np.ndarray):
     """(slope, bound) of the best-known rung among ``same`` (rungs crossing the same kinks), its
-    first-order truncation bounded by the move to a neighbour (1.12×: it falls 10× a rung; from the
-    coarser one, a fifth), or None where no rung is known within ``within``."""
+    first-order truncation bounded by the move to the next finer one (1.12×: it falls 10× a rung),
+    or None where no rung is known within ``within``."""
     best = None
     for k in np.flatnonzero(same):
         truncation = []
         if k + 1 < RUNGS and same[k + 1]:
             truncation.append(1.12 * abs(slope[k] - slope[k + 1]) + n[k] + n[k + 1])
-        if k >= 1 and same[k - 1]:
-            truncation.append((abs(slope[k - 1] - slope[k]) + n[k - 1] + n[k]) / 5)
         if truncation:
             e = n[k] + min(truncation)
             if e <= within[k] and (best is None or e < best[1]):
