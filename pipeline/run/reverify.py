@@ -61,8 +61,6 @@ def verify_suspects(group, path: str, meta: StoreMeta, context: tasks.TaskContex
     return verification.verdicts_of(arrays)
 
 
-
-
 def _own_noise(meta: StoreMeta, arrays: dict) -> np.ndarray:
     """Each suspect's noise as measured along its own coordinate, where that is above its tensor's
     (a suspect reached by a saturated output is far noisier than its tensor's sample); never below

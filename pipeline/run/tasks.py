@@ -170,8 +170,8 @@ def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps
         cost = costs(index, original, "")
         cost_plus = costs(repeated, plus.ravel(), "+").reshape(-1, rungs)
         cost_minus = costs(repeated, minus.ravel(), "-").reshape(-1, rungs)
-        noise = np.array([noise_along(costs, int(i), o, float(c), workspace.flips)
-                          for i, o, c in zip(index, original, cost)])
+        noise = np.array([noise_along(costs, int(i), o, float(c), workspace.flips, h)
+                          for i, o, c, h in zip(index, original, cost, first_steps)])
     except PerturbationFailure as failure:
         raise JobError(f"the forward failed at {workspace.layout.describe(failure.index)} while re-verifying it "
                        f"on smaller steps: {failure.detail}") from None

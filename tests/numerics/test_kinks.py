@@ -88,3 +88,21 @@ def test_a_suspects_noise_is_measured_along_its_own_coordinate():
     quiet = noise_along(costs, 1, np.float64(0.25), 2.0)
     assert 2e-11 < noisy < 5e-10
     assert quiet < 1e-14
+
+
+def test_round_off_that_moves_in_rare_steps_is_measured_at_the_first_steps_scale():
+    """1 − A of a saturated sigmoid changes by one ulp of 1 only every so often: J is then a staircase
+    (here steps of 1e-12 every 2e-5), smooth at ECnoise's usual spacing but with a slope that misses
+    that term. Measured at the first step's scale too, its level is the steps' size."""
+    def costs(indices, values, sign):
+        t = np.asarray(values, dtype=np.float64)
+        return 2.0 + 0.5 * t + 1e-12 * np.floor(t / 2e-5)
+
+    def no_switches(indices, values):
+        return np.zeros(len(values), dtype=np.int64)
+
+    theta = np.float64(0.25 + 7e-6)  # between two steps
+    fine = noise_along(costs, 0, theta, 2.0, no_switches)
+    coarse = noise_along(costs, 0, theta, 2.0, no_switches, 1e-4)
+    assert fine < 1e-14
+    assert 1e-13 < coarse < 1e-11
