@@ -217,6 +217,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0, help="the first case's seed; cases take seed, seed+1, …")
+    parser.add_argument("--verbose", action="store_true", help="one line per case")
     args = parser.parse_args(argv)
     false_alarms, named, started = [], 0, time.perf_counter()
     for seed in range(args.seed, args.seed + args.cases):
@@ -230,6 +231,8 @@ def main(argv=None) -> int:
             named += 1
         else:
             print(f"missed {case.broken}: {case.describe()}", flush=True)
+        if args.verbose:
+            print(f"seed {seed}: correct fails {correct}, broken twin fails {broken}", flush=True)
     n = args.cases
     print(f"{n} cases (seeds {args.seed}…{args.seed + n - 1}): {len(false_alarms)} false alarm(s), broken tensor "
           f"named in {named}/{n} ({100 * named / n:.1f} %), {time.perf_counter() - started:.0f} s")
