@@ -18,9 +18,10 @@ import random_kinks  # noqa: E402
 
 # false alarms of the slope-based ladder: 11 (W1, b1 across kinks 1e-10 and 1e-12 in two layers, one
 # example, under a saturated output), 111 (W1, W2: a suspect noisier than its tensor's sample); of
-# designs on the way: 102 (W1's difference from first steps across an exact tie), 18 (b1 missed: every
-# rung crossing an exact max-pool tie)
-REGRESSIONS = (11, 102, 111, 18)
+# designs on the way: 102 (W1's difference from first steps across an exact tie, without
+# ``verify.off_kinks``), 254 (W1, b2, b3 with the tensor's noise in place of each suspect's own), 18
+# (b1 missed: every rung crossing an exact max-pool tie)
+REGRESSIONS = (11, 102, 111, 254, 18)
 
 
 def todays_seeds() -> tuple[int, ...]:
