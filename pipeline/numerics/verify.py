@@ -247,7 +247,8 @@ def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus,
     one-sided slope is then the derivative of the piece beside θ, to first order. With no kink at
     θ, either side decides agrees or wrong; with one at θ (its distance: within the finest step),
     the analytic value must be one side or their midpoint (kink), both sides known and none of
-    these is wrong. Undecided, an element some of whose rungs flip is at a kink, its distance the
+    these is wrong, but only where a single switch is tied at θ: where several meet, the backward's
+    conventions may pick a piece that no side of this coordinate reaches. Undecided, an element some of whose rungs flip is at a kink, its distance the
     finest flipping step. A kink is never guessed from slopes.
     """
     flipped = (flips_plus > 0) | (flips_minus > 0)
@@ -287,7 +288,8 @@ def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus,
         if matched:
             e, s = min(matched)
             return Verdict(KINK, float(s), float(e), distance)
-        if all(side is not None for side in sides):
+        single = flips_plus[finest] == flips_minus[finest] == 1  # one switch, tied at θ: its two pieces
+        if single and all(side is not None for side in sides):
             nearest = min(known, key=lambda side: abs(grad - side[0]))
             return Verdict(WRONG, float(nearest[0]), float(nearest[1]), distance)
         return Verdict(KINK, math.nan, math.nan, distance)
