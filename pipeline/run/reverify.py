@@ -44,7 +44,7 @@ def verify_suspects(group, path: str, meta: StoreMeta, context: tasks.TaskContex
         batches = [(tuple(i for i, _, _ in picked[k:k + LADDER_BATCH]),
                     tuple(h for _, h, _ in picked[k:k + LADDER_BATCH])) for k in range(0, len(picked), LADDER_BATCH)]
         parts = executor.map(tasks.evaluate_ladders, context, batches)
-        arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0] if all(name in p for p in parts)}
         grads = [g for _, _, g in picked]  # in the order of the batches, as the ladders come back
         decide = verify.resolution(meta.precision.checked)
         noise = _own_noise(meta, arrays)

@@ -165,19 +165,23 @@ def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps
     plus, minus, step_plus, step_minus = verify.ladder(original, np.asarray(first_steps, dtype=np.float64))
     rungs = plus.shape[1]
     repeated = np.repeat(index, rungs)
-    costs = workspace.costs
+    costs, flips, switched = workspace.costs, workspace.flips, None
+    if flips is not None:  # where the forward is traced, kinks are found, not guessed
+        try:
+            switched = tuple(flips(repeated, values.ravel()).reshape(-1, rungs) for values in (plus, minus))
+        except Exception:  # the replay cannot tell: the slopes decide, as for a forward not traced
+            flips = None
     try:
         cost = costs(index, original, "")
         cost_plus = costs(repeated, plus.ravel(), "+").reshape(-1, rungs)
         cost_minus = costs(repeated, minus.ravel(), "-").reshape(-1, rungs)
-        noise = np.array([noise_along(costs, int(i), o, float(c), workspace.flips, h)
+        noise = np.array([noise_along(costs, int(i), o, float(c), flips, h)
                           for i, o, c, h in zip(index, original, cost, first_steps)])
     except PerturbationFailure as failure:
         raise JobError(f"the forward failed at {workspace.layout.describe(failure.index)} while re-verifying it "
                        f"on smaller steps: {failure.detail}") from None
     ladders = {"index": index, "cost": cost, "cost_plus": cost_plus, "cost_minus": cost_minus,
                "step_plus": step_plus, "step_minus": step_minus, "noise": noise}
-    if workspace.flips is not None:  # where the forward is traced, kinks are found, not guessed
-        ladders["flip_plus"] = workspace.flips(repeated, plus.ravel()).reshape(-1, rungs)
-        ladders["flip_minus"] = workspace.flips(repeated, minus.ravel()).reshape(-1, rungs)
+    if switched is not None:
+        ladders["flip_plus"], ladders["flip_minus"] = switched
     return ladders
