@@ -248,8 +248,9 @@ def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus,
     θ, either side decides agrees or wrong; with one at θ (its distance: within the finest step),
     the analytic value must be one side or their midpoint (kink), both sides known and none of
     these is wrong, but only where a single switch is tied at θ: where several meet, the backward's
-    conventions may pick a piece that no side of this coordinate reaches. Undecided, an element some of whose rungs flip is at a kink, its distance the
-    finest flipping step. A kink is never guessed from slopes.
+    conventions may pick a piece that no side of this coordinate reaches. Undecided, an element
+    some of whose rungs flip is at a kink, its distance the finest flipping step. A kink is never
+    guessed from slopes.
     """
     flipped = (flips_plus > 0) | (flips_minus > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
