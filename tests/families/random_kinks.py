@@ -125,7 +125,7 @@ def network_backward(activations, X, Y, cache):
     return grads
 
 
-def _plant(wa: float, b_other: float, target: float, dtype) -> tuple:
+def _plant(wa: float, target: float, dtype):
     """A bias b (in ``dtype``) with fl(wa + b) as near ``target`` as the dtype allows."""
     kind = np.dtype(dtype).type
     b = kind(target - wa)
@@ -180,9 +180,9 @@ def make_case(seed: int) -> Case:
             WA = np.dot(W.astype(A.dtype), A)
             if act == "maxpool":  # a tie of the pair (2·unit, 2·unit + 1), off by d
                 partner = float(WA[2 * unit + 1, e] + b[2 * unit + 1, 0])
-                b[2 * unit, 0] = _plant(WA[2 * unit, e], 0.0, partner + d, dtype)
+                b[2 * unit, 0] = _plant(WA[2 * unit, e], partner + d, dtype)
             else:
-                b[unit, 0] = _plant(WA[unit, e], 0.0, d, dtype)
+                b[unit, 0] = _plant(WA[unit, e], d, dtype)
         Z = np.dot(W.astype(A.dtype), A) + b.astype(A.dtype)
         if l in planned:
             unit, e, d = planned[l]
