@@ -104,6 +104,45 @@ def central_step(line: Line, noise: float, cost: float, scale: float) -> tuple[f
     return float(np.clip((3 * noise / mu3) ** (1 / 3), lowest, highest)), float(mu3), 4
 
 
+def noise_along(costs, i: int, value, cost: float, flips=None, first_step: float | None = None) -> float:
+    """ε_f along coordinate ``i`` alone (a suspect's own, not its tensor's sample): the round-off of
+    J differs from element to element where a saturated output or a cancelling sum is reached
+    from some elements only. At least one ulp of J; NaN where ECnoise never settles.
+
+    With ``flips`` (``Replay.flips``: the traced forward's switches), kinks are kept out of the
+    difference tables exactly: ECnoise runs at the first step, a tenth of it and √eps·max(1, |θᵢ|),
+    each shrunk until none of its points flips a switch, and the largest level is kept. The
+    coarse spacings see round-off that moves in rare steps (1 − A of a saturated sigmoid changes by
+    one ulp of 1 only every so often: between its steps J looks smooth, but its slope misses that
+    term); one ECnoise estimate can also be several times low. Without, ``measure_noise`` shrinks
+    one spacing while the level does."""
+    kind = np.asarray(value).dtype
+    eps = float(np.finfo(kind).eps)
+    floor = eps * max(abs(cost), np.finfo(np.float64).tiny)
+    base, scale = float(value), max(1.0, abs(float(value)))
+    offsets = (np.arange(POINTS) - POINTS // 2).astype(np.float64)
+
+    def line(steps):
+        return costs(np.full(steps.size, i), (base + steps).astype(kind), "~")
+
+    fine = math.sqrt(eps) * scale
+    if flips is None:
+        level, _ = measure_noise(line, fine)
+        return math.nan if level is None else max(level, floor)
+    levels = []
+    for spacing in ([first_step / 2, first_step / 20] if first_step else []) + [fine]:
+        for _ in range(SPACINGS + 2):
+            if not flips(np.full(POINTS, i), (base + offsets * spacing).astype(kind)).any():
+                break
+            spacing /= 100
+        level, inform = ecnoise(line(offsets * spacing))
+        if inform == 1:
+            levels.append(level)
+    if not levels:
+        levels = [level for level in [_settled_level(line, fine)[0]] if level is not None]
+    return max(max(levels), floor) if levels else math.nan
+
+
 def calibrate(costs, layout: Layout, theta: np.ndarray, cost: float, method: str, checked_dtype) -> Calibration:
     """Noise and step scale per tensor, from ``SAMPLES`` elements each (fixed, spread, seeded).
 

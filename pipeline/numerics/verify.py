@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradjob.numerics.evaluate import central_noise
+
 SUSPECT_FACTOR = 8.0    # |grad − gradapprox| beyond this many noise bounds makes an element a suspect
 CAP = 256
 RUNGS = 10              # steps h, h/10, …, h/10⁹: down to where the noise decides nothing
@@ -82,16 +84,78 @@ def ladder(original: np.ndarray, first_step: np.ndarray) -> tuple[np.ndarray, np
     return plus, minus, plus.astype(np.float64) - wide, wide - minus.astype(np.float64)
 
 
+def off_kinks(costs, flips, original: np.ndarray, start: int, result, cost_noise: np.ndarray,
+              curvature: np.ndarray, grad: np.ndarray, grad_eps: float) -> int:
+    """Where the forward is traced (``flips``: ``Replay.flips``), first differences that disagree
+    with the analytic gradient beyond their bound and whose evaluations flip a switch (a kink
+    inside the step) are taken again at steps 10×, 100×, 1000× smaller; the first that flips
+    nothing replaces them where its bound is smaller; otherwise they keep their numbers with the
+    kink in their bound (a central difference across one kink is off by half the gap of its
+    one-sided slopes). An element that no smaller step takes off its kink is made a suspect (its
+    bound half what makes one), so that its ladder reports the kink and its distance and leaves it
+    out. So a kink crossed by a first step is neither an error nor an unbounded share of the
+    tensor's difference. ``result`` (a ``ChunkResult``, central, automatic steps) is
+    updated in place; returns how many elements crossed a kink."""
+    candidates = np.flatnonzero(np.abs(grad - result.gradapprox) > result.noise)
+    if not candidates.size:
+        return 0
+    kind = original.dtype.type
+    base = original[candidates]
+    index = start + candidates
+    plus, minus = (base + result.step[candidates]).astype(kind), (base - result.step[candidates]).astype(kind)
+    crossed = (flips(index, plus) > 0) | (flips(index, minus) > 0)
+    k = candidates[crossed]
+    if not k.size:
+        return 0
+    cost = float(costs(np.array([start]), original[:1], "")[0])
+    h = result.step[k]
+    bound = result.noise[k] + np.abs(result.cost_plus[k] - 2 * cost + result.cost_minus[k]) / (2 * h)
+    pending, kept = np.ones(k.size, dtype=bool), np.ones(k.size, dtype=bool)
+    for t in range(1, 4):
+        todo = np.flatnonzero(pending)
+        if not todo.size:
+            break
+        at, value = start + k[todo], original[k[todo]]
+        plus = (value + h[todo] / 10 ** t).astype(kind)
+        minus = (value - h[todo] / 10 ** t).astype(kind)
+        clean = (flips(at, plus) == 0) & (flips(at, minus) == 0)
+        if not clean.any():
+            continue
+        done = todo[clean]
+        j_plus, j_minus = costs(at[clean], plus[clean], "+"), costs(at[clean], minus[clean], "-")
+        step = (plus[clean].astype(np.float64) - minus[clean].astype(np.float64)) / 2
+        noise = central_noise(cost_noise[k[done]], step, curvature[k[done]])
+        better = noise < bound[done]
+        for name, values in (("gradapprox", (j_plus - j_minus) / (2 * step)), ("noise", noise), ("step", step),
+                             ("cost_plus", j_plus), ("cost_minus", j_minus)):
+            getattr(result, name)[k[done[better]]] = values[better]
+        pending[done] = False
+        kept[done[better]] = False
+    error = np.abs(grad[k] - result.gradapprox[k])
+    kept &= error <= tolerance(grad[k], result.noise[k], grad_eps)  # a suspect anyway: its ladder finds the kink
+    bounded = kept & ~pending
+    result.noise[k[bounded]] = bound[bounded]
+    at_kink = kept & pending  # no step avoids it: a suspect, so that its ladder reports the kink and its distance
+    result.noise[k[at_kink]] = error[at_kink] / (2 * SUSPECT_FACTOR)
+    return int(k.size)
+
+
 @dataclass(frozen=True)
 class Verdict:
     klass: int
     estimate: float    # the settled derivative (agrees: the central one; kink: the side that matched)
     tolerance: float   # how exactly the ladder determined it
+    distance: float = math.nan  # a kink found by its switches: within this step of θ
 
 
 def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.ndarray, step_plus: np.ndarray,
-             step_minus: np.ndarray, noise: float, grad_eps: float, decide: float = RESOLUTION) -> Verdict:
+             step_minus: np.ndarray, noise: float, grad_eps: float, decide: float = RESOLUTION,
+             flip_plus: np.ndarray | None = None, flip_minus: np.ndarray | None = None) -> Verdict:
     """Class of one suspect from its ladder (rungs from coarse to fine); see the module docstring.
+
+    With ``flip_plus``/``flip_minus`` (per rung, whether that evaluation takes another branch of
+    some switch than θ does: ``Replay.flips``), kinks are known rather than guessed: see
+    ``_classify_switched``. Without them, from the slopes alone:
 
     A rung counts where three times its one-sided noise (from ε_f) is below ``decide`` (see
     ``resolution``) of the values. At such a rung the function is smooth if the one-sided slopes
@@ -102,6 +166,9 @@ def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.nda
     of its sides; *wrong* then needs the finest counting rungs to have settled, since a change
     there means more kinks closer to θ than float arithmetic can resolve (*near-kink*).
     """
+    if flip_plus is not None and flip_minus is not None:
+        return _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus, noise, grad_eps, decide,
+                                  np.asarray(flip_plus), np.asarray(flip_minus))
     with np.errstate(divide="ignore", invalid="ignore"):
         right = (cost_plus - cost) / step_plus
         left = (cost - cost_minus) / step_minus
@@ -160,3 +227,94 @@ def _moved(slope: np.ndarray, k: int, valid: np.ndarray) -> float:
     """How far an estimate moves to a neighbouring rung: a bound on its truncation at rung k."""
     neighbours = [abs(slope[k] - slope[j]) for j in (k + 1, k - 1) if 0 <= j < RUNGS and valid[j]]
     return min(neighbours) if neighbours else 0.0
+
+
+def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus, noise, grad_eps, decide,
+                       flips_plus: np.ndarray, flips_minus: np.ndarray) -> Verdict:
+    """Class of one suspect whose switches are known per rung (how many switch elements each
+    evaluation flips, ``Replay.flips``).
+
+    A rung that flips nothing spans θ's smooth piece: its central estimate is off by its noise and
+    its truncation only, the truncation bounded by how far the estimate moves to the next finer
+    rung that flips nothing either (whose truncation is 100× smaller and whose noise 10× larger:
+    the move also measures the noise, where ECnoise's seven points missed rare jumps of a
+    saturated cost). The rung with the smallest bound decides, where
+    that bound is within ``decide`` of the values: the analytic value agrees with its estimate
+    (within three bounds), or it is wrong.
+
+    Otherwise each side is read on its own, at the rungs that flip as many switches as its finest
+    rung (the same kinks crossed: none, or those closer to θ than any step, i.e. at θ): its
+    one-sided slope is then the derivative of the piece beside θ, to first order. With no kink at
+    θ, either side decides agrees or wrong; with one at θ (its distance: within the finest step),
+    the analytic value must be one side or their midpoint (kink), both sides known and none of
+    these is wrong, but only where a single switch is tied at θ: where several meet, the backward's
+    conventions may pick a piece that no side of this coordinate reaches. Undecided, an element
+    some of whose rungs flip is at a kink, its distance the finest flipping step. A kink is never
+    guessed from slopes.
+    """
+    flipped = (flips_plus > 0) | (flips_minus > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        right = (cost_plus - cost) / step_plus
+        left = (cost - cost_minus) / step_minus
+        central = (cost_plus - cost_minus) / (step_plus + step_minus)
+        n = 2 * math.sqrt(2) * noise / np.minimum(step_plus, step_minus)
+    slack = 8 * grad_eps * abs(grad)
+    valid = (step_plus > 0) & (step_minus > 0) & np.isfinite(right) & np.isfinite(left)
+    if not valid.any():
+        return Verdict(UNRESOLVED, math.nan, math.nan)
+    scale = np.maximum.reduce([np.full(RUNGS, abs(grad)), np.abs(right), np.abs(left)])
+    smooth = valid & ~flipped
+    bounds = []
+    for k in np.flatnonzero(smooth):
+        truncation = []
+        if k + 1 < RUNGS and smooth[k + 1]:
+            truncation.append(1.02 * abs(central[k] - central[k + 1]) + (n[k] + n[k + 1]) / 2)
+        if truncation:
+            bounds.append((n[k] / 2 + min(truncation), int(k)))
+    decided = [(e, k) for e, k in bounds if e <= decide * scale[k]]
+    if decided:
+        e, k = min(decided)
+        agrees = abs(grad - central[k]) <= 3 * e + slack
+        return Verdict(AGREES if agrees else WRONG, float(central[k]), float(e))
+    finest = int(np.flatnonzero(valid)[-1])
+    at_theta = bool(flips_plus[finest] > 0 or flips_minus[finest] > 0)
+    distance = float(min(step_plus[finest], step_minus[finest])) if at_theta else math.nan
+    sides = [_one_side(slope, valid & (flips == flips[finest]), n, decide * scale / 3)
+             for slope, flips in ((right, flips_plus), (left, flips_minus))]
+    known = [side for side in sides if side is not None]
+    if at_theta:
+        if len(known) == 2:
+            known.append(((known[0][0] + known[1][0]) / 2, (known[0][1] + known[1][1]) / 2))
+        matched = [(e, s) for s, e in known if abs(grad - s) <= 3 * e + slack]
+        if matched:
+            e, s = min(matched)
+            return Verdict(KINK, float(s), float(e), distance)
+        single = flips_plus[finest] == flips_minus[finest] == 1  # one switch, tied at θ: its two pieces
+        if single and all(side is not None for side in sides):
+            nearest = min(known, key=lambda side: abs(grad - side[0]))
+            return Verdict(WRONG, float(nearest[0]), float(nearest[1]), distance)
+        return Verdict(KINK, math.nan, math.nan, distance)
+    crossed = np.flatnonzero(valid & flipped)
+    near = float(np.minimum(step_plus, step_minus)[crossed].min()) if crossed.size else math.nan
+    if len(known) == 2 and abs(known[0][0] - known[1][0]) > 3 * (known[0][1] + known[1][1]):
+        return Verdict(KINK, math.nan, math.nan, near)  # the sides disagree: a kink no switch showed
+    if known:
+        s, e = min(known, key=lambda side: side[1])
+        return Verdict(AGREES if abs(grad - s) <= 3 * e + slack else WRONG, float(s), float(e))
+    return Verdict(KINK if crossed.size else UNRESOLVED, math.nan, math.nan, near)
+
+
+def _one_side(slope: np.ndarray, same: np.ndarray, n: np.ndarray, within: np.ndarray):
+    """(slope, bound) of the best-known rung among ``same`` (rungs crossing the same kinks), its
+    first-order truncation bounded by the move to the next finer one (1.12×: it falls 10× a rung),
+    or None where no rung is known within ``within``."""
+    best = None
+    for k in np.flatnonzero(same):
+        truncation = []
+        if k + 1 < RUNGS and same[k + 1]:
+            truncation.append(1.12 * abs(slope[k] - slope[k + 1]) + n[k] + n[k + 1])
+        if truncation:
+            e = n[k] + min(truncation)
+            if e <= within[k] and (best is None or e < best[1]):
+                best = (float(slope[k]), float(e))
+    return best

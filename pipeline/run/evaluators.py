@@ -39,6 +39,13 @@ def build(kind: str, model: Model, layout: Layout, X, Y, theta: np.ndarray,
     return in_place_costs(cost_function(model, X, Y, layout.views(theta)), theta)
 
 
+def switches(costs: Costs) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """``flips(indices, values)`` of the replay behind ``costs`` (see ``Replay.flips``), or None
+    where the forward is not traced."""
+    replay = getattr(costs, "__self__", None)
+    return replay.flips if isinstance(replay, Replay) else None
+
+
 def choose(spec: ModelSpec, model: Model, layout: Layout, X, Y, theta: np.ndarray, fast: bool, method: str,
            computed_dtype: str) -> tuple[str, str | None]:
     """The fastest evaluator that gives this model's own numbers, and a note when a model file

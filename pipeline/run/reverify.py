@@ -44,13 +44,15 @@ def verify_suspects(group, path: str, meta: StoreMeta, context: tasks.TaskContex
         batches = [(tuple(i for i, _, _ in picked[k:k + LADDER_BATCH]),
                     tuple(h for _, h, _ in picked[k:k + LADDER_BATCH])) for k in range(0, len(picked), LADDER_BATCH)]
         parts = executor.map(tasks.evaluate_ladders, context, batches)
-        arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0] if all(name in p for p in parts)}
         grads = [g for _, _, g in picked]  # in the order of the batches, as the ladders come back
-        noise_of = {t.name: t.noise for t in meta.calibration.tensors}
         decide = verify.resolution(meta.precision.checked)
+        noise = _own_noise(meta, arrays)
+        switched = "flip_plus" in arrays  # the forward is traced: kinks are found by its switches
         verdicts = [verify.classify(float(g), float(arrays["cost"][k]), arrays["cost_plus"][k], arrays["cost_minus"][k],
-                                    arrays["step_plus"][k], arrays["step_minus"][k],
-                                    noise_of[meta.layout.locate(int(arrays["index"][k]))[0]], grad_eps, decide)
+                                    arrays["step_plus"][k], arrays["step_minus"][k], float(noise[k]), grad_eps, decide,
+                                    arrays["flip_plus"][k] if switched else None,
+                                    arrays["flip_minus"][k] if switched else None)
                     for k, g in enumerate(grads)]
         arrays["klass"] = np.array([v.klass for v in verdicts], dtype=np.uint8)
         arrays["estimate"] = np.array([v.estimate for v in verdicts])
@@ -59,3 +61,11 @@ def verify_suspects(group, path: str, meta: StoreMeta, context: tasks.TaskContex
     return verification.verdicts_of(arrays)
 
 
+def _own_noise(meta: StoreMeta, arrays: dict) -> np.ndarray:
+    """Each suspect's noise as measured along its own coordinate, where that is above its tensor's
+    (a suspect reached by a saturated output is far noisier than its tensor's sample); never below
+    the tensor's, which the first steps were chosen and judged by."""
+    noise_of = {t.name: t.noise for t in meta.calibration.tensors}
+    tensor = np.array([noise_of[meta.layout.locate(int(i))[0]] for i in arrays["index"]])
+    own = arrays.get("noise")
+    return tensor if own is None else np.fmax(own, tensor)

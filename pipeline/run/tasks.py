@@ -25,6 +25,7 @@ from gradjob.model.spec import ModelSpec, load_model
 from gradjob.model.usercode import with_notes
 from gradjob.numerics import verify
 from gradjob.numerics.evaluate import PerturbationFailure, numerical_gradient, per_element, step_sizes
+from gradjob.numerics.noise import noise_along
 from gradjob.run import evaluators
 from gradjob.run.plan import Chunk
 from gradjob.storage import store
@@ -82,6 +83,7 @@ class _Workspace:
             self.costs = evaluators.build("incremental", self.model, self.layout, self.X, self.Y, None,
                                           read=partial(store.read_range, self.group, "theta"))
             self.fast = self.costs.__self__
+            self.flips = None
             return
         self.fast = None
         self.theta = store.read_vector(self.group, "theta")  # this thread's own, writable copy
@@ -94,6 +96,7 @@ class _Workspace:
         except Untraceable as exc:
             raise JobError(f"the workers evaluate a different function than the client: the forward was traced on "
                            f"the client but not on a worker ({exc}). {SAME_FUNCTION}") from None
+        self.flips = evaluators.switches(self.costs)  # the replay's switch question, whoever evaluates ladders
 
     def forward_costs(self):
         """The plain forward evaluator, for checking a traced chunk (built once, on first use)."""
@@ -171,6 +174,10 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
             try:
                 result = numerical_gradient(workspace.costs, original, chunk.start, steps, noise, context.method,
                                             fixed=fixed, curvature=curvature)
+                if workspace.flips is not None and not fixed and context.method == "central":
+                    verify.off_kinks(workspace.costs, workspace.flips, original, chunk.start, result, noise, curvature,
+                                     store.read_range(workspace.group, "grad", chunk.start, chunk.stop),
+                                     float(np.finfo(layout.dtype).eps))
             except Exception as exc:  # the replay, not the model, failed: the forward decides
                 detail = exc.detail if isinstance(exc, PerturbationFailure) else f"{type(exc).__name__}: {exc}"
                 note = f"chunk {chunk.index}: the traced fast path failed ({detail}); evaluated by the forward"
@@ -192,7 +199,9 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
 
 @_quiet
 def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps: tuple[float, ...]) -> dict:
-    """J at θ and at θᵢ ± hᵢ·10⁻ᵏ (see ``verify.ladder``) for a batch of suspects."""
+    """J at θ and at θᵢ ± hᵢ·10⁻ᵏ (see ``verify.ladder``) for a batch of suspects, each suspect's
+    noise measured along its own coordinate, and, for a traced forward, which evaluations flip a
+    switch (``Replay.flips``)."""
     workspace = _workspace(context)
     index = np.asarray(indices, dtype=np.int64)
     original = np.concatenate([workspace.original(int(i), int(i) + 1) for i in index])
@@ -200,14 +209,26 @@ def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps
     rungs = plus.shape[1]
     repeated = np.repeat(index, rungs)
     # the real forward, not a replay: a chunk's check samples only two of its elements, and a ladder's
-    # "agrees" overrides the chunk's numbers (ladders are few evaluations)
+    # "agrees" overrides the chunk's numbers (ladders are few evaluations); the replay still answers
+    # which switches a rung flips, where the forward is traced
     costs = workspace.forward_costs() if context.evaluator == "traced" else workspace.costs
+    flips, switched = workspace.flips, None
+    if flips is not None:  # where the forward is traced, kinks are found, not guessed
+        try:
+            switched = tuple(flips(repeated, values.ravel()).reshape(-1, rungs) for values in (plus, minus))
+        except Exception:  # the replay cannot tell: the slopes decide, as for a forward not traced
+            flips = None
     try:
         cost = costs(index, original, "")
         cost_plus = costs(repeated, plus.ravel(), "+").reshape(-1, rungs)
         cost_minus = costs(repeated, minus.ravel(), "-").reshape(-1, rungs)
+        noise = np.array([noise_along(costs, int(i), o, float(c), flips, h)
+                          for i, o, c, h in zip(index, original, cost, first_steps)])
     except PerturbationFailure as failure:
         raise with_notes(JobError(f"the forward failed at {workspace.layout.describe(failure.index)} while "
                                   f"re-verifying it on smaller steps: {failure.detail}"), failure) from None
-    return {"index": index, "cost": cost, "cost_plus": cost_plus, "cost_minus": cost_minus,
-            "step_plus": step_plus, "step_minus": step_minus}
+    ladders = {"index": index, "cost": cost, "cost_plus": cost_plus, "cost_minus": cost_minus,
+               "step_plus": step_plus, "step_minus": step_minus, "noise": noise}
+    if switched is not None:
+        ladders["flip_plus"], ladders["flip_minus"] = switched
+    return ladders

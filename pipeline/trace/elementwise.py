@@ -60,6 +60,10 @@ class _Elementwise:
             bpos = _result_bpos(max((r for r in reps if r is not None), key=lambda r: r.data.size), kinds)
         args = [_align(r, kinds, bpos) if r is not None else _gather(self._operand_value(o), kinds, idx, bpos)
                 for r, o in zip(reps, node.operands)]
+        if self._recording:  # before the call: its output may overwrite an operand's block
+            bases = [a if r is None else _gather(self.base[o.id], kinds, idx, bpos)
+                     for a, r, o in zip(args, reps, node.operands)]
+            self._switched(_flipped(function, args, bases, self.dtypes[i], bpos, B))
         shape_out = np.broadcast_shapes(*(np.shape(a) for a in args if a is not None))
         if reusable is not None and reusable.data.shape == shape_out and reusable.data.dtype == self.dtypes[i] \
                 and any(a is reusable.data for a in args):
@@ -109,3 +113,51 @@ class _Elementwise:
 
 def _astype(a, out):
     np.copyto(out, a, casting="unsafe")
+
+
+# -- switches: which branch each element takes, at θ and perturbed (see ``Replay.flips``)
+_COMPARED = {np.greater, np.greater_equal, np.less, np.less_equal, np.equal, np.not_equal, np.maximum,
+             np.minimum, np.fmax, np.fmin, np.heaviside}
+_SIGNED = {np.absolute, np.fabs, np.sign}
+_ROUNDED = {np.floor, np.ceil, np.trunc, np.rint}
+_DIVIDED = {np.floor_divide, np.remainder, np.fmod, np.divmod}
+_TRUTH = {np.logical_and, np.logical_or, np.logical_xor, np.logical_not}
+
+
+def _order(a, b):
+    """-1, 0 or 1 by how ``a`` compares with ``b``: a tie is a branch of its own, so a switch sitting
+    exactly on its kink flips under any perturbation that moves it."""
+    return np.greater(a, b).astype(np.int8) - np.less(a, b)
+
+
+def _branches(function, args, dtype) -> list:
+    """Arrays that are equal at θ and perturbed exactly where the switch takes the same branch
+    (empty for a smooth function)."""
+    if function in _COMPARED:
+        return [_order(args[0], args[1])]
+    if function in _SIGNED:
+        return [_order(args[0], 0)]
+    if function in _ROUNDED:
+        return [function(args[0])]
+    if function in _DIVIDED:
+        return [np.floor_divide(args[0], args[1])]
+    if function in _TRUTH:
+        return [np.not_equal(a, 0) for a in args]
+    if function is np.where:
+        return [np.not_equal(args[0], 0)]
+    if function is np.clip:
+        return [_order(args[0], bound) for bound in args[1:] if bound is not None]
+    if function is _astype and dtype.kind in "biu":
+        return [np.asarray(args[0]).astype(dtype)]
+    return []
+
+
+def _flipped(function, args, bases, dtype, bpos: int, B: int) -> np.ndarray:
+    """Per perturbation of the block, how many elements take another branch than at θ."""
+    counts = np.zeros(B, dtype=np.int64)
+    for now, then in zip(_branches(function, args, dtype), _branches(function, bases, dtype)):
+        differ = np.asarray(np.not_equal(now, then))
+        if differ.any():
+            moved = np.moveaxis(differ, bpos, 0)
+            counts += np.count_nonzero(moved.reshape(moved.shape[0], -1), axis=1)
+    return counts

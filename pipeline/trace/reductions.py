@@ -9,11 +9,33 @@ from __future__ import annotations
 import numpy as np
 
 from gradjob.trace.products import _settle
-from gradjob.trace.batched import Rep, _dpos, _expand, _full_batch, _gather, _per_item, _unit_drop, _unpinned
+from gradjob.trace.batched import Rep, _dense, _dpos, _expand, _full_batch, _gather, _per_item, _unit_drop, _unpinned
 
 _REDUCERS = {"sum": (np.add, np.sum), "mean": (np.add, np.sum), "max": (np.maximum, np.max),
              "min": (np.minimum, np.min), "nansum": (np.add, np.nansum), "nanmax": (np.fmax, np.nanmax),
              "nanmin": (np.fmin, np.nanmin)}
+
+_EXTREMES = ("max", "min", "nanmax", "nanmin")
+
+
+def _extreme_moved(rep: Rep, base: np.ndarray, axes: tuple, kind: str, B: int) -> np.ndarray:
+    """Per perturbation, in how many slots a max/min reduction's extreme moved to another position
+    than at θ, or a tie formed or broke (the switch of max-pooling: its argmax)."""
+    dense = _dense(rep)
+    data = np.moveaxis(_full_batch(np.asarray(dense.data), dense.bpos, B), dense.bpos, 0)
+
+    def winners(values, lead):
+        moved = np.moveaxis(values, [lead + a for a in axes], list(range(-len(axes), 0)))
+        flat = moved.reshape(moved.shape[:moved.ndim - len(axes)] + (-1,))
+        largest = "max" in kind
+        if kind.startswith("nan"):
+            flat = np.where(np.isnan(flat), -np.inf if largest else np.inf, flat)
+        hits = flat == (flat.max(axis=-1, keepdims=True) if largest else flat.min(axis=-1, keepdims=True))
+        return np.argmax(hits, axis=-1), np.count_nonzero(hits, axis=-1) > 1
+
+    (where_now, tie_now), (where_then, tie_then) = winners(data, 1), winners(base, 0)
+    differ = (where_now != where_then) | (tie_now != tie_then)
+    return np.count_nonzero(differ.reshape(B, -1), axis=1)
 
 
 class _Reductions:
@@ -38,6 +60,9 @@ class _Reductions:
             given = rep.base.dtype
             dtype = np.dtype(np.float64) if given.kind in "biu" else (np.dtype(np.float32) if given == np.float16 else None)
         kwargs = {"dtype": dtype} if dtype is not None else {}
+        if self._recording and kind in _EXTREMES:
+            self._split_by_size(B, int(np.prod(rep.shape)) * rep.base.dtype.itemsize)
+            self._switched(_extreme_moved(rep, self.base[source], axes, kind, B))
         selected = [a for a in axes if rep.kinds[a] == "S"]
         if selected:  # held in full: which positions changed depends on the batch, the order of a sum must not
             self._split_by_size(B, _per_item(["F" if a in selected else k for a, k in enumerate(rep.kinds)],

@@ -143,24 +143,51 @@ class Replay(_Elementwise, _Products, _Reductions):
     def costs(self, indices: np.ndarray, values: np.ndarray, sign: str = "") -> np.ndarray:
         """J at θ with θ[indices[p]] = values[p], for each p separately."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        out = self._replay(indices, values, record=False)
+        bad = np.flatnonzero(~np.isfinite(out))
+        if bad.size:
+            raise PerturbationFailure(int(indices[bad[0]]), sign, f"the cost is {out[bad[0]]}")
+        return out
+
+    def flips(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Per evaluation (θ with θ[indices[p]] = values[p]), how many elements of the forward's
+        switches take another branch than at θ: comparisons, ``maximum``/``minimum``, ``abs``/``sign``,
+        ``clip``, ``where``, rounding, casts to integers, the position of a max/min reduction's extreme
+        (a tie counts as its own branch). An evaluation that flips none lies on θ's smooth piece, so
+        differences taken from it carry no kink; equal counts at two steps on one side of θ mean
+        (for kinks crossed as the step grows) the same kinks crossed."""
+        return self._replay(np.asarray(indices, dtype=np.int64).reshape(-1), values, record=True)
+
+    def _replay(self, indices: np.ndarray, values, record: bool) -> np.ndarray:
+        """The costs, or with ``record`` the switch flags, of each perturbation."""
         values = np.asarray(values).reshape(-1)
         if indices.size and (indices.min() < 0 or indices.max() >= self.layout.n_parameters):
             raise IndexError(f"index out of range for θ of {self.layout.n_parameters} parameters")
         complex_out = self._complex or np.iscomplexobj(values)
         out = np.empty(len(indices), dtype=np.complex128 if complex_out else np.float64)
+        flags = np.zeros(len(indices), dtype=np.int64)
         self._local.buffers = {}
         try:
             with np.errstate(all="ignore"):
                 for tensor in self.layout.tensors:
                     inside = np.flatnonzero((indices >= tensor.offset) & (indices < tensor.stop))
                     if inside.size:
+                        self._local.flags = np.zeros(inside.size, dtype=np.int64) if record else None
                         out[inside] = self._tensor_costs(tensor, indices[inside] - tensor.offset, values[inside])
+                        if record:
+                            flags[inside] = self._local.flags
         finally:
             self._local.buffers = {}  # a Replay between calls holds no more than its values at θ
-        bad = np.flatnonzero(~np.isfinite(out))
-        if bad.size:
-            raise PerturbationFailure(int(indices[bad[0]]), sign, f"the cost is {out[bad[0]]}")
-        return out
+            self._local.flags = None
+        return flags if record else out
+
+    def _switched(self, counts: np.ndarray) -> None:
+        """Count, per perturbation of the current block, switch elements that took another branch."""
+        self._local.flags += counts
+
+    @property
+    def _recording(self) -> bool:
+        return getattr(self._local, "flags", None) is not None
 
     def _tensor_costs(self, tensor, local: np.ndarray, values: np.ndarray) -> np.ndarray:
         leaf = self.graph.params[tensor.name]
@@ -192,10 +219,16 @@ class Replay(_Elementwise, _Products, _Reductions):
                 except _Split as split:
                     skip = self._hoist(plan, pos, env, B, skip)
                     out = np.empty(B, dtype=np.complex128 if self._complex else np.float64)
+                    flags = self._local.flags
                     for part in split.parts:
                         sub = {k: r.take(part) for k, r in env.items()}
                         n = len(range(B)[part]) if isinstance(part, slice) else len(part)
+                        if flags is not None:  # each part records into its own flags
+                            self._local.flags = np.zeros(n, dtype=np.int64)
                         out[part] = self._run(plan, pos, sub, n, skip)
+                        if flags is not None:
+                            flags[part] += self._local.flags
+                    self._local.flags = flags
                     return out
                 if stands_for is not None:
                     skip = skip | {stands_for}
