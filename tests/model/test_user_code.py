@@ -166,7 +166,7 @@ def test_a_forward_failing_only_where_the_replay_is_validated_falls_back(gradjob
     run = submit(gradjob, cluster_address, model, "exit_when_w1_moves_far", "backward", "--json")
     assert run.exit_code == 0
     assert json.loads(run.stdout)["evaluator"] == "forward"
-    assert ("gradjob: note: the traced fast path is off for this model: the forward itself failed at W1[0, 3] moved "
+    assert ("gradjob: note: the traced fast path is off for this model: the forward itself failed at W1[0, 1] moved "
             "by 1e-3 (SystemExit: sys.exit(0) was called); each evaluation calls the forward") in run.stderr
 
 
