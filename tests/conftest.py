@@ -6,6 +6,8 @@
 - ``write_model``: writes a model file into the test's temporary directory.
 - ``store_fingerprint``: every file of a store with its SHA-256, to prove a store unchanged.
 - ``free_port``: a TCP port nobody listens on, for processes a test starts.
+- ``private_tmp``: gradjob's temporary stores under the test's own folder (to see them removed);
+  ``seed_arrays()``: the seed's X, Y and parameters for the Python API.
 - ``family(name)``: a model family of tests/families/ as a module (not a fixture: used at collection).
 """
 
@@ -15,6 +17,7 @@ import hashlib
 import importlib.util
 import logging
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from distributed import LocalCluster
 from typer.testing import CliRunner
 
 from gradjob.cli.app import app
+from gradjob.model import cases
 
 FAMILIES = Path(__file__).with_name("families")
 SEED_BUGGY_DIFFERENCE = 0.2850931567761623
@@ -84,3 +88,18 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """gradjob's temporary stores go under this test's own folder, to see them removed."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def seed_arrays():
+    """The seed notebook's X, Y and parameters, for the Python API."""
+    case = cases.seed_case()
+    return case.X, case.Y, case.parameters

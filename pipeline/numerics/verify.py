@@ -169,14 +169,8 @@ def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.nda
     if flip_plus is not None and flip_minus is not None:
         return _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus, noise, grad_eps, decide,
                                   np.asarray(flip_plus), np.asarray(flip_minus))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        right = (cost_plus - cost) / step_plus
-        left = (cost - cost_minus) / step_minus
-        central = (cost_plus - cost_minus) / (step_plus + step_minus)
-        n = 2 * math.sqrt(2) * noise / np.minimum(step_plus, step_minus)
-    slack = 8 * grad_eps * abs(grad)
-    valid = (step_plus > 0) & (step_minus > 0) & np.isfinite(right) & np.isfinite(left)
-    scale = np.maximum.reduce([np.full(RUNGS, abs(grad)), np.abs(right), np.abs(left)])
+    right, left, central, n, slack, valid, scale = _slopes(grad, cost, cost_plus, cost_minus, step_plus, step_minus,
+                                                           noise, grad_eps)
     usable = [k for k in range(RUNGS) if valid[k] and 3 * n[k] <= decide * scale[k]]
     jump = np.abs(right - left)
 
@@ -229,6 +223,20 @@ def _moved(slope: np.ndarray, k: int, valid: np.ndarray) -> float:
     return min(neighbours) if neighbours else 0.0
 
 
+
+def _slopes(grad, cost, cost_plus, cost_minus, step_plus, step_minus, noise, grad_eps):
+    """A ladder's one-sided and central slopes per rung, their noise, the analytic value's round-off
+    slack, which rungs are usable numbers, and the scale each rung's values are judged against."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        right = (cost_plus - cost) / step_plus
+        left = (cost - cost_minus) / step_minus
+        central = (cost_plus - cost_minus) / (step_plus + step_minus)
+        n = 2 * math.sqrt(2) * noise / np.minimum(step_plus, step_minus)
+    slack = 8 * grad_eps * abs(grad)
+    valid = (step_plus > 0) & (step_minus > 0) & np.isfinite(right) & np.isfinite(left)
+    scale = np.maximum.reduce([np.full(RUNGS, abs(grad)), np.abs(right), np.abs(left)])
+    return right, left, central, n, slack, valid, scale
+
 def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus, noise, grad_eps, decide,
                        flips_plus: np.ndarray, flips_minus: np.ndarray) -> Verdict:
     """Class of one suspect whose switches are known per rung (how many switch elements each
@@ -253,16 +261,10 @@ def _classify_switched(grad, cost, cost_plus, cost_minus, step_plus, step_minus,
     guessed from slopes.
     """
     flipped = (flips_plus > 0) | (flips_minus > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        right = (cost_plus - cost) / step_plus
-        left = (cost - cost_minus) / step_minus
-        central = (cost_plus - cost_minus) / (step_plus + step_minus)
-        n = 2 * math.sqrt(2) * noise / np.minimum(step_plus, step_minus)
-    slack = 8 * grad_eps * abs(grad)
-    valid = (step_plus > 0) & (step_minus > 0) & np.isfinite(right) & np.isfinite(left)
+    right, left, central, n, slack, valid, scale = _slopes(grad, cost, cost_plus, cost_minus, step_plus, step_minus,
+                                                           noise, grad_eps)
     if not valid.any():
         return Verdict(UNRESOLVED, math.nan, math.nan)
-    scale = np.maximum.reduce([np.full(RUNGS, abs(grad)), np.abs(right), np.abs(left)])
     smooth = valid & ~flipped
     bounds = []
     for k in np.flatnonzero(smooth):

@@ -3,31 +3,15 @@ code comes in (cs231n's ``model.loss``, Nielsen's lists, grads keyed ``W1``) wit
 model code is the real family files in tests/families/; float32 parameters throughout them.
 """
 
-import os
-import tempfile
 
 import numpy as np
 import pytest
-from conftest import SEED_BUGGY_DIFFERENCE, SEED_CORRECT_DIFFERENCE, family
+from conftest import SEED_BUGGY_DIFFERENCE, SEED_CORRECT_DIFFERENCE, family, seed_arrays
 
 import gradjob
 from gradjob.errors import InputError, JobError
-from gradjob.model import cases, networks
+from gradjob.model import networks
 from gradjob.report import text as report
-
-
-@pytest.fixture
-def private_tmp(tmp_path, monkeypatch):
-    """gradjob's temporary stores go under this test's own folder, to see them removed."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
-def seed():
-    case = cases.seed_case()
-    return case.X, case.Y, case.parameters
 
 
 def _renamed(backward):
@@ -40,14 +24,14 @@ def _renamed(backward):
 # --- gradjob.check: the seed's numbers, in-process ----------------------------------------------
 
 def test_seed_numbers_through_the_api(private_tmp):
-    buggy = gradjob.check(networks.forward_propagation_n, networks.backward_propagation_n, *seed(),
+    buggy = gradjob.check(networks.forward_propagation_n, networks.backward_propagation_n, *seed_arrays(),
                           epsilon=1e-7, fast=False)
     assert buggy.reduction.difference == SEED_BUGGY_DIFFERENCE
     assert sorted(buggy.reduction.failing) == ["W2", "b1"] and not buggy.reduction.passed
-    correct = gradjob.check(networks.network_forward, networks.network_backward, *seed(), epsilon=1e-7, fast=False)
+    correct = gradjob.check(networks.network_forward, networks.network_backward, *seed_arrays(), epsilon=1e-7, fast=False)
     assert correct.reduction.difference == SEED_CORRECT_DIFFERENCE and correct.reduction.passed
     # the traced replay (the default) agrees to round-off amplified by 1/2ε
-    traced = gradjob.check(networks.forward_propagation_n, networks.backward_propagation_n, *seed(), epsilon=1e-7)
+    traced = gradjob.check(networks.forward_propagation_n, networks.backward_propagation_n, *seed_arrays(), epsilon=1e-7)
     assert traced.evaluator == "traced"
     assert traced.reduction.difference == pytest.approx(SEED_BUGGY_DIFFERENCE, rel=1e-8)
     for outcome in (buggy, correct, traced):  # each store was temporary and is gone, lock and all
@@ -57,18 +41,18 @@ def test_seed_numbers_through_the_api(private_tmp):
 
 
 def test_assert_backprop_names_the_tensor_and_the_diagnosis(private_tmp):
-    outcome = gradjob.assert_backprop(networks.network_forward, networks.network_backward, *seed())
+    outcome = gradjob.assert_backprop(networks.network_forward, networks.network_backward, *seed_arrays())
     assert outcome.reduction.passed
 
     with pytest.raises(AssertionError) as raised:
-        gradjob.assert_backprop(networks.forward_propagation_n, networks.backward_propagation_n, *seed())
+        gradjob.assert_backprop(networks.forward_propagation_n, networks.backward_propagation_n, *seed_arrays())
     message = str(raised.value)
     assert message.startswith("FAIL  backprop disagrees with the numerical gradient")
     assert "dW2 is 2.00× the numerical gradient" in message and "db1 is 4.00× the numerical gradient" in message
     assert "worst elements of W2" in message
     assert list(private_tmp.iterdir()) == []
     # the notes the CLI prints on stderr (a path fallen back, a precision kept) end the message
-    failed = gradjob.check(networks.forward_propagation_n, networks.backward_propagation_n, *seed(), fast=False)
+    failed = gradjob.check(networks.forward_propagation_n, networks.backward_propagation_n, *seed_arrays(), fast=False)
     failed.notes = ["the traced fast path is off for this model: …"]
     with pytest.raises(AssertionError) as raised:
         gradjob.assert_passed(failed)
@@ -76,23 +60,23 @@ def test_assert_backprop_names_the_tensor_and_the_diagnosis(private_tmp):
 
 
 def test_gradients_keyed_by_parameter_name():
-    passed = gradjob.check(networks.network_forward, _renamed(networks.network_backward), *seed())
+    passed = gradjob.check(networks.network_forward, _renamed(networks.network_backward), *seed_arrays())
     assert passed.reduction.passed
-    failed = gradjob.check(networks.forward_propagation_n, _renamed(networks.backward_propagation_n), *seed())
+    failed = gradjob.check(networks.forward_propagation_n, _renamed(networks.backward_propagation_n), *seed_arrays())
     diagnoses = {t.name: t.diagnosis for t in failed.reduction.tensors if not t.passed}
     assert diagnoses == {"b1": "db1 is 4.00× the numerical gradient", "W2": "dW2 is 2.00× the numerical gradient"}
 
 
 def test_options_map_to_the_request(tmp_path):
     path = tmp_path / "kept.zarr"
-    first = gradjob.check(networks.network_forward, networks.network_backward, *seed(), store=path, chunk_size=10,
+    first = gradjob.check(networks.network_forward, networks.network_backward, *seed_arrays(), store=path, chunk_size=10,
                           method="five-point", threshold=1e-6)
     assert first.reduction.passed and path.is_dir()
     assert first.meta.chunk_size == 10 and first.meta.method == "five-point"
-    again = gradjob.check(networks.network_forward, networks.network_backward, *seed(), store=str(path),
+    again = gradjob.check(networks.network_forward, networks.network_backward, *seed_arrays(), store=str(path),
                           method="five-point", threshold=1e-6)
     assert again.evaluated_chunks == 0 and again.reduction.difference == first.reduction.difference
-    screen = gradjob.check(networks.forward_propagation_n, networks.backward_propagation_n, *seed(),
+    screen = gradjob.check(networks.forward_propagation_n, networks.backward_propagation_n, *seed_arrays(),
                            mode="directional", directions=2)
     assert screen.store is None and sorted(screen.reduction.failing) == ["W2", "b1"]
 
@@ -100,7 +84,7 @@ def test_options_map_to_the_request(tmp_path):
 # --- bad input: InputError with the CLI's own line ---------------------------------------------
 
 def test_bad_input_raises_the_clis_message(gradjob_cli, tmp_path, private_tmp):
-    X, Y, parameters = seed()
+    X, Y, parameters = seed_arrays()
     run = lambda **kw: gradjob.check(networks.network_forward, networks.network_backward, X, Y,  # noqa: E731
                                      kw.pop("parameters", parameters), **kw)
     for option, value in (("epsilon", 0), ("method", "forward"), ("chunk_size", 0), ("threshold", "x")):
@@ -128,7 +112,7 @@ def test_bad_input_raises_the_clis_message(gradjob_cli, tmp_path, private_tmp):
 
 
 def test_a_failing_forward_raises_job_error_and_the_temporary_store_goes(private_tmp):
-    X, Y, parameters = seed()
+    X, Y, parameters = seed_arrays()
     limit = parameters["W2"][1, 2]
 
     def forward(X, Y, p):
@@ -251,7 +235,7 @@ def test_on_a_local_cluster(cluster_address):
         gradients["dW3"] = -gradients["dW3"]
         return gradients
 
-    outcome = gradjob.check(networks.network_forward, broken, *seed(), scheduler=cluster_address)
+    outcome = gradjob.check(networks.network_forward, broken, *seed_arrays(), scheduler=cluster_address)
     assert outcome.reduction.failing == ["W3"]
     assert outcome.reduction.tensors[4].diagnosis.startswith("dW3 has the wrong sign")
     assert outcome.store is None

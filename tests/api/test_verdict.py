@@ -4,35 +4,24 @@ check, and the outcome reads well at a prompt, in a notebook and in a failing py
 
 import subprocess
 import sys
-import tempfile
 import textwrap
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from conftest import family
+from conftest import family, seed_arrays
 
 import gradjob
 from gradjob.errors import InputError, JobError
-from gradjob.model import cases, networks
+from gradjob.model import networks
 from gradjob.report import text as report
 
 
-@pytest.fixture(autouse=True)
-def private_tmp(tmp_path, monkeypatch):
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
-def seed():
-    case = cases.seed_case()
-    return case.X, case.Y, case.parameters
+pytestmark = pytest.mark.usefixtures("private_tmp")  # every check's temporary store here
 
 
 def buggy(**options):
-    return gradjob.check(networks.forward_propagation_n, networks.backward_propagation_n, *seed(), epsilon=1e-7,
+    return gradjob.check(networks.forward_propagation_n, networks.backward_propagation_n, *seed_arrays(), epsilon=1e-7,
                          fast=False, **options)
 
 
@@ -43,7 +32,7 @@ def test_assert_on_an_outcome_asserts_its_verdict():
     assert outcome.passed is False and bool(outcome) is False
     with pytest.raises(AssertionError):
         assert outcome
-    correct = gradjob.check(networks.network_forward, networks.network_backward, *seed())
+    correct = gradjob.check(networks.network_forward, networks.network_backward, *seed_arrays())
     assert correct.passed is True and correct
 
 
@@ -55,13 +44,13 @@ def test_check_fails_a_flat_bias_gradient_and_checks_the_rest():
         gradients["db1"] = gradients["db1"].reshape(-1)
         return gradients
 
-    outcome = gradjob.check(networks.network_forward, flat_db1, *seed())
+    outcome = gradjob.check(networks.network_forward, flat_db1, *seed_arrays())
     assert not outcome and outcome.reduction.failing == ["b1"]
     b1 = outcome.reduction.tensors[1]
     assert b1.diagnosis == "db1 has shape (5,) but b1 is (5, 1)" and b1.difference < 2e-7  # numbers right, shape not
     assert all(t.passed for t in outcome.reduction.tensors if t.name != "b1")
     assert "FAIL  db1 has shape (5,) but b1 is (5, 1)" in report.to_text(outcome)
-    screened = gradjob.check(networks.network_forward, flat_db1, *seed(), mode="directional")
+    screened = gradjob.check(networks.network_forward, flat_db1, *seed_arrays(), mode="directional")
     assert screened.reduction.failing == ["b1"]
     assert screened.reduction.tensors[1].diagnosis == "db1 has shape (5,) but b1 is (5, 1)"
 
@@ -105,7 +94,7 @@ def test_sys_exit_in_user_code_raises_the_api_errors():
         sys.exit(0)
 
     with pytest.raises(InputError) as raised:
-        gradjob.check(exiting, networks.network_backward, *seed())
+        gradjob.check(exiting, networks.network_backward, *seed_arrays())
     assert str(raised.value) == "the forward raised at the case's parameters: SystemExit: sys.exit(0) was called"
     assert raised.value.__notes__ == [f'  File "{__file__}", line {exiting.__code__.co_firstlineno + 1}, in exiting\n'
                                       "    sys.exit(0)"]
@@ -120,7 +109,7 @@ def test_sys_exit_in_user_code_raises_the_api_errors():
         gradjob.check_loss(exiting_loss, model.params, X, y)
     assert str(raised.value) == "the forward raised at the case's parameters: SystemExit: sys.exit(1) was called"
 
-    b3 = float(seed()[2]["b3"][0, 0])
+    b3 = float(seed_arrays()[2]["b3"][0, 0])
 
     def exit_when_b3_moves(X, Y, parameters):
         if float(parameters["b3"][0, 0]) != b3:
@@ -129,7 +118,7 @@ def test_sys_exit_in_user_code_raises_the_api_errors():
 
     with pytest.raises(JobError, match=r"^the forward failed at b3\[0, 0\] \+ step .*: SystemExit: sys.exit\(0\) was "
                                        r"called; the temporary store is removed") as raised:
-        gradjob.check(exit_when_b3_moves, networks.network_backward, *seed(), fast=False)
+        gradjob.check(exit_when_b3_moves, networks.network_backward, *seed_arrays(), fast=False)
     assert raised.value.__notes__[0].endswith("in exit_when_b3_moves\n    sys.exit(0)")  # the user's frame
 
 
