@@ -245,6 +245,6 @@ class Outcome:
 
     def _repr_html_(self) -> str:
         """What a notebook shows: the verdict, the tensor table and the worst elements."""
-        from gradjob.report import html, text  # the report stage, which imports this one
+        from gradjob.report import html, model  # the report stage, which imports this one
 
-        return html.summary(text.to_json(self))
+        return html.summary(model.of(self))

@@ -18,6 +18,7 @@ import socket
 import xml.etree.ElementTree as ET
 
 from gradjob.model.naming import element_name
+from gradjob.report.model import CheckReport, Report, TensorRow
 from gradjob.report.text import resolution_text, tensor_verdict
 
 
@@ -27,17 +28,16 @@ def run_name(title: str) -> str:
     return title if title == "gradjob" or title.startswith("gradjob ") else f"gradjob {title}"
 
 
-def to_junit(title: str, results: list[dict]) -> str:
-    """``results``: per check, ``{"check": name, "result": <report JSON>}`` or ``{"check", "error"}``;
-    ``title`` names the run ("check seed", "job nightly")."""
+def to_junit(title: str, results: list[CheckReport]) -> str:
+    """``results``: per check, its report or its error; ``title`` names the run ("check seed", "job nightly")."""
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     host = socket.gethostname()
     suites = ET.Element("testsuites", name=run_name(title))
     totals = {"tests": 0, "failures": 0, "errors": 0, "time": 0.0}
     for entry in results:
-        check, result, error = entry["check"], entry.get("result"), entry.get("error")
-        seconds = sum((result or {}).get("seconds", {}).values())
-        suite = ET.SubElement(suites, "testsuite", name=check, timestamp=(result or {}).get("created") or now,
+        check, result, error = entry.check, entry.report, entry.error
+        seconds = sum(result.seconds.values()) if result else 0
+        suite = ET.SubElement(suites, "testsuite", name=check, timestamp=(result.created if result else None) or now,
                               hostname=host, time=f"{seconds:.3f}")
         cases = _error_cases(suite, check, error) if error else _check_cases(suite, check, result)
         counts = {"tests": len(cases), "failures": cases.count("failure"), "errors": cases.count("error")}
@@ -77,42 +77,42 @@ def _error_cases(suite, check: str, error: str) -> list[str]:
     return ["error"]
 
 
-def tensor_out(name: str, t: dict, threshold: float) -> str:
+def tensor_out(name: str, t: TensorRow, threshold: float) -> str:
     """A tensor's ``system-out``: its numbers, its re-verified suspects and its verdict in words."""
-    s = t["suspects"]
-    lines = [f"difference {t['difference']:.6e}; threshold {t['threshold']:.1e}; resolution {resolution_text(t)}; "
-             f"noise {t['noise']:.1e}; kinks {t['kinks']['count']}; re-verified {s['verified']} "
-             f"(agrees {s['agrees']}, kink {s['kink']}, near-kink {s['near_kink']}, wrong {s['wrong']}, "
-             f"unresolved {s['unresolved']})"
-             + (f"; {s['beyond_cap']} beyond the re-verification cap" if s.get("beyond_cap") else "")]
-    if t["kinks"]["elements"]:
-        lines.append("left out at kinks: " + ", ".join(element_name(name, i) for i in t["kinks"]["elements"])
-                     + (" …" if t["kinks"]["count"] > len(t["kinks"]["elements"]) else ""))
-    if s.get("wrong_elements"):
-        lines.append("wrong: " + ", ".join(element_name(name, i) for i in s["wrong_elements"])
-                     + (" …" if s["wrong"] > len(s["wrong_elements"]) else ""))
+    s = t.suspects
+    lines = [f"difference {t.difference:.6e}; threshold {t.threshold:.1e}; resolution {resolution_text(t)}; "
+             f"noise {t.noise:.1e}; kinks {t.kinks.count}; re-verified {s.verified} "
+             f"(agrees {s.agrees}, kink {s.kink}, near-kink {s.near_kink}, wrong {s.wrong}, "
+             f"unresolved {s.unresolved})"
+             + (f"; {s.beyond_cap} beyond the re-verification cap" if s.beyond_cap else "")]
+    if t.kinks.elements:
+        lines.append("left out at kinks: " + ", ".join(element_name(name, i) for i in t.kinks.elements)
+                     + (" …" if t.kinks.count > len(t.kinks.elements) else ""))
+    if s.wrong_elements:
+        lines.append("wrong: " + ", ".join(element_name(name, i) for i in s.wrong_elements)
+                     + (" …" if s.wrong > len(s.wrong_elements) else ""))
     lines.append(f"verdict: {tensor_verdict(t, threshold)}")
     return "\n".join(lines)
 
 
-def _check_cases(suite, check: str, result: dict) -> list[str]:
+def _check_cases(suite, check: str, result: Report) -> list[str]:
     kinds = []
     overall = ET.SubElement(suite, "testcase", classname=check, name="overall difference",
-                            time=f"{result.get('seconds', {}).get('evaluate', 0.0):.3f}")
-    if not result["passed"]:
-        message = f"wrong: {', '.join(result['failing'])}; difference {result['difference']:.6e}"
+                            time=f"{result.seconds.get('evaluate', 0.0):.3f}")
+    if not result.passed:
+        message = f"wrong: {', '.join(result.failing)}; difference {result.difference:.6e}"
         ET.SubElement(overall, "failure", message=message).text = message
     ET.SubElement(overall, "system-out").text = (
-        f"difference {result['difference']:.6e} (all elements: {result['raw_difference']:.6e}); "
-        f"threshold {result['threshold']:g}; {result['precision']['text']}; evaluator {result['evaluator']}; "
-        f"step {result['step_text']}; {result['method']}"
-        + "".join(f"\nnote: {note}" for note in result.get("notes", [])))
-    kinds.append("ok" if result["passed"] else "failure")
-    for tensor, t in result["tensors"].items():
+        f"difference {result.difference:.6e} (all elements: {result.raw_difference:.6e}); "
+        f"threshold {result.threshold:g}; {result.precision.text}; evaluator {result.evaluator}; "
+        f"step {result.step_text}; {result.method}"
+        + "".join(f"\nnote: {note}" for note in result.notes))
+    kinds.append("ok" if result.passed else "failure")
+    for tensor, t in result.tensors.items():
         case = ET.SubElement(suite, "testcase", classname=check, name=f"tensor {tensor}", time="0.000")
-        if not t["passed"]:
-            message = t["diagnosis"] or f"{tensor}: difference {t['difference']:.6e} above {t['threshold']:.1e}"
+        if not t.passed:
+            message = t.diagnosis or f"{tensor}: difference {t.difference:.6e} above {t.threshold:.1e}"
             ET.SubElement(case, "failure", message=message).text = message
-        ET.SubElement(case, "system-out").text = tensor_out(tensor, t, result["threshold"])
-        kinds.append("ok" if t["passed"] else "failure")
+        ET.SubElement(case, "system-out").text = tensor_out(tensor, t, result.threshold)
+        kinds.append("ok" if t.passed else "failure")
     return kinds

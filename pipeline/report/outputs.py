@@ -13,6 +13,7 @@ from pathlib import Path
 from gradjob.errors import InputError
 from gradjob.report import html as html_page
 from gradjob.report import junit
+from gradjob.report import model
 from gradjob.report import text as report
 from gradjob.storage import history, urls
 from gradjob.types import Outcome
@@ -33,20 +34,25 @@ class Entry:
         return cls(check, outcome, None, report.exit_code(outcome))
 
     @functools.cached_property
+    def report(self) -> model.Report:
+        """The outcome's typed report, built once for stdout and every report file."""
+        return model.of(self.outcome)
+
+    @functools.cached_property
     def result(self) -> dict:
-        """The outcome's JSON form, built once for stdout and every report file."""
-        return report.to_json(self.outcome)
+        """The report's JSON form (stdout's ``--json`` and the JSON file)."""
+        return self.report.to_json()
 
     def to_json(self) -> dict:
         if self.error is not None:
             return {"check": self.check, "passed": False, "error": self.error, "exit_code": self.exit_code}
         return {"check": self.check, **self.result}
 
-    def as_report(self) -> dict:
-        """The shape the JUnit and HTML writers read."""
+    def as_report(self) -> model.CheckReport:
+        """What the JUnit and HTML writers read."""
         if self.error is not None:
-            return {"check": self.check, "error": self.error}
-        return {"check": self.check, "result": self.result}
+            return model.CheckReport(self.check, error=self.error)
+        return model.CheckReport(self.check, self.report)
 
     def history_row(self) -> dict:
         if self.error is not None:

@@ -64,19 +64,19 @@ def _figure(width, height):
     return Figure(figsize=(width, height))
 
 
-def difference_figure(result: dict):
+def difference_figure(result):
     """Each tensor's difference (red: fails) on a log scale, the asked threshold (dashed) and each
     tensor's own threshold (a black tick: on the dashed line, or above it where the forward's
-    noise raised it)."""
-    names = list(result["tensors"])
-    tensors = [result["tensors"][n] for n in names]
-    values = [max(t["difference"], 1e-18) for t in tensors]
+    noise raised it). ``result``: a ``model.Report`` (its ``threshold`` and ``tensors``)."""
+    names = list(result.tensors)
+    tensors = [result.tensors[n] for n in names]
+    values = [max(t.difference, 1e-18) for t in tensors]
     figure = _figure(max(4, 0.6 * len(names) + 2), 3)
     axes = figure.add_subplot()
-    axes.bar(names, values, color=["#2e7d32" if t["passed"] else "#c62828" for t in tensors])
+    axes.bar(names, values, color=["#2e7d32" if t.passed else "#c62828" for t in tensors])
     axes.set_yscale("log")
-    axes.axhline(result["threshold"], color="black", linestyle="--", label=f"asked threshold {result['threshold']:g}")
-    axes.scatter(range(len(names)), [t["threshold"] for t in tensors], marker="_", s=400, color="black", zorder=3,
+    axes.axhline(result.threshold, color="black", linestyle="--", label=f"asked threshold {result.threshold:g}")
+    axes.scatter(range(len(names)), [t.threshold for t in tensors], marker="_", s=400, color="black", zorder=3,
                  label="each tensor's own threshold")
     if len(names) > 8:
         axes.tick_params(axis="x", labelrotation=60)
