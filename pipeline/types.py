@@ -1,14 +1,13 @@
 """The vocabulary every stage shares: what a check asks for, what its store holds, its verdict.
 
-Frozen dataclasses, each with one JSON form where it is stored or reported, so that no stage
-reads an untyped dict another stage wrote. Names of options (methods, modes, precisions) live
-here once; the CLI, job files and checks all read them from here.
+Frozen dataclasses, each with one JSON form where it is stored or reported (a check's report:
+``report.model``), so that no stage reads an untyped dict another stage wrote. Names of options
+(methods, modes, precisions) live here once; the CLI, job files and checks all read them from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -158,9 +157,6 @@ class Suspects:
     unresolved: int = 0
     beyond_cap: int = 0  # disagreeing elements past the per-tensor cap, judged on their numbers
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 @dataclass
 class TensorResult:
@@ -182,16 +178,6 @@ class TensorResult:
     checked: int = 0        # elements in the difference: not at a kink (0: nothing here could be checked)
     # a directional screen's numbers are of random directions, not elements: {"count", "kinks", "wrong"}
     directions: dict | None = None
-
-    def to_json(self) -> dict:
-        return {"difference": self.difference, "passed": self.passed, "shape": list(self.shape), "checked": self.checked,
-                "threshold": self.threshold, "noise": self.noise,
-                "resolution": self.resolution if math.isfinite(self.resolution) else None,  # None: no error is seen
-                "error_norm": self.error_norm, "noise_norm": self.noise_norm,
-                "diagnosis": self.diagnosis, "worst": self.worst,
-                "kinks": {"count": self.kinks, "elements": self.kink_elements},
-                "suspects": {**self.suspects.to_json(), "wrong_elements": self.wrong_elements},
-                **({"directions": self.directions} if self.directions is not None else {})}
 
 
 @dataclass

@@ -32,7 +32,7 @@ from gradjob.cli.app import app
 from gradjob.model.layout import Layout, Tensor
 from gradjob.numerics import verify
 from gradjob.report import html as html_page
-from gradjob.report import junit, outputs, plots
+from gradjob.report import junit, model, outputs, plots
 from gradjob.report import text as report
 from gradjob.report.outputs import Entry, ReportFiles
 from gradjob.storage import store, verification
@@ -84,6 +84,7 @@ def kinks(tmp_path_factory):
         entry = Entry.of(name, outcome)
         outputs.write(ReportFiles(None, str(folder / f"{name}.xml"), str(folder / f"{name}.html")), [entry])
         runs[name] = SimpleNamespace(outcome=outcome, entry=entry, result=report.to_json(outcome),
+                                     report=model.of(outcome),
                                      text=report.to_text(outcome), store=outcome.store,
                                      xml=(folder / f"{name}.xml").read_text(),
                                      html=(folder / f"{name}.html").read_text())
@@ -366,7 +367,8 @@ def test_junit_system_out_has_each_tensors_numbers_and_why_it_passes(seed, kinks
                 f"noise {t['noise']:.1e}; kinks {t['kinks']['count']}; re-verified {s['verified']} (agrees "
                 f"{s['agrees']}, kink {s['kink']}, near-kink {s['near_kink']}, wrong {s['wrong']}, unresolved "
                 f"{s['unresolved']})"), out
-            assert out.endswith(f"verdict: {report.tensor_verdict(t, result['threshold'])}")
+            typed = kinks[run].report.tensors[name]
+            assert out.endswith(f"verdict: {report.tensor_verdict(typed, result['threshold'])}")
             assert (cases[f"tensor {name}"].find("failure") is None) == t["passed"]
     cases = {c.get("name"): c for c in ET.fromstring(kinks["kinks"].xml.encode()).iter("testcase")}
     w1 = cases["tensor W1"].find("system-out").text
@@ -425,7 +427,8 @@ def test_html_head_time_versions_precision_and_tensor_table(seed, kinks):
             s = t["suspects"]
             assert page.row(name)[5:9] == [f"{t['resolution']:.1e}", f"{t['noise']:.1e}", str(t["kinks"]["count"]),
                                            f"{s['agrees']} / {s['kink']} / {s['near_kink']} / {s['wrong']}"]
-            assert page.row(name)[-1] == words(report.tensor_verdict(t, result["threshold"]))
+            assert page.row(name)[-1] == words(report.tensor_verdict(kinks[run].report.tensors[name],
+                                                                     result["threshold"]))
 
 
 def test_html_lists_kinks_near_kinks_wrong_and_the_worst_elements(seed, kinks):
@@ -551,11 +554,12 @@ def test_heatmap_of_a_real_store(kinks):
 
 
 def test_difference_plot_marks_the_asked_threshold_and_each_tensors_own():
-    result = {"threshold": 2e-7, "tensors": {
-        "W1": {"difference": 1e-9, "passed": True, "threshold": 2e-7},
-        "b1": {"difference": 3e-7, "passed": True, "threshold": 3e-6},
-        "W2": {"difference": 0.3, "passed": False, "threshold": 2e-7},
-        "b2": {"difference": 0.0, "passed": True, "threshold": 2e-7}}}
+    row = SimpleNamespace  # the plot reads a report's threshold and its tensors' difference, passed, threshold
+    result = row(threshold=2e-7, tensors={
+        "W1": row(difference=1e-9, passed=True, threshold=2e-7),
+        "b1": row(difference=3e-7, passed=True, threshold=3e-6),
+        "W2": row(difference=0.3, passed=False, threshold=2e-7),
+        "b2": row(difference=0.0, passed=True, threshold=2e-7)})
     axes = plots.difference_figure(result).axes[0]
     assert [label.get_text() for label in axes.get_legend().get_texts()] == [
         "asked threshold 2e-07", "each tensor's own threshold"]

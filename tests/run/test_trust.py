@@ -10,12 +10,14 @@ import json
 import math
 import re
 import shutil
+from types import SimpleNamespace
 
 import pytest
 from conftest import FAMILIES, family
 
 from gradjob.executors.serial import SerialExecutor
 from gradjob.report import text as report
+from gradjob.report.model import Kinks, Report, TensorSuspects
 from gradjob.run import job
 from gradjob.types import Request
 
@@ -306,9 +308,10 @@ def test_a_tensor_whose_numbers_all_sit_at_kinks_is_said_to_be_unchecked(gradjob
     result = json.loads(run.stdout)
     unchecked = [name for name, t in result["tensors"].items() if t["checked"] == 0]
     assert "W2" in unchecked
-    word, rest = report.head_line(result)  # the text report's head, from the same JSON
+    typed = Report.from_json(result)  # the text report's head, from the same JSON parsed back
+    word, rest = report.head_line(typed)
     assert (word, rest.endswith(f"not checked (all at kinks): {', '.join(unchecked)}")) == ("PASS", True)
-    assert report.tensor_verdict(result["tensors"]["W2"], result["threshold"]).startswith("ok    (not checked: ")
+    assert report.tensor_verdict(typed.tensors["W2"], typed.threshold).startswith("ok    (not checked: ")
 
 
 def test_a_threshold_asked_again_applies_to_the_finished_store(tmp_path):
@@ -328,10 +331,11 @@ def test_a_threshold_asked_again_applies_to_the_finished_store(tmp_path):
 def test_the_resolution_line_names_only_passing_tensors_and_says_none_when_noise_is_the_gradient():
     """A failing tensor was seen, so it is not among "a smaller error there would pass unseen"; a tensor
     whose noise is as large as its gradient has no resolution (null in JSON), never "inf"."""
-    tensor = {"passed": True, "checked": 10, "threshold": 1e-3, "resolution": 2.002e-3}
-    result = {"threshold": 2e-7, "precision": {"checked": "float64", "model": "float64", "note": None},
-              "tensors": {"W1": tensor, "W2": {**tensor, "passed": False}, "b1": {**tensor, "resolution": None},
-                          "b2": {**tensor, "threshold": 2e-7, "resolution": 4e-7}}}
+    tensor = SimpleNamespace(passed=True, checked=10, threshold=1e-3, resolution=2.002e-3)
+    result = SimpleNamespace(threshold=2e-7, precision=SimpleNamespace(checked="float64", model="float64", note=None),
+                             tensors={"W1": tensor, "W2": SimpleNamespace(**{**vars(tensor), "passed": False}),
+                                      "b1": SimpleNamespace(**{**vars(tensor), "resolution": None}),
+                                      "b2": SimpleNamespace(**{**vars(tensor), "threshold": 2e-7, "resolution": 4e-7})})
     assert report.resolution_line(result) == (
         "The forward's noise resolves only relative errors above: dW1 2.0e-03, db1 none (noise as large as the "
         "gradient); a smaller error there would pass unseen (asked threshold 2e-07).")
@@ -340,10 +344,9 @@ def test_the_resolution_line_names_only_passing_tensors_and_says_none_when_noise
 def test_a_passing_tensor_says_what_was_left_unverified():
     """Suspects past the per-tensor cap and suspects that never settled are judged on their numbers:
     the verdict words say so instead of a bare "ok"."""
-    suspects = {"verified": 256, "agrees": 250, "kink": 0, "near_kink": 0, "wrong": 0, "unresolved": 6,
-                "beyond_cap": 40}
-    t = {"passed": True, "checked": 5000, "difference": 1e-8, "threshold": 2e-7, "kinks": {"count": 0},
-         "suspects": suspects}
+    suspects = TensorSuspects(verified=256, agrees=250, kink=0, near_kink=0, wrong=0, unresolved=6, beyond_cap=40)
+    t = SimpleNamespace(passed=True, checked=5000, difference=1e-8, threshold=2e-7, kinks=Kinks(0, ()),
+                        suspects=suspects)
     assert report.tensor_verdict(t, 2e-7) == (
         "ok    (250 element(s) re-verified on smaller steps; 6 element(s) unsettled on smaller steps, counted as "
         "noise; 40 more suspect(s) beyond the re-verification cap, judged on their numbers)")
