@@ -33,7 +33,8 @@ def append(root: str, entries: list[dict]) -> None:
         f.write(text)
 
 
-def read(root: str) -> list[dict]:
+def read(root: str) -> list["Row"]:
+    """The rows under ``root``, each parsed once into a ``Row``, oldest first."""
     if urls.is_url(str(root)):
         fs, folder = fsspec.core.url_to_fs(str(root))
         path = f"{folder.rstrip('/')}/{FILE}"
@@ -53,12 +54,12 @@ def read(root: str) -> list[dict]:
                 continue  # the last line, cut by a crash while it was written: skipped, not fatal
             row = line
         try:
-            Row.model_validate(row)
+            row = Row.model_validate(row)
         except pydantic.ValidationError:
             raise InputError(f"{path}: line {number} is not a history row (a JSON object with a time, a check and a "
                              f"verdict): {line[:80]!r}; remove or repair that line") from None
         rows.append(row)
-    return sorted(rows, key=lambda r: r["time"])
+    return sorted(rows, key=lambda r: r.time)
 
 
 class Row(pydantic.BaseModel):
@@ -72,19 +73,19 @@ class Row(pydantic.BaseModel):
     failing: list[str] = []
 
 
-def to_text(rows: list[dict]) -> str:
+def to_text(rows: list[Row]) -> str:
     """A table, newest last; a failing run after a passing one of the same check is marked."""
     lines = [f"{'date':<26} {'check':<24} {'difference':>12}  verdict"]
     last_verdict: dict[str, str] = {}
     for row in rows:
-        verdict = row.get("verdict", "?")
+        verdict = row.verdict
         mark = ""
-        if verdict not in ("pass", "stopped") and last_verdict.get(row["check"]) == "pass":
+        if verdict not in ("pass", "stopped") and last_verdict.get(row.check) == "pass":
             mark = "   ← new since the previous run"
         if verdict != "stopped":  # a stopped run says nothing about the code: the next one compares with the last verdict
-            last_verdict[row["check"]] = verdict
-        difference = row.get("difference")
+            last_verdict[row.check] = verdict
+        difference = row.difference
         shown = f"{difference:.4e}" if isinstance(difference, float) else "-"
-        failing = f" ({', '.join(row['failing'])})" if row.get("failing") else ""
-        lines.append(f"{row['time']:<26} {row['check']:<24} {shown:>12}  {verdict.upper()}{failing}{mark}")
+        failing = f" ({', '.join(row.failing)})" if row.failing else ""
+        lines.append(f"{row.time:<26} {row.check:<24} {shown:>12}  {verdict.upper()}{failing}{mark}")
     return "\n".join(lines)

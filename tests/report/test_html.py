@@ -18,6 +18,7 @@ import gradjob
 from gradjob.numerics import verify
 from gradjob.report import html as html_page
 from gradjob.report import plots
+from gradjob.report.model import CheckReport
 from gradjob.report.outputs import Entry
 from gradjob.storage import store, verification
 
@@ -144,7 +145,7 @@ def pages(tmp_path_factory):
     folder = tmp_path_factory.mktemp("html")
     good = checked(folder, "good", {})
     broken = checked(folder, "broken", {"b": 2.0, "c": -1.0, "d": 3.0, "W": 2.0})
-    error = {"check": "missing", "error": "case file 'x.npz' does not exist"}
+    error = CheckReport("missing", error="case file 'x.npz' does not exist")
     assert good.result["passed"] and broken.result["failing"] == ["W", "b", "c", "d"]
     job = html_page.to_html("job nightly", [good.as_report(), broken.as_report(), error])
     return {"good": good, "broken": broken, "job": job, "folder": folder}
