@@ -55,6 +55,7 @@ def _installation_roots() -> tuple[str, ...]:
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values()}
     try:
         roots.update(site.getsitepackages())
+        roots.add(site.getusersitepackages())
     except AttributeError:  # some virtualenv layouts
         pass
     return tuple(str(Path(r).resolve()) for r in roots if r)
@@ -81,9 +82,16 @@ def _imported_files(source: str, filename: str, search: list[str]) -> list[tuple
         if name.split(".")[0] in ("gradjob", "__future__"):
             continue
         origin = _find(name, [str(Path(filename).parent), *search] if "." not in name else search)
-        if origin and Path(origin).is_file() and not str(Path(origin).resolve()).startswith(roots):
+        if origin and Path(origin).is_file() and not _installed(Path(origin).resolve(), roots):
             files.append((name, str(Path(origin).resolve())))
     return files
+
+
+def _installed(origin: Path, roots: tuple[str, ...]) -> bool:
+    """Inside the Python installation, or in any site-packages/dist-packages folder on the path (a
+    user site, a .pth or PYTHONPATH entry): such a module is a library, and forgetting a compiled
+    one (numpy) from ``sys.modules`` would break its next import in this process."""
+    return str(origin).startswith(roots) or any(part in ("site-packages", "dist-packages") for part in origin.parts)
 
 
 def _relative_base(filename: str, level: int) -> str:
