@@ -1,8 +1,8 @@
 """The ``gradjob`` command: parse, call, print. No numerics here.
 
-Its length is the declarations of four commands' typed options and their help texts; every
-option is parsed by ``options`` and every action is a call into ``job``, ``jobfile``, ``bench``
-or ``outputs``."""
+``submit``'s options are made from their declarations in ``gradjob.options`` (``report`` and
+``bench`` show some of them with their own defaults and help); every action is a call into
+``job``, ``jobfile``, ``bench`` or ``outputs``."""
 
 from __future__ import annotations
 

@@ -27,8 +27,9 @@
 A check's name is a plain name (it names the check's folder under store_root). The checks share
 one embedded cluster, started for the first one whose work is not small (see ``job.run``).
 
-Every key is typed by the schema below (``Check``): a wrong type or value is one line naming the
-file, the check, the key, what was expected and what was found, and exit code 2. The module
+Every key is typed by the schema below; ``Check`` and ``Cluster`` are made from the options'
+declarations (``gradjob.options``). A wrong type or value is one line naming the file, the check,
+the key and, for an option, the line the command line prints for it, and exit code 2. The module
 holds the schema, the one-line messages made from its errors, and the running of a file's checks.
 """
 
