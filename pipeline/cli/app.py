@@ -14,8 +14,8 @@ from typing import List, Optional
 
 import typer
 
-from gradjob.bench import benchmark as bench
 from gradjob import options
+from gradjob.bench import benchmark as bench
 from gradjob.cli.parsing import OneLineErrors, error_json, typed, with_options
 from gradjob.errors import InputError, JobError, Stopped
 from gradjob.report import outputs
@@ -225,7 +225,8 @@ def history_command(root: str = typer.Argument(..., help="A job's store root (it
 def bench_command(
     layers: str = typed(LAYERS.but(default=(784, 512, 256, 1), help="Layer sizes of the networks.")),
     examples: int = typed(EXAMPLES.but(default=128, help="Examples in the random case.")),
-    workers: List[int] = typed(WORKERS.but(default=[2], help="Worker processes; repeat to measure scaling (--workers 1 --workers 2).")),
+    workers: List[int] = typed(WORKERS.but(default=[2], help="Worker processes; repeat to measure scaling "
+                                                             "(--workers 1 --workers 2).")),
     growth_layers: Optional[str] = typed(
         LAYERS.but(name="growth_layers", default=None, help="Also run the pipeline alone on this larger network (e.g. "
                    "784,2048,256,1) and report how peak worker memory grows.")),

@@ -58,7 +58,8 @@ def test_the_same_defaults_everywhere(gradjob, tmp_path, monkeypatch):
                                ("api", options.API)):
             if where in option.where and option.name != "workers":
                 assert getattr(made[surface], option.name) == option.default, (surface, option.name)
-    assert made["cli"].layers == made["job"].layers == (4, 5, 3, 1) and made["cli"].examples == made["job"].examples == 16
+    assert made["cli"].layers == made["job"].layers == (4, 5, 3, 1)
+    assert made["cli"].examples == made["job"].examples == 16
     assert (made["cli"].epsilon, made["job"].epsilon, made["api"].epsilon) == (None, None, None)
     # workers is the surface's own: the command line's embedded cluster, the API's in-process run
     assert (made["cli"].workers, made["api"].workers) == (options.DEFAULT_WORKERS, 1)
@@ -86,20 +87,24 @@ def test_a_bad_value_is_the_same_line_everywhere(gradjob, tmp_path, name, text, 
     cli = gradjob("submit", option.flag, text)
     assert (cli.exit_code, cli.stdout, cli.stderr) == (2, "", f"gradjob: error: {message}\n")
 
-    section = "[cluster]" if options.CLUSTER in option.where else "[[check]]\nname = 'a'"
-    (tmp_path / "bad.toml").write_text(f"{section}\n{name} = {value}\n" + ("[[check]]\nname = 'a'\n" * ("[cluster]" in section)))
+    cluster = options.CLUSTER in option.where  # workers: under [cluster], beside a check
+    text_of_file = f"[cluster]\n{name} = {value}\n[[check]]\nname = 'a'\n" if cluster else \
+        f"[[check]]\nname = 'a'\n{name} = {value}\n"
+    (tmp_path / "bad.toml").write_text(text_of_file)
     job = gradjob("submit", "bad.toml")
-    where = "[cluster]" if "[cluster]" in section else "check 'a'"
     key_message = message.replace(option.flag, name, 1)  # a job file names the key as it is spelled there
-    assert (job.exit_code, job.stdout, job.stderr) == (2, "", f"gradjob: error: job file bad.toml: {where}: {key_message}\n")
+    where = "[cluster]" if cluster else "check 'a'"
+    expected = f"gradjob: error: job file bad.toml: {where}: {key_message}\n"
+    assert (job.exit_code, job.stdout, job.stderr) == (2, "", expected)
 
+    python_value = tomllib.loads(f"v = {value}")["v"]
     if options.API in option.where:
         with pytest.raises(InputError) as raised:
-            api.check(networks.network_forward, networks.network_backward, *seed_arrays(), **{name: tomllib.loads(f'v = {value}')['v']})
+            api.check(networks.network_forward, networks.network_backward, *seed_arrays(), **{name: python_value})
         assert str(raised.value) == message
     else:
         with pytest.raises(TypeError, match=f"unexpected keyword argument '{name}'"):
-            api.check(networks.network_forward, networks.network_backward, *seed_arrays(), **{name: tomllib.loads(f'v = {value}')['v']})
+            api.check(networks.network_forward, networks.network_backward, *seed_arrays(), **{name: python_value})
 
 
 def test_a_request_made_in_python_is_held_to_the_declarations():
@@ -115,8 +120,8 @@ def test_a_request_made_in_python_is_held_to_the_declarations():
      "--case 'mnist' is not understood; give file.npz, file.py:FUNC or one of: seed, linear, random"),
     (("submit", "absent.toml", "--json"), "job file 'absent.toml' does not exist"),
     (("report", "absent.zarr", "--json"), "there is no store at absent.zarr"),
-    (("submit", "--json", "--epsilonn", "1"), "No such option: --epsilonn (Possible options: --epsilon, --json, --precision); "
-                                              "see gradjob -h"),
+    (("submit", "--json", "--epsilonn", "1"),
+     "No such option: --epsilonn (Possible options: --epsilon, --json, --precision); see gradjob -h"),
 ])
 def test_json_output_of_bad_input_is_a_json_error(gradjob, args, message):
     run = gradjob(*args)
