@@ -46,9 +46,7 @@ import os
 import shutil
 import tempfile
 
-import numpy as np
-
-from gradjob.cli.parsing import AtLeast, OneOf, PositiveNumber
+from gradjob import options as declared
 from gradjob.errors import InputError, JobError
 from gradjob.executors.serial import SerialExecutor
 from gradjob.model import adapters
@@ -56,29 +54,12 @@ from gradjob.model.usercode import with_notes
 from gradjob.report.text import to_text
 from gradjob.run import job, preflight, screen
 from gradjob.run.progress import InPlaceLine, Progress, in_notebook
-from gradjob.types import METHODS, MODES, PRECISIONS, Outcome, Request
+from gradjob.types import Outcome, Request
 
 __all__ = ["check", "check_loss", "check_lists", "assert_backprop", "assert_passed"]
 
 
-class _Flag:
-    def __init__(self, name: str):
-        self.name = name
-
-    def __call__(self, value) -> bool:
-        if not isinstance(value, (bool, np.bool_)):
-            raise InputError(f"{self.name} must be True or False; got {value!r}")
-        return bool(value)
-
-
-_PARSERS = {
-    "epsilon": PositiveNumber("--epsilon"), "threshold": PositiveNumber("--threshold"),
-    "method": OneOf("--method", METHODS), "precision": OneOf("--precision", PRECISIONS),
-    "mode": OneOf("--mode", MODES), "chunk_size": AtLeast("--chunk-size"), "workers": AtLeast("--workers"),
-    "directions": AtLeast("--directions"), "seed": AtLeast("--seed", 0), "store": os.fspath, "scheduler": str,
-    **{flag: _Flag(flag) for flag in ("fast", "overwrite", "resume", "break_lock")},
-}
-OPTIONS = (*_PARSERS, "progress")
+OPTIONS = (*(option.name for option in declared.of(declared.API)), "progress")
 
 
 def check(forward, backward, X, Y, parameters, **options) -> Outcome:
@@ -155,9 +136,9 @@ def request_of(function: str, options: dict) -> tuple[Request, Progress | None]:
                         f"options are {', '.join(OPTIONS)}")
     if options.get("progress") is not None and not isinstance(options["progress"], Progress):
         raise TypeError(f"{function}(): progress must be a gradjob.run.progress.Progress (e.g. LogLines()) or None")
-    values = {k: _PARSERS[k](v) for k, v in options.items() if k != "progress" and v is not None}
+    values = {k: declared.BY_NAME[k].read(v) for k, v in options.items() if k != "progress" and v is not None}
     if "workers" in values and values.get("scheduler"):
-        raise InputError(preflight.WORKERS_WITH_SCHEDULER)
+        raise InputError(declared.WORKERS_WITH_SCHEDULER)
     if "workers" not in values and not values.get("scheduler"):
         values["workers"] = 1  # the serial executor: chunks sized for one
     values["cluster"] = options.get("workers") is not None  # workers=N asks for the embedded cluster, whatever the work

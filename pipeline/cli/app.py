@@ -1,13 +1,12 @@
 """The ``gradjob`` command: parse, call, print. No numerics here.
 
-Its length is the declarations of four commands' typed options and their help texts; every
-option is parsed by ``options`` and every action is a call into ``job``, ``jobfile``, ``bench``
-or ``outputs``."""
+``submit``'s options are made from their declarations in ``gradjob.options`` (``report`` and
+``bench`` show some of them with their own defaults and help); every action is a call into
+``job``, ``jobfile``, ``bench`` or ``outputs``."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -15,8 +14,9 @@ from typing import List, Optional
 
 import typer
 
+from gradjob import options
 from gradjob.bench import benchmark as bench
-from gradjob.cli.parsing import AtLeast, OneLineErrors, OneOf, PositiveNumber, Sizes, typed
+from gradjob.cli.parsing import OneLineErrors, error_json, typed, with_options
 from gradjob.errors import InputError, JobError, Stopped
 from gradjob.report import outputs
 from gradjob.report import text as report
@@ -24,13 +24,13 @@ from gradjob.report.outputs import Entry, ReportFiles
 from gradjob.run import job, jobfile, preflight
 from gradjob.run.progress import for_stream
 from gradjob.storage import history
-from gradjob.types import DEFAULT_DIRECTIONS, METHODS, MODES, PRECISIONS, Request
+from gradjob.types import Request
 from gradjob.version import __version__
 
 EXIT_CODES = ("exit codes: 0 the check passes; 1 backprop disagrees with the numerical gradient; 2 bad input "
               "(nothing stored is changed); 3 the job could not finish; 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP "
               "(finished chunks are kept: submit again to resume)")
-DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
+LAYERS, EXAMPLES, WORKERS, THRESHOLD = (options.BY_NAME[n] for n in ("layers", "examples", "workers", "threshold"))
 SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 
 app = typer.Typer(cls=OneLineErrors, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -50,7 +50,9 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """gradjob: numerical gradient checks as a Dask batch job."""
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception, json_output: bool = False) -> None:
+    if json_output and exc.exit_code == 2:  # bad input: a tool reading stdout gets the error, not nothing
+        typer.echo(error_json(str(exc), exc.exit_code))
     typer.echo(f"gradjob: error: {exc}", err=True)
     for note in getattr(exc, "__notes__", ()):  # the user's frames, where the error arose in their code
         typer.echo(note, err=True)
@@ -80,65 +82,40 @@ def _stopped(exc: Stopped) -> None:
     raise typer.Exit(128 + exc.signum)
 
 
-SINGLE_CHECK_OPTIONS = tuple(name for name in jobfile.Check.model_fields if name != "name") + ("store",)
+SINGLE_CHECK_OPTIONS = tuple(o.name for o in options.of(options.CHECK)) + ("store",)
 
 
 @app.command(short_help="Run one check, or every check of a job file.")
+@with_options(options.of(options.CLI), after="job_file")
 def submit(
     ctx: typer.Context,
     job_file: Optional[str] = typer.Argument(None, help="A job file (jobs/*.toml) of checks to run instead of one check; "
                                              "a model file (.py) here is --model."),
-    model: str = typer.Option("seed-buggy", help="A model file (.py) or a built-in: linear, network, seed-buggy."),
-    forward: Optional[str] = typer.Option(None, help="Forward function in the model file [forward_propagation_n]."),
-    backward: Optional[str] = typer.Option(None, help="Backward function in the model file [backward_propagation_n]."),
-    case: Optional[str] = typer.Option(None, help="file.npz, case.zarr, file.py:FUNC, or seed, linear, random [the model's own]."),
-    layers: str = typed("4,5,3,1", parser=Sizes("--layers"), help="Layer sizes for --case random."),
-    examples: int = typed(16, parser=AtLeast("--examples"), help="Examples for --case random."),
-    seed: int = typed(0, parser=AtLeast("--seed", 0), help="Random seed for --case random."),
-    epsilon: Optional[float] = typed(None, parser=PositiveNumber("--epsilon"),
-                                            help="Fixed step for every parameter [automatic, from the measured noise]."),
-    method: str = typed("central", parser=OneOf("--method", METHODS), help="central, five-point or complex-step (complex-safe forwards only)."),
-    fast: bool = typer.Option(True, help="Incremental evaluation: the built-in network's, a traced replay of a model file's forward (--no-fast: one forward call per evaluation)."),
-    precision: str = typed("float64", parser=OneOf("--precision", PRECISIONS), help="float64: check float32/float16 models in float64 where their code allows; model: in their own dtype."),
-    threshold: Optional[float] = typed(None, parser=PositiveNumber("--threshold"), help="Largest difference that passes [2e-7 for float64, 1e-3 for float32]."),
-    chunk_size: Optional[int] = typed(None, parser=AtLeast("--chunk-size"), help="Parameters per task [about 8 tasks per worker]."),
-    workers: Optional[int] = typed(None, parser=AtLeast("--workers"), help=f"Worker processes of the embedded cluster [{DEFAULT_WORKERS}]."),
-    scheduler: Optional[str] = typer.Option(None, envvar="DASK_SCHEDULER_ADDRESS", help="Use an existing Dask scheduler, tcp://HOST:PORT [DASK_SCHEDULER_ADDRESS]."),
-    store: Optional[str] = typer.Option(None, help="Zarr store of this check [gradjob-stores/<model>-<case>-<hash>.zarr]."),
-    task_timeout: Optional[float] = typed(None, parser=PositiveNumber("--task-timeout"),
-                                                 help="Seconds a task may run before the job ends, naming it [max(60, 50× its expected time)]."),
-    overwrite: bool = typer.Option(False, help="Delete an existing store at --store and start afresh."),
-    resume: bool = typer.Option(False, help="Require an existing store and compute only its missing chunks."),
-    break_lock: bool = typer.Option(False, help="Take over the store's lock even if held from another host."),
-    mode: str = typed("full", parser=OneOf("--mode", MODES), help="full: every parameter, on the cluster; directional: a quick screen on the client."),
-    directions: int = typed(DEFAULT_DIRECTIONS, parser=AtLeast("--directions"), help="Random directions per tensor in directional mode."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (chunks, steps, memory, store) and stop: no store, no cluster."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
     json_file: Optional[str] = typer.Option(None, help="Also write the JSON result to this file."),
     junit: Optional[str] = typer.Option(None, help="Write JUnit XML: one test case per check and tensor."),
     html_file: Optional[str] = typer.Option(None, "--html", help="Write a self-contained HTML page with plots."),
+    **given,
 ) -> None:
     """Check a backward pass against numerical derivatives of its forward, on a Dask cluster."""
     files = ReportFiles(json_file, junit, html_file)
     scheduler_given = ctx.get_parameter_source("scheduler").name in ("COMMANDLINE", "ENVIRONMENT")
+    workers = given["workers"]
     try:
         if workers is not None and scheduler_given:
-            raise InputError(preflight.WORKERS_WITH_SCHEDULER)
+            raise InputError(options.WORKERS_WITH_SCHEDULER)
         if job_file is not None and job_file.endswith(".py"):  # `gradjob submit model.py`: a model, not a job
             if ctx.get_parameter_source("model").name == "COMMANDLINE":
-                raise InputError(f"{job_file} and --model {model} are both models: give one model file")
-            model, job_file = job_file, None
+                raise InputError(f"{job_file} and --model {given['model']} are both models: give one model file")
+            given["model"], job_file = job_file, None
         if job_file is not None:
-            given = [name for name in SINGLE_CHECK_OPTIONS if ctx.get_parameter_source(name).name == "COMMANDLINE"]
-            if given:
-                raise InputError(f"--{given[0].replace('_', '-')} describes a single check; with a job file put it "
+            single = [name for name in SINGLE_CHECK_OPTIONS if ctx.get_parameter_source(name).name == "COMMANDLINE"]
+            if single:
+                raise InputError(f"--{single[0].replace('_', '-')} describes a single check; with a job file put it "
                                  "in the file's [[check]]")
-            _submit_job_file(job_file, scheduler, workers, files, json_output, dry_run)
-        request = Request(model=model, forward=forward, backward=backward, case=case, layers=layers,
-                          examples=examples, seed=seed, epsilon=epsilon, method=method, fast=fast, precision=precision,
-                          threshold=threshold, mode=mode, directions=directions, chunk_size=chunk_size,
-                          workers=DEFAULT_WORKERS if workers is None else workers, scheduler=scheduler, store=store,
-                          overwrite=overwrite, resume=resume, break_lock=break_lock, task_timeout=task_timeout,
+            _submit_job_file(job_file, given["scheduler"], workers, files, json_output, dry_run)
+        request = Request(**{**given, "workers": options.DEFAULT_WORKERS if workers is None else workers},
                           cluster=workers is not None or scheduler_given)
         if dry_run:
             _print_plan(request)
@@ -150,7 +127,7 @@ def submit(
             progress.finish()
         entry = outputs.single_check(outcome, files)
     except (InputError, JobError) as exc:
-        _fail(exc)
+        _fail(exc, json_output)
     except Stopped as exc:
         try:
             outputs.stopped_check(request.store, request.store_dir, request.model, files, exc)
@@ -215,7 +192,7 @@ def _submit_job_file(path: str, scheduler: str | None, workers: int | None, file
 @app.command("report", short_help="Print (and write) the verdict of a finished store.")
 def report_command(
     store: str = typer.Argument(..., help="A finished gradjob store."),
-    threshold: Optional[float] = typed(None, parser=PositiveNumber("--threshold"), help="Judge against this threshold [the job's]."),
+    threshold: Optional[float] = typed(THRESHOLD.but(help="Judge against this threshold [the job's].")),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text."),
     json_file: Optional[str] = typer.Option(None, help="Also write the JSON result to this file."),
     junit: Optional[str] = typer.Option(None, help="Write JUnit XML: one test case per check and tensor."),
@@ -227,7 +204,7 @@ def report_command(
         entry = Entry.of(outputs.check_name(store), outcome)
         outputs.write(ReportFiles(json_file, junit, html_file), [entry])
     except (InputError, JobError) as exc:
-        _fail(exc)
+        _fail(exc, json_output)
     typer.echo(json.dumps(entry.result) if json_output else report.to_text(outcome))
     raise typer.Exit(entry.exit_code)
 
@@ -246,12 +223,13 @@ def history_command(root: str = typer.Argument(..., help="A job's store root (it
 
 @app.command("bench", short_help="Speed and memory against baselines run in the same process.")
 def bench_command(
-    layers: str = typed("784,512,256,1", parser=Sizes("--layers"), help="Layer sizes of the networks."),
-    examples: int = typed(128, parser=AtLeast("--examples"), help="Examples in the random case."),
-    workers: List[int] = typed([2], parser=AtLeast("--workers"), help="Worker processes; repeat to measure scaling (--workers 1 --workers 2)."),
+    layers: str = typed(LAYERS.but(default=(784, 512, 256, 1), help="Layer sizes of the networks.")),
+    examples: int = typed(EXAMPLES.but(default=128, help="Examples in the random case.")),
+    workers: List[int] = typed(WORKERS.but(default=[2], help="Worker processes; repeat to measure scaling "
+                                                             "(--workers 1 --workers 2).")),
     growth_layers: Optional[str] = typed(
-        None, parser=Sizes("--growth-layers"), help="Also run the pipeline alone on this larger network (e.g. 784,2048,256,1) and "
-                                       "report how peak worker memory grows."),
+        LAYERS.but(name="growth_layers", default=None, help="Also run the pipeline alone on this larger network (e.g. "
+                   "784,2048,256,1) and report how peak worker memory grows.")),
     model: Optional[str] = typer.Option(None, help="Time this model file (instead of the built-in network) against its "
                                                    "black-box floor [the shipped seed-style example, beside the built-in network]."),
     forward: Optional[str] = typer.Option(None, help="Forward function in the model file [forward_propagation_n]."),
@@ -263,5 +241,5 @@ def bench_command(
     try:
         result = bench.benchmark(layers, examples, tuple(workers), growth_layers, model, forward, backward, case)
     except (InputError, JobError) as exc:
-        _fail(exc)
+        _fail(exc, json_output)
     typer.echo(json.dumps(result) if json_output else bench.to_text(result))

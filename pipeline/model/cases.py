@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gradjob import options
 from gradjob.errors import InputError
 from gradjob.model.usercode import Guarded, escaped, with_frames
 
@@ -65,8 +66,7 @@ def check_network_shape(layers, examples: int, option: str = "--layers") -> None
         raise InputError(f"{option} needs at least two positive sizes, e.g. 784,512,256,1; got {shown}")
     if layers[-1] != 1:
         raise InputError(f"{option} must end in 1 (one sigmoid output); got {shown}")
-    if examples < 1:
-        raise InputError(f"--examples must be at least 1; got {examples}")
+    options.BY_NAME["examples"].read(examples)  # its line, as the command line refuses it
 
 
 def random_case(layers: list[int], examples: int, seed: int) -> Case:

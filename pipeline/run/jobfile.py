@@ -27,8 +27,9 @@
 A check's name is a plain name (it names the check's folder under store_root). The checks share
 one embedded cluster, started for the first one whose work is not small (see ``job.run``).
 
-Every key is typed by the schema below (``Check``): a wrong type or value is one line naming the
-file, the check, the key, what was expected and what was found, and exit code 2. The module
+Every key is typed by the schema below; ``Check`` and ``Cluster`` are made from the options'
+declarations (``gradjob.options``). A wrong type or value is one line naming the file, the check,
+the key and, for an option, the line the command line prints for it, and exit code 2. The module
 holds the schema, the one-line messages made from its errors, and the running of a file's checks.
 """
 
@@ -39,10 +40,12 @@ import signal
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import PydanticCustomError
 
+from gradjob import options
 from gradjob.errors import InputError, JobError, Stopped
 from gradjob.model import cases
 from gradjob.model import spec as models
@@ -50,13 +53,10 @@ from gradjob.report import outputs
 from gradjob.report import text as report
 from gradjob.report.outputs import Entry, ReportFiles
 from gradjob.run import job, preflight, screen
-from gradjob.run.preflight import check_options
 from gradjob.run.progress import Progress
 from gradjob.storage import urls
-from gradjob.types import DEFAULT_DIRECTIONS, Method, Mode, Outcome, PrecisionChoice, Request
+from gradjob.types import Outcome, Request
 
-Positive = Annotated[int, Field(ge=1)]
-PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # "greater than 0"
 BUILTIN_NAMES = set(models.BUILTIN_MODELS) | set(cases.BUILTIN_CASES)
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -65,24 +65,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class Check(_Strict):
-    name: str
-    model: str = "seed-buggy"
-    forward: str | None = None
-    backward: str | None = None
-    case: str | None = None
-    layers: list[Positive] | None = None
-    examples: Positive = 16
-    seed: int = 0
-    epsilon: PositiveNumber | None = None
-    method: Method = "central"
-    precision: PrecisionChoice = "float64"
-    threshold: PositiveNumber | None = None
-    chunk_size: Positive | None = None
-    task_timeout: PositiveNumber | None = None
-    fast: bool = True
-    mode: Mode = "full"
-    directions: Positive = DEFAULT_DIRECTIONS
+def _key(option: options.Option):
+    """A job-file key read as ``option`` declares it, refused with its message under the key's name."""
+    def read(value):
+        try:
+            return option.read(value, typed=True, spelled=option.name)
+        except InputError as exc:
+            raise PydanticCustomError("gradjob_option", "{message}", {"message": str(exc)}) from None
+
+    return Annotated[Any, BeforeValidator(read)], option.default
+
+
+Check = create_model("Check", __base__=_Strict, name=(str, ...),
+                     **{option.name: _key(option) for option in options.of(options.CHECK)})
 
 
 class Job(_Strict):
@@ -90,9 +85,8 @@ class Job(_Strict):
     store_root: str | None = None
 
 
-class Cluster(_Strict):
-    scheduler: str | None = None
-    workers: Positive | None = None
+Cluster = create_model("Cluster", __base__=_Strict,
+                       **{option.name: _key(option) for option in options.of(options.CLUSTER)})
 
 
 class Reports(_Strict):
@@ -126,9 +120,7 @@ class JobFile:
     reports: ReportFiles = field(default_factory=ReportFiles)
 
 
-EXPECTED = {"int_type": "a whole number", "float_type": "a number", "bool_type": "true or false",
-            "string_type": "a string", "list_type": "a list", "finite_number": "a finite number",
-            "model_type": "a table", "dict_type": "a table"}
+EXPECTED = {"string_type": "a string", "list_type": "a list", "model_type": "a table", "dict_type": "a table"}
 
 
 def load(path: str) -> JobFile:
@@ -160,15 +152,13 @@ def load(path: str) -> JobFile:
     checks = []
     cluster = schema.cluster.model_dump(exclude_none=True)
     for spec in schema.check:
-        options = spec.model_dump(exclude={"name"}, exclude_none=True)
+        given = spec.model_dump(exclude={"name"}, exclude_none=True)
         for key in ("model", "case"):
-            if key in options:
-                options[key] = _beside(file, options[key])
-        if "layers" in options:
-            options["layers"] = tuple(options["layers"])
-        request = Request(store_dir=urls.join(root, spec.name), **options, **cluster, cluster="workers" in cluster)
+            if key in given:
+                given[key] = _beside(file, given[key])
+        request = Request(store_dir=urls.join(root, spec.name), **given, **cluster, cluster="workers" in cluster)
         try:
-            check_options(request)
+            options.check(request)
         except InputError as exc:
             raise InputError(f"job file {path}: check {spec.name!r}: {exc}") from None
         checks.append(NamedCheck(spec.name, request))
@@ -198,17 +188,9 @@ def _message(path: str, data: dict, error: dict) -> str:
         return f"job file {path}: unknown key(s) {key[-1]} in [{section}]"
     if kind == "missing":
         return f"job file {path}: {where} has no {name}"
-    ctx = error.get("ctx") or {}
-    if kind in EXPECTED:
-        expected = EXPECTED[kind]
-    elif kind == "literal_error":
-        expected = f"one of {ctx['expected']}"
-    elif kind == "greater_than":
-        expected = f"greater than {ctx['gt']:g}"
-    elif kind == "greater_than_equal":
-        expected = f"at least {ctx['ge']}"
-    else:
-        expected = error["msg"].removeprefix("Input should be ")
+    if kind == "gradjob_option":  # a value refused by its declaration in ``gradjob.options``
+        return f"job file {path}: {where}: {error['ctx']['message']}"
+    expected = EXPECTED.get(kind) or error["msg"].removeprefix("Input should be ")
     return f"job file {path}: {where}: {name} must be {expected}; got {error['input']!r}"
 
 

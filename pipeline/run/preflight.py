@@ -1,7 +1,7 @@
 """Everything a check settles on the client before a store or a cluster is touched.
 
-Options are validated; the model and case are loaded; the precision to check in is chosen; the
-analytic gradient and J(θ) are computed (every run, fresh or resumed, so a verdict is always
+Options are validated (``gradjob.options``); the model and case are loaded; the precision to
+check in is chosen; the analytic gradient and J(θ) are computed (every run, fresh or resumed, so a verdict is always
 about the code that runs now, in the precision ``precision`` chooses); complex step is probed
 (``complex_step``); the evaluator is chosen; and the job's identity names its store. A refused
 request therefore never changes an existing store.
@@ -10,12 +10,11 @@ request therefore never changes an existing store.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from gradjob.errors import InputError
+from gradjob import options
 from gradjob.model.cases import Case, load_case
 from gradjob.model.layout import Layout
 from gradjob.model.spec import (
@@ -28,7 +27,7 @@ from gradjob.model.spec import (
 from gradjob.run import complex_step, evaluators
 from gradjob.run import identity as job_identity
 from gradjob.run import precision as precisions
-from gradjob.types import METHODS, MODES, PRECISIONS, Precision, Request, default_threshold
+from gradjob.types import Precision, Request, default_threshold
 
 
 @dataclass(frozen=True)
@@ -52,34 +51,10 @@ class Prepared:
     notes: tuple[str, ...]  # said to the user: a fallback of precision or of the evaluator
 
 
-def check_options(request: Request) -> None:
-    """``InputError`` for any option out of range, before anything is loaded."""
-    if request.epsilon is not None and not (math.isfinite(request.epsilon) and request.epsilon > 0):
-        raise InputError(f"--epsilon must be a positive finite number; got {request.epsilon}")
-    if request.threshold is not None and not (math.isfinite(request.threshold) and request.threshold > 0):
-        raise InputError(f"--threshold must be a positive finite number; got {request.threshold}")
-    for option, value, allowed in (("--method", request.method, METHODS), ("--mode", request.mode, MODES),
-                                   ("--precision", request.precision, PRECISIONS)):
-        if value not in allowed:
-            raise InputError(f"{option} must be one of {', '.join(allowed)}; got {value!r}")
-    if request.chunk_size is not None and request.chunk_size < 1:
-        raise InputError(f"--chunk-size must be at least 1; got {request.chunk_size}")
-    if request.workers < 1:
-        raise InputError(f"--workers must be at least 1; got {request.workers}")
-    if request.directions < 1:
-        raise InputError(f"--directions must be at least 1; got {request.directions}")
-    if request.overwrite and request.resume:
-        raise InputError("--overwrite and --resume contradict each other; choose one")
-
-
-WORKERS_WITH_SCHEDULER = ("--workers sizes the embedded cluster; with --scheduler (or DASK_SCHEDULER_ADDRESS) the "
-                          "cluster's own workers run the job: drop one of them")
-
-
 def prepare(request: Request, spec: ModelSpec | None = None, case: Case | None = None) -> Prepared:
     """Validate everything that can be validated on the client; J(θ) and the analytic gradient.
     ``spec`` and ``case``, when given (the Python API), stand for ``--model`` and ``--case``."""
-    check_options(request)
+    options.check(request)
     spec = spec or model_spec(request.model, request.forward, request.backward)
     case_name = "arrays" if case is not None else (request.case or BUILTIN_CASE_FOR.get(request.model, "seed"))
     case = case or load_case(case_name, list(request.layers), request.examples, request.seed)

@@ -182,23 +182,24 @@ case = "seed"
     ("[[check]]\nname = 'a'\n[[check]]\nname = 'a'\n", "job file {f}: two checks are named 'a'"),
     ("[[check]\n", "job file {f} is not valid TOML: "),
     ("[[check]]\nname = 'a'\nmode = 'quick'\n",
-     "job file {f}: check 'a': mode must be one of 'full' or 'directional'; got 'quick'"),
+     "job file {f}: check 'a': mode must be one of full, directional; got 'quick'"),
     ("[[check]]\nname = 'a'\nmode = 'directional'\ndirections = 0\n",
      "job file {f}: check 'a': directions must be at least 1; got 0"),
     ("[[check]]\nname = 'a'\ndirections = 2.5\n", "job file {f}: check 'a': directions must be a whole number; got 2.5"),
     # issue 13: values of the wrong type were a traceback and exit 1 ("backprop is wrong"), or silently true
     ("[[check]]\nname = 'a'\nlayers = \"4,3,1\"\n", "job file {f}: check 'a': layers must be a list; got '4,3,1'"),
     ("[[check]]\nname = 'a'\nexamples = \"16\"\n", "job file {f}: check 'a': examples must be a whole number; got '16'"),
-    ("[[check]]\nname = 'a'\nepsilon = \"1e-7\"\n", "job file {f}: check 'a': epsilon must be a number; got '1e-7'"),
-    ("[[check]]\nname = 'a'\nthreshold = \"2e-7\"\n", "job file {f}: check 'a': threshold must be a number; got '2e-7'"),
+    ("[[check]]\nname = 'a'\nepsilon = \"1e-7\"\n", "job file {f}: check 'a': epsilon must be a positive finite number; got '1e-7'"),
+    ("[[check]]\nname = 'a'\nthreshold = \"2e-7\"\n", "job file {f}: check 'a': threshold must be a positive finite number; got '2e-7'"),
     ("[[check]]\nname = 'a'\nfast = \"no\"\n", "job file {f}: check 'a': fast must be true or false; got 'no'"),
     ("[[check]]\nname = 'a'\nlayers = [4, 0, 1]\n", "job file {f}: check 'a': layers[1] must be at least 1; got 0"),
-    ("[[check]]\nname = 'a'\nepsilon = -1e-7\n", "job file {f}: check 'a': epsilon must be greater than 0; got -1e-07"),
+    ("[[check]]\nname = 'a'\nepsilon = -1e-7\n", "job file {f}: check 'a': epsilon must be a positive finite number; got -1e-07"),
     ("[[check]]\nname = 'a'\nprecision = 'float32'\n",
-     "job file {f}: check 'a': precision must be one of 'float64' or 'model'; got 'float32'"),
+     "job file {f}: check 'a': precision must be one of float64, model; got 'float32'"),
     ("[cluster]\nworkers = 0\n[[check]]\nname = 'a'\n", "job file {f}: [cluster]: workers must be at least 1; got 0"),
     ("[[check]]\nname = 3\n", "job file {f}: check 1: name must be a string; got 3"),
-    ("[[check]]\nname = 'a'\ntask_timeout = 0\n", "job file {f}: check 'a': task_timeout must be greater than 0; got 0"),
+    ("[[check]]\nname = 'a'\ntask_timeout = 0\n", "job file {f}: check 'a': task_timeout must be a positive finite number; got 0.0"),
+    ("[[check]]\nname = 'a'\nseed = -1\n", "job file {f}: check 'a': seed must be at least 0; got -1"),  # was accepted
     # issue 19: a check's name is its folder under store_root; "../../escaped" wrote outside it
     *[(f"[[check]]\nname = '{name}'\n", f"job file {{f}}: check name '{name}' is not a plain name; use letters, "
        "digits, '.', '_' and '-', starting with a letter or digit (it names the check's folder under store_root)")
