@@ -21,6 +21,7 @@ import numpy as np
 
 from gradjob.trace.casts import _untangle
 from gradjob.trace.graph import Ref, _current, _refuse, _Tape, np_name
+from gradjob.trace.writes import inplace_out, substitute, ufunc_at
 
 if TYPE_CHECKING:
     from gradjob.trace.array import Traced
@@ -63,7 +64,8 @@ def _operands(values) -> tuple[_Tape, tuple, list]:
                 _refuse("values traced in two different traces are combined")
     if tape is None or not tape.open or _current.get() is not tape:
         _refuse("a traced value is used outside its trace (kept from an earlier call?)")
-    values = [np.array(v._value) if isinstance(v, Traced) and v._tape is not tape else v for v in values]
+    values = [np.array(v._value) if isinstance(v, Traced) and v._tape is not tape else substitute(tape, v)
+              for v in values]
     recorded = tuple(Ref(v._id) if isinstance(v, Traced) else tape.constant(v) for v in values)
     return tape, recorded, [_plain(v) for v in values]
 
@@ -91,10 +93,12 @@ def _plain(obj):
 def _record_ufunc(ufunc, method, inputs, kwargs):
     inputs, kwargs = _untangle(inputs), _untangle(kwargs)
     name = np_name(ufunc)
+    if method == "at" and len(inputs) == 3 and not kwargs:
+        return ufunc_at(ufunc, *inputs)
     if method != "__call__":
         _refuse(f"{name}.{method} is not supported")
     if kwargs.get("out") is not None:
-        _refuse(f"{name} with out= (in-place into an array, e.g. `A += B` on a plain array) is not supported")
+        return inplace_out(ufunc, inputs, kwargs, _record_ufunc)  # A += B on a plain array A
     if "where" in kwargs:
         _refuse(f"{name} with where= is not supported")
     for key in kwargs:
