@@ -96,11 +96,14 @@ def record(forward, X, Y, layout, theta) -> Graph:
     except Untraceable:
         raise
     except Exception as exc:
+        if tape.refused is not None:  # refused where NumPy turned the refusal into its own error
+            raise tape.refused from exc
         where = _traceback_line(exc.__traceback__)
         raise Untraceable(f"the forward raised {type(exc).__name__} while traced: {exc}", where) from exc
     finally:
         sys.setprofile(previous)
         _current.reset(token)
+        wrote = bool(tape.written)
         tape.close()
     if tape.refused is not None:
         raise tape.refused
@@ -111,6 +114,9 @@ def record(forward, X, Y, layout, theta) -> Graph:
         cost = traced
     code = getattr(forward, "__code__", None)
     where = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}" if code else ""
+    if not isinstance(cost, Traced) and wrote:
+        raise Untraceable("the cost the forward returns is not traced: plain NumPy computed it from an array that "
+                          "a traced value was written into (A[...] = v, A += v), which the trace cannot follow", where)
     if not isinstance(cost, Traced):
         raise Untraceable("the cost the forward returns is not computed from the parameters", where)
     if cost.size != 1 or cost.dtype.kind not in "fc":

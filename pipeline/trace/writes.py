@@ -12,8 +12,8 @@ comparison reports. The values at θ are written back when the trace closes.
 
 NumPy gives no hook for ``A[key] = traced`` with A plain: it asks ``Traced.__array__`` for the
 value. ``stored`` finds the container and key from the user's statement (the ``STORE_SUBSCR``
-instruction under way, its source span) when both are plain names and pure expressions, else
-refuses.
+instruction under way, and the pure loads before it that give them: its bytecode, which travels
+with the function where its source may not), else refuses.
 
 Replay: a write is a batched recompute of the node (the array held in full per perturbation),
 written in place when the previous version dies there (a chain of scalar stores).
@@ -21,10 +21,10 @@ written in place when the previous version dies there (a chain of scalar stores)
 
 from __future__ import annotations
 
-import ast
 import ctypes
 import dis
-import linecache
+import functools
+import operator
 import sys
 
 import numpy as np
@@ -35,8 +35,11 @@ from gradjob.trace.graph import Ref, _is_user, _refuse
 
 _STORE_SUBSCR = dis.opmap["STORE_SUBSCR"]
 _PASS_OVER = {"CACHE", "SWAP", "COPY", "NOP", "EXTENDED_ARG", "ROT_TWO", "ROT_THREE"}
-_PURE = (ast.Expression, ast.Name, ast.Load, ast.Constant, ast.Tuple, ast.List, ast.Slice, ast.BinOp, ast.UnaryOp,
-         ast.operator, ast.unaryop, ast.Attribute, ast.Subscript, ast.Compare, ast.cmpop)
+_LOADS = {"LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_NAME", "LOAD_GLOBAL", "LOAD_CONST", "LOAD_ATTR",
+          "BUILD_TUPLE", "BUILD_SLICE", "BINARY_SUBSCR", "BINARY_OP", "COMPARE_OP", "UNARY_NEGATIVE"}
+_BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "//": operator.floordiv, "/": operator.truediv,
+           "%": operator.mod, "**": operator.pow, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+           ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "&": operator.and_, "|": operator.or_}
 WRITE_OPS = ("setitem", "ufunc_at")
 
 
@@ -111,6 +114,9 @@ def stand_in(tape, array: np.ndarray):
     kept = tape.written.get(id(array))
     if kept is not None and kept[0] is array:
         return kept[1]
+    if any(np.may_share_memory(array, other) for other, _ in tape.written.values()):
+        _refuse("writing into an array that shares memory with another written while traced (a view) is "
+                "not supported")
     value = np.array(array)
     traced = Traced(tape, tape.add("constant", (tape.constant(array),), {}, value), value)
     tape.written[id(array)] = (array, traced)  # kept alive until the trace closes: ids stay unique
@@ -118,11 +124,15 @@ def stand_in(tape, array: np.ndarray):
 
 
 def substitute(tape, value):
-    """A plain operand that was written while traced → its stand-in."""
-    if type(value) is np.ndarray and tape.written:
+    """A plain operand that was written while traced → its stand-in; one that shares memory with
+    such an array (a view of it, or its base) is refused: its values are the sentinel's."""
+    if isinstance(value, np.ndarray) and tape.written:
         kept = tape.written.get(id(value))
         if kept is not None and kept[0] is value:
             return kept[1]
+        if any(np.may_share_memory(value, array) for array, _ in tape.written.values()):
+            _refuse("reading an array written while traced through another that shares its memory (a view "
+                    "taken before the write, or its base) is not supported")
     return value
 
 
@@ -149,7 +159,7 @@ def next_op(frame) -> str:
     ``A[key] += B``'s operation."""
     if frame is None:
         return ""
-    for ins in dis.get_instructions(frame.f_code):
+    for ins in _instructions(frame.f_code):
         if ins.offset > frame.f_lasti and ins.opname not in _PASS_OVER:
             return ins.opname
     return ""
@@ -171,50 +181,96 @@ def stored(traced, frame, dtype):
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _instructions(code) -> tuple:
+    return tuple(dis.get_instructions(code))
+
+
+@functools.lru_cache(maxsize=256)
+def _key_code(code, offset: int):
+    """The instructions that load the container and key of the ``STORE_SUBSCR`` at ``offset``, if
+    they are pure loads (names, constants, attributes, tuples, slices, arithmetic, subscripts) in
+    straight-line code; else None. ``A[key] += v`` loads them before its ``COPY 2, COPY 2``."""
+    instructions = _instructions(code)
+    end = next(n for n, ins in enumerate(instructions) if ins.offset == offset)
+    if [ins.opname for ins in instructions[end - 2:end]] == ["SWAP", "SWAP"]:
+        end = next((n for n in range(end - 3, 1, -1)
+                    if [i.opname for i in instructions[n:n + 3]] == ["COPY", "COPY", "BINARY_SUBSCR"]), 0)
+    need, start = 2, end
+    while need > 0 and start > 0:
+        start -= 1
+        ins = instructions[start]
+        if ins.opname not in _LOADS or (ins.opname == "BINARY_OP" and ins.argrepr.endswith("=")) \
+                or (ins.opname == "LOAD_GLOBAL" and ins.arg & 1) \
+                or (ins.opname == "LOAD_ATTR" and sys.version_info >= (3, 12) and ins.arg & 1):
+            return None  # not a pure load, or one that pushes a NULL for a call
+        need -= dis.stack_effect(ins.opcode, ins.arg)
+    segment = instructions[start:end]
+    if need != 0 or any(ins.is_jump_target for ins in segment[1:]):
+        return None
+    return segment
+
+
 def _target(frame):
-    """The plain array and key of the ``A[key] = ...`` under way in ``frame``, from its source."""
-    refused = ("storing a traced value into a plain array is supported as `name[key] = value`, with a local "
-               "array name and a key of names, numbers and slices")
-    try:
-        line, end, col, end_col = list(frame.f_code.co_positions())[frame.f_lasti // 2]
-        lines = [linecache.getline(frame.f_code.co_filename, n).encode() for n in range(line, end + 1)]
-        if len(lines) == 1:
-            text = lines[0][col:end_col]
-        else:
-            text = lines[0][col:] + b"".join(lines[1:-1]) + lines[-1][:end_col]
-        tree = ast.parse(b"(" + text.strip() + b")", mode="eval")
-    except (SyntaxError, TypeError, ValueError, IndexError):
-        _refuse(refused)
-    node = tree.body
-    if not isinstance(node, ast.Subscript) or not isinstance(node.value, ast.Name) \
-            or not all(isinstance(n, _PURE) for n in ast.walk(node.slice)):
-        _refuse(refused)
-    local = frame.f_locals
-    target = local.get(node.value.id)
+    """The plain array and key of the ``A[key] = ...`` under way in ``frame``, from its bytecode."""
+    segment = _key_code(frame.f_code, frame.f_lasti)
+    if segment is None:
+        _refuse("storing a traced value into a plain array is supported as `A[key] = value` with A and key "
+                "made of names, numbers, slices and arithmetic")
+    local, stack = frame.f_locals, []
+    for ins in segment:
+        op, arg = ins.opname, ins.argval
+        if op in ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_NAME", "LOAD_GLOBAL"):
+            scope = (local,) if op != "LOAD_GLOBAL" else ()
+            scope += (frame.f_globals, frame.f_builtins) if op in ("LOAD_NAME", "LOAD_GLOBAL") else ()
+            stack.append(next(d[arg] for d in scope if arg in d))
+        elif op == "LOAD_CONST":
+            stack.append(arg)
+        elif op == "LOAD_ATTR":
+            stack.append(getattr(stack.pop(), arg))
+        elif op in ("BUILD_TUPLE", "BUILD_SLICE"):
+            parts = stack[len(stack) - ins.arg:]
+            del stack[len(stack) - ins.arg:]
+            stack.append(tuple(parts) if op == "BUILD_TUPLE" else slice(*parts))
+        elif op == "BINARY_SUBSCR":
+            key = stack.pop()
+            stack.append(stack.pop()[key])
+        elif op in ("BINARY_OP", "COMPARE_OP"):
+            right = stack.pop()
+            stack.append(_BINARY[ins.argrepr](stack.pop(), right))
+        else:  # UNARY_NEGATIVE
+            stack.append(-stack.pop())
+    target, key = stack
     if type(target) is not np.ndarray:
-        _refuse(refused)
-    key = eval(compile(ast.Expression(node.slice), "<key>", "eval"), frame.f_globals, local)
+        _refuse(f"storing a traced value into a {type(target).__name__} is not supported")
     return target, key
 
 
 def inplace_out(ufunc, inputs, kwargs, record):
-    """``A op= traced`` or ``np.op(..., out=A)`` with A a plain array: A's next version. With A a
-    view, only when the statement then stores it back (``A[key] += traced``)."""
+    """``A op= traced`` or ``np.op(..., out=A)`` with A a plain or traced (not parameter) array: A's
+    next version. With A a plain view, only when the statement then stores it back (``A[key] +=
+    traced``)."""
     from gradjob.trace.array import Traced  # lazy: array imports this module
     from gradjob.trace.functions import _plain
 
     out = kwargs.pop("out")
     out = out[0] if isinstance(out, tuple) and len(out) == 1 else out
     name = f"np.{ufunc.__name__}"
-    if type(out) is not np.ndarray:
-        _refuse(f"{name} with out= other than one plain array is not supported")
-    probe = np.array(out)
+    out = _untangle(out)
+    if isinstance(out, Traced) and out._alias is not None:
+        _refuse(f"{name} with out= a parameter or an array that shares memory with another is not supported")
+    if type(out) is not np.ndarray and not isinstance(out, Traced):
+        _refuse(f"{name} with out= other than one array is not supported")
+    probe = np.array(_plain(out))
     ufunc(*[_plain(v) for v in inputs], out=probe, **kwargs)  # NumPy's own shape and casting rules, and errors
     result = record(ufunc, "__call__", inputs, kwargs)
     if not isinstance(result, Traced):
         return result
     if result.dtype != probe.dtype:
         result = result.astype(probe.dtype)
+    if isinstance(out, Traced):  # np.exp(Z, out=Z): Z's next version
+        out._id, out._value = result._id, result._value
+        return out
     frame = user_frame(sys._getframe(1))
     if frame is not None and next_op(frame) == "STORE_SUBSCR":
         return result  # A[key] += traced: the store that follows records it
