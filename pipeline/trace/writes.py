@@ -292,6 +292,8 @@ def ufunc_at(ufunc, a, key, value):
 
     a = _untangle(a)
     if isinstance(a, Traced):
+        if a._alias is not None and a._alias.parameter:
+            _refuse(f"np.{ufunc.__name__}.at into a parameter or a view of one is not supported")
         if a._alias is not None:
             _refuse(f"np.{ufunc.__name__}.at into a traced array that shares memory with another is not supported")
         return write(a, key, value, ufunc)
