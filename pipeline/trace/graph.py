@@ -123,7 +123,7 @@ class _Tape:
         self.casts: list = []  # weak references to every _Cast, given their values back at the end
         self.numbers: list = []  # (number, traced value, why not) of each float()/.item(): see Traced._number
         self._snapshots: dict[int, tuple[object, np.ndarray]] = {}
-        self.written: dict[int, tuple] = {}  # id -> (plain array written while traced, its stand-in): see writes
+        self.written: dict[int, tuple] = {}  # id -> (plain array written while traced, its stand-in, where): see writes
 
     def close(self):
         """End of the trace: traced values left behind act as their values; casts hold theirs."""
@@ -134,7 +134,7 @@ class _Tape:
             if traced is not None:
                 np.copyto(array.view(np.ndarray), traced._value, casting="unsafe")
         self._snapshots = {}
-        for array, traced in self.written.values():  # their values at θ, as the real forward leaves them
+        for array, traced, _ in self.written.values():  # their values at θ, as the real forward leaves them
             np.copyto(array, traced._value, casting="unsafe")
         self.written = {}
 

@@ -103,7 +103,7 @@ def record(forward, X, Y, layout, theta) -> Graph:
     finally:
         sys.setprofile(previous)
         _current.reset(token)
-        wrote = bool(tape.written)
+        wrote = [where for _, _, where in tape.written.values()]  # the plain arrays written into, where first
         tape.close()
     if tape.refused is not None:
         raise tape.refused
@@ -114,9 +114,10 @@ def record(forward, X, Y, layout, theta) -> Graph:
         cost = traced
     code = getattr(forward, "__code__", None)
     where = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}" if code else ""
-    if not isinstance(cost, Traced) and wrote:
-        raise Untraceable("the cost the forward returns is not traced: plain NumPy computed it from an array that "
-                          "a traced value was written into (A[...] = v, A += v), which the trace cannot follow", where)
+    untracked = ("an array written with a traced value (A[...] = v, A += v, at the line named) was read by plain "
+                 "NumPy, which the trace cannot follow")  # its memory holds a sentinel while traced: see writes
+    if wrote and not (isinstance(cost, Traced) and np.all(np.isfinite(cost._value))):
+        raise Untraceable(f"the cost the forward returns is not fully traced: {untracked}", wrote[0] or where)
     if not isinstance(cost, Traced):
         raise Untraceable("the cost the forward returns is not computed from the parameters", where)
     if cost.size != 1 or cost.dtype.kind not in "fc":

@@ -31,7 +31,7 @@ import numpy as np
 
 from gradjob.trace.batched import Rep, _dense
 from gradjob.trace.casts import _poison, _untangle
-from gradjob.trace.graph import Ref, _is_user, _refuse
+from gradjob.trace.graph import _is_user, _refuse, user_line
 
 _STORE_SUBSCR = dis.opmap["STORE_SUBSCR"]
 _PASS_OVER = {"CACHE", "SWAP", "COPY", "NOP", "EXTENDED_ARG", "ROT_TWO", "ROT_THREE"}
@@ -114,12 +114,12 @@ def stand_in(tape, array: np.ndarray):
     kept = tape.written.get(id(array))
     if kept is not None and kept[0] is array:
         return kept[1]
-    if any(np.may_share_memory(array, other) for other, _ in tape.written.values()):
+    if any(np.may_share_memory(array, other) for other, *_ in tape.written.values()):
         _refuse("writing into an array that shares memory with another written while traced (a view) is "
                 "not supported")
     value = np.array(array)
     traced = Traced(tape, tape.add("constant", (tape.constant(array),), {}, value), value)
-    tape.written[id(array)] = (array, traced)  # kept alive until the trace closes: ids stay unique
+    tape.written[id(array)] = (array, traced, user_line())  # kept alive until the trace closes: ids stay unique
     return traced
 
 
@@ -130,7 +130,7 @@ def substitute(tape, value):
         kept = tape.written.get(id(value))
         if kept is not None and kept[0] is value:
             return kept[1]
-        if any(np.may_share_memory(value, array) for array, _ in tape.written.values()):
+        if any(np.may_share_memory(value, array) for array, *_ in tape.written.values()):
             _refuse("reading an array written while traced through another that shares its memory (a view "
                     "taken before the write, or its base) is not supported")
     return value
