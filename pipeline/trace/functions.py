@@ -40,7 +40,10 @@ class _Alias:
         traced._alias = self
 
     def members(self):
-        return [m for m in (ref() for ref in self._members) if m is not None]
+        live = [m for m in (ref() for ref in self._members) if m is not None]
+        if len(live) < len(self._members):  # views die in loops: a write must not visit each one ever taken
+            self._members = [weakref.ref(m) for m in live]
+        return live
 
 
 def _view(source: Traced, view: Traced) -> Traced:

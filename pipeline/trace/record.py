@@ -29,7 +29,10 @@ Supported on parameters and on values computed from them (this list is the READM
 - ``len()``, ``.shape``, ``.ndim``, ``.size``, ``.dtype``, iterating over the first axis,
   ``np.zeros_like``/``ones_like``/``full_like`` (constants);
 - augmented assignment: ``loss += reg`` on scalars; ``scores -= scores.max(axis=1, keepdims=True)``
-  on arrays that share memory with no other (no views).
+  on arrays that share memory with no other (no views);
+- writes (see ``writes``), each the array's next version: ``A[key] = v``, ``A[key] += v``, ``A += v``,
+  ``np.op(..., out=A)`` and ``np.add.at(A, key, v)`` with A a plain array (``out = np.zeros(...)``)
+  or a traced one that is no parameter; ``A[mask] = scalar`` with a traced mask of A's shape.
 
 Values keep the dtypes the real forward gives them (a forward computing in float32 is replayed
 in float32). Anything else raises ``Untraceable`` naming the operation and the user's line
@@ -37,17 +40,19 @@ in float32). Anything else raises ``Untraceable`` naming the operation and the u
 
 - NumPy functions outside the list (``np.linalg.svd``, ``np.concatenate``, ``np.einsum``, ...),
   ufunc methods (``np.add.reduce``), ufuncs with more than one output;
-- ``out=`` and ``where=`` arguments, which includes ``A += B`` with A a plain array;
-- writing into a parameter or a view of one (``W[0] = 0``, ``W += 1``);
+- ``where=`` arguments; ``out=`` into a plain view not stored back (``V = A[1:]; V += B``);
+- writing into a parameter or a view of one (``W[0] = 0``, ``W += 1``), and a plain array written
+  with a traced value read through a view taken before, or by plain NumPy (its memory holds a
+  sentinel while traced: the cost then is not the forward's);
 - Python control flow or conversion on a traced value: ``if``/``while``/``and``/``assert``,
   ``float()`` and ``.item()`` (but on the cost the forward returns: ``return float(cost), cache``),
   ``int()``, ``.tolist()``, ``np.asarray``/``np.array`` (with ``dtype=`` too), storing it into a plain
   array; a traced value as text (``print``, ``str``, f-strings: it could come back as a constant); indexing
   with a traced index (``v[v > 0]``);
 - a cost not computed from the parameters, or not one floating-point value;
-- and, only when the cost depends on the array written: assignment into a traced array
-  (``A[...] = v``) and augmented assignment to an array that shares memory with another. So a
-  gradient computed beside the loss (cs231n's ``dx[np.arange(N), y] -= 1``) is no obstacle.
+- and, only when the cost depends on them: the other views of an array written into, and augmented
+  assignment to an array that shares memory with another. So a gradient computed beside the loss
+  is no obstacle.
 
 A forward that raises while traced is refused with its error. Tracing leaves the user's objects
 as a real forward would: a traced value the forward kept (a running mean in a dict) acts as its
@@ -58,6 +63,7 @@ its docstring names:
 
 - ``graph``: the graph (``Ref``, ``Node``, ``Graph``), the tape that records it, ``Untraceable``;
 - ``traced_casts``: where NumPy converts instead of dispatching (``np.int64(A > 0)``, ``X.dot(W)``);
+- ``writes``: writes into arrays, recorded as new versions, and their replay rule;
 - ``traced_numpy``: the supported NumPy functions, each recorded as a node, and their table;
 - ``after_trace``: a traced value the forward kept, once the trace is over;
 - ``traced_array``: ``Traced``, the stand-in array;

@@ -98,7 +98,7 @@ def write(target, key, value, function=None):
         function.at(new, parts if isinstance(key, tuple) else parts[0], _plain(value))
     if isinstance(value, Traced) and value.dtype.kind in "fc" and new.dtype.kind not in "fc":
         _refuse("writing a floating-point traced value into an integer or boolean array is not supported")
-    if not _batched(new.shape, parts):
+    if any(isinstance(p, np.ndarray) for p in parts) and not _batched(new.shape, parts):
         _refuse("a write with array indices separated by a slice is not supported")
     tape, operands, _ = _operands([target, value])
     frozen = tuple(tape.constant(p) if isinstance(p, np.ndarray) else p for p in parts)
