@@ -186,6 +186,8 @@ class Traced:
         _refuse("complex() of a traced value is not supported")
 
     def __index__(self):
+        if writes.store_key(self, writes.user_frame(sys._getframe(1))):
+            raise TypeError("a traced mask, not an index")  # NumPy then asks __array__: see writes.stored
         _refuse("using a traced value as an index or size is not supported")
 
     def __contains__(self, item):

@@ -21,7 +21,7 @@ import numpy as np
 
 from gradjob.trace.casts import _untangle
 from gradjob.trace.graph import Ref, _current, _refuse, _Tape, np_name
-from gradjob.trace.writes import inplace_out, substitute, ufunc_at
+from gradjob.trace.writes import LANES_REFUSED, inplace_out, substitute, ufunc_at
 
 if TYPE_CHECKING:
     from gradjob.trace.array import Traced
@@ -61,6 +61,8 @@ def _operands(values) -> tuple[_Tape, tuple, list]:
     tape = None
     for v in values:  # the trace under way; a value left by an earlier one is a constant here
         if isinstance(v, Traced) and v._tape.open:
+            if hasattr(type(v), "_mask_id"):  # lanes.Lanes
+                _refuse(LANES_REFUSED)
             if tape is None:
                 tape = v._tape
             elif v._tape is not tape:
@@ -114,6 +116,10 @@ def _record_ufunc(ufunc, method, inputs, kwargs):
         return _matmul(*inputs, name="np.matmul")
     if ufunc.signature is not None or ufunc.nout != 1:
         _refuse(f"{name} is not supported")
+    from gradjob.trace import lanes  # lazy: lanes imports Traced
+
+    if any(isinstance(x, lanes.Lanes) for x in inputs):
+        return lanes.ufunc(_record_ufunc, ufunc, inputs, kwargs)
     tape, operands, values = _operands(inputs)
     value = ufunc(*values, **kwargs)
     return _wrap(tape, "elementwise", operands, {"function": ufunc, "kwargs": kwargs}, value)
@@ -300,6 +306,10 @@ def _index(a, key):
 
     a = _untangle(a)
     key = _untangle(key)
+    if isinstance(key, Traced):  # x[mask], the mask computed from the parameters
+        from gradjob.trace.lanes import select  # lazy: lanes imports Traced
+
+        return select(a, key)
     parts = key if isinstance(key, tuple) else (key,)
     if any(isinstance(p, Traced) for p in parts):
         _refuse("indexing with a traced array (an index computed from the parameters) is not supported")

@@ -118,6 +118,7 @@ class _Tape:
         self.graph = Graph()
         self.open = True
         self.refused: Untraceable | None = None
+        self.pending: tuple | None = None  # (refusal, key) of a store whose traced key NumPy converts: see writes
         self.profile: _Profile | None = None
         self.poisoned: dict[int, Untraceable] = {}  # nodes the replay cannot compute, and why
         self.casts: list = []  # weak references to every _Cast, given their values back at the end

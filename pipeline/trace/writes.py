@@ -31,7 +31,7 @@ import numpy as np
 
 from gradjob.trace.batched import Rep, _dense
 from gradjob.trace.casts import _poison, _untangle
-from gradjob.trace.graph import _is_user, _refuse, user_line
+from gradjob.trace.graph import Untraceable, _is_user, _refuse, user_line
 
 _STORE_SUBSCR = dis.opmap["STORE_SUBSCR"]
 _PASS_OVER = {"CACHE", "SWAP", "COPY", "NOP", "EXTENDED_ARG", "ROT_TWO", "ROT_THREE"}
@@ -41,16 +41,24 @@ _BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "//": operat
            "%": operator.mod, "**": operator.pow, "<": operator.lt, "<=": operator.le, ">": operator.gt,
            ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "&": operator.and_, "|": operator.or_}
 WRITE_OPS = ("setitem", "ufunc_at")
+LANES_REFUSED = ("x[mask] with a mask computed from the parameters is supported in elementwise operations with "
+                 "scalars, stored back with the same mask (z[mask] = f(x[mask]))")  # see lanes
 
 
 def masked(target, key, value):
-    """``A[mask] = scalar`` with a traced boolean mask of A's shape (``dhidden[hidden <= 0] = 0``):
-    ``np.where(mask, scalar, A)``, an elementwise node; None for any other write."""
+    """``A[mask] = scalar`` with a traced boolean mask of A's shape (``dhidden[hidden <= 0] = 0``), or
+    ``A[mask] = f(x[mask])`` (see ``lanes``): ``np.where(mask, ..., A)``, an elementwise node; None
+    for any other write."""
     from gradjob.trace.array import Traced  # lazy: array imports this module
     from gradjob.trace.functions import _plain
 
-    if not (isinstance(key, Traced) and key.dtype == bool and key.shape == target.shape
-            and np.ndim(_plain(value)) == 0):
+    if not (isinstance(key, Traced) and key.dtype == bool and key.shape == target.shape):
+        return None
+    if hasattr(type(value), "_mask_id"):  # z[mask] = f(x[mask]): see lanes
+        if value._mask_id != key._id:
+            _refuse(LANES_REFUSED)
+        value = value.whole()
+    elif np.ndim(_plain(value)) != 0:
         return None
     result = np.where(key, value, target)
     if result.dtype != target.dtype:
@@ -174,7 +182,16 @@ def stored(traced, frame, dtype):
         return None
     target, key = _target(frame)
     tape = traced._tape
-    version = write(stand_in(tape, target), key, traced)
+    if tape.pending is not None:  # z[mask] = v, mask traced: NumPy converts the key, then a traced value
+        refused, mask = tape.pending
+        if mask is traced:
+            return np.array(traced._value)
+        if tape.refused is refused:  # the value is traced: the write can be recorded
+            tape.refused = None
+        tape.pending, key = None, mask
+    version = stand_in(tape, target)
+    if masked(version, key, traced) is None:
+        write(version, key, traced)
     _written(tape, frame, target, version)
     out = np.empty(traced.shape, dtype=dtype if dtype is not None else traced.dtype)
     _poison(out, np.asarray(traced._value, dtype=out.dtype))
@@ -209,6 +226,24 @@ def _key_code(code, offset: int):
     if need != 0 or any(ins.is_jump_target for ins in segment[1:]):
         return None
     return segment
+
+
+def store_key(traced, frame) -> bool:
+    """Whether ``traced`` is the key of the ``A[key] = ...`` under way in ``frame`` (A plain): then
+    refused unless the value NumPy converts next is traced too (see ``stored``)."""
+    if frame is None or not _is_user(frame.f_code.co_filename) or frame.f_lasti < 0 \
+            or frame.f_code.co_code[frame.f_lasti] != _STORE_SUBSCR:
+        return False
+    from gradjob.trace.array import Traced  # lazy: array imports this module
+
+    if not isinstance(_target(frame)[1], Traced):
+        return False
+    tape = traced._tape
+    tape.pending = (Untraceable("storing into a plain array with a mask computed from the parameters is supported "
+                                "for a traced value (z[mask] = f(x[mask]), or a traced scalar)", user_line()), traced)
+    if tape.refused is None:
+        tape.refused = tape.pending[0]
+    return True
 
 
 def _target(frame):

@@ -442,7 +442,7 @@ REFUSED = {
         "return np.sum(np.asarray(p['W']))  # here",
     "the array method .argsort is not supported": "return np.sum(p['v'].argsort() * p['v'])  # here",
     "indexing with a traced array (an index computed from the parameters) is not supported":
-        "return np.sum(p['v'][p['v'] > 0])  # here",
+        "return np.sum(p['W'][p['b'][:, 0] > 0])  # here",
     "converting a cast of a traced array again (e.g. np.float64(np.int64(A > 0))) is not supported":
         "return np.sum(p['W'] * np.float64(np.int64(p['W'] > 0)))  # here",
 }

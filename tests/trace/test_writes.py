@@ -243,10 +243,29 @@ def relu_case(seed=3):
     return params, X, y
 
 
-def loss_of(model):
-    def bound(params):
-        return lambda X, y: model(params, X, y)
-    return bound
+def sigmoid(x):
+    """cs231n's numerically stable sigmoid."""
+    pos_mask = (x >= 0)
+    neg_mask = (x < 0)
+    z = np.zeros_like(x)
+    z[pos_mask] = np.exp(-x[pos_mask])
+    z[neg_mask] = np.exp(x[neg_mask])
+    top = np.ones_like(x)
+    top[neg_mask] = z[neg_mask]
+    return top / (1 + z)
+
+
+def sigmoid_loss(params, X, Y):
+    a = sigmoid(X.dot(params["W1"]) + params["b1"])
+    loss = np.sum((a - Y) ** 2)
+    dz = 2 * (a - Y) * a * (1 - a)
+    return loss, {"W1": X.T.dot(dz), "b1": np.sum(dz, axis=0)}
+
+
+def sigmoid_case(seed=4):
+    rng = np.random.default_rng(seed)
+    X, Y = rng.standard_normal((5, 4)), rng.random((5, 6))
+    return {"W1": rng.standard_normal((4, 6)), "b1": rng.standard_normal(6)}, X, Y
 
 
 IDIOMS = {
@@ -255,6 +274,7 @@ IDIOMS = {
     "slice stores h[:, t, :] = next_h, dWx += dWx_t into zeros": (rnn_loss, rnn_case),
     "min-char-rnn: xs[t][inputs[t]] = 1, dWhy += into zeros_like": (min_char_rnn_loss, min_char_case),
     "the ReLU mask dhidden[hidden <= 0] = 0, np.add.at into zeros_like": (relu_net_loss, relu_case),
+    "the stable sigmoid: z[pos_mask] = np.exp(-x[pos_mask]) into zeros_like": (sigmoid_loss, sigmoid_case),
 }
 
 
@@ -281,7 +301,7 @@ def test_each_idiom_stays_traced_with_the_generic_paths_numbers(idiom, private_t
     assert buggy[True].reduction.difference == pytest.approx(buggy[False].reduction.difference, rel=1e-9)
 
 
-BUGGY = {conv_net_loss: "W1", rnn_loss: "Wh", min_char_rnn_loss: "Why", relu_net_loss: "E"}
+BUGGY = {conv_net_loss: "W1", rnn_loss: "Wh", min_char_rnn_loss: "Why", relu_net_loss: "E", sigmoid_loss: "b1"}
 
 
 def doubled(result, name):
@@ -335,7 +355,12 @@ def small_case(seed=0):
     return {"W": rng.standard_normal((4, 3)), "b": 0.1 * rng.standard_normal((4, 1)), "v": rng.standard_normal(5)}, X, Y
 
 
-@pytest.mark.parametrize("forward", [masked_cost, accumulated_cost])
+def sigmoid_cost(X, Y, p):
+    """The stable sigmoid's masks flip at the larger steps."""
+    return np.sum((sigmoid(p["W"].dot(X) + p["b"]) - 0.3) ** 2) + np.sum(sigmoid(p["v"]))
+
+
+@pytest.mark.parametrize("forward", [masked_cost, accumulated_cost, sigmoid_cost])
 def test_writes_the_cost_depends_on_replay_as_the_forward(forward):
     params, X, Y = small_case()
     replay = replayed_equals_forward(forward, params, X, Y)
@@ -390,8 +415,12 @@ REFUSED = {
         "Z = np.zeros((4, 7))\n    V = Z[1:]\n    Z[0] = p['W'][0] @ X\n    return np.sum(V * (p['W'] @ X)[1:])  # here",
     "writing a floating-point traced value into an integer or boolean array is not supported":
         "Z = np.zeros(3, dtype=np.int64)\n    Z[0:2] = p['v'][:2]  # here\n    return np.sum(Z * p['v'][:3])",
-    "indexing with a traced array (an index computed from the parameters) is not supported":
-        "z = np.zeros_like(p['v'])\n    m = p['v'] > 0\n    z[m] = np.exp(-p['v'][m])  # here\n    return np.sum(z)",
+    "storing into a plain array with a mask computed from the parameters is supported for a traced value "
+    "(z[mask] = f(x[mask]), or a traced scalar)":
+        "z = np.zeros(5)\n    z[p['v'] > 0] = 1.0  # here\n    return np.sum(z * p['v'])",
+    "x[mask] with a mask computed from the parameters is supported in elementwise operations with scalars, "
+    "stored back with the same mask (z[mask] = f(x[mask]))":
+        "return np.sum(p['v'][p['v'] > 0])  # here",
 }
 
 
