@@ -32,7 +32,8 @@ Supported on parameters and on values computed from them (this list is the READM
   on arrays that share memory with no other (no views);
 - writes (see ``writes``), each the array's next version: ``A[key] = v``, ``A[key] += v``, ``A += v``,
   ``np.op(..., out=A)`` and ``np.add.at(A, key, v)`` with A a plain array (``out = np.zeros(...)``)
-  or a traced one that is no parameter; ``A[mask] = scalar`` with a traced mask of A's shape.
+  or a traced one that is no parameter; ``A[mask] = scalar`` with a traced mask of A's shape, and
+  ``z[mask] = f(x[mask])`` with ``f`` elementwise (``lanes``: cs231n's stable sigmoid).
 
 Values keep the dtypes the real forward gives them (a forward computing in float32 is replayed
 in float32). Anything else raises ``Untraceable`` naming the operation and the user's line
@@ -48,7 +49,7 @@ in float32). Anything else raises ``Untraceable`` naming the operation and the u
   ``float()`` and ``.item()`` (but on the cost the forward returns: ``return float(cost), cache``),
   ``int()``, ``.tolist()``, ``np.asarray``/``np.array`` (with ``dtype=`` too), storing it into a plain
   array; a traced value as text (``print``, ``str``, f-strings: it could come back as a constant); indexing
-  with a traced index (``v[v > 0]``);
+  with a traced index (``v[i]``, or ``v[v > 0]`` but elementwise and stored back as above);
 - a cost not computed from the parameters, or not one floating-point value;
 - and, only when the cost depends on them: the other views of an array written into, and augmented
   assignment to an array that shares memory with another. So a gradient computed beside the loss
@@ -64,6 +65,7 @@ its docstring names:
 - ``graph``: the graph (``Ref``, ``Node``, ``Graph``), the tape that records it, ``Untraceable``;
 - ``traced_casts``: where NumPy converts instead of dispatching (``np.int64(A > 0)``, ``X.dot(W)``);
 - ``writes``: writes into arrays, recorded as new versions, and their replay rule;
+- ``lanes``: ``x[mask]`` with a traced mask (imported by ``traced_numpy`` when called);
 - ``traced_numpy``: the supported NumPy functions, each recorded as a node, and their table;
 - ``after_trace``: a traced value the forward kept, once the trace is over;
 - ``traced_array``: ``Traced``, the stand-in array;
