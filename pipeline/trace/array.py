@@ -222,10 +222,11 @@ class Traced:
             _refuse("assignment into a parameter or a view of one (A[...] = ...) is not supported")
         if writes.masked(self, key, value) is None:
             writes.write(self, key, value)
-        refused = Untraceable("assignment into an array that shares memory with another (a view) is not "
-                              "supported", user_line())
-        for member in self._alias.members() if self._alias is not None else ():
-            if member is not self:
+        others = [m for m in self._alias.members() if m is not self] if self._alias is not None else []
+        if others:
+            refused = Untraceable("assignment into an array that shares memory with another (a view) is not "
+                                  "supported", user_line())
+            for member in others:
                 member._id = self._tape.add("assigned", (Ref(member._id),), {}, member._value, refused)
 
     def __reduce__(self):
