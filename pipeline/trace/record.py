@@ -48,7 +48,8 @@ in float32). Anything else raises ``Untraceable`` naming the operation and the u
 - Python control flow or conversion on a traced value: ``if``/``while``/``and``/``assert``,
   ``float()`` and ``.item()`` (but on the cost the forward returns: ``return float(cost), cache``),
   ``int()``, ``.tolist()``, ``np.asarray``/``np.array`` (with ``dtype=`` too), storing it into a plain
-  array but as ``A[key] = v`` (A and key made of names, numbers, slices, arithmetic); a traced value as text (``print``, ``str``, f-strings: it could come back as a constant); indexing
+  array but as ``A[key] = v`` (A and key made of names, numbers, slices, arithmetic); a traced
+  value as text (``print``, ``str``, f-strings: it could come back as a constant); indexing
   with a traced index (``v[i]``, or ``v[v > 0]`` but elementwise and stored back as above);
 - a cost not computed from the parameters, or not one floating-point value;
 - and, only when the cost depends on them: the other views of an array written into, and augmented

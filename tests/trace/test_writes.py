@@ -412,7 +412,8 @@ REFUSED = {
         "Z = np.zeros(5)\n    Z[len(Z) - 1] = p['v'][0]  # here\n    return np.sum(Z * p['v'])",
     "reading an array written while traced through another that shares its memory (a view taken before the "
     "write, or its base) is not supported":
-        "Z = np.zeros((4, 7))\n    V = Z[1:]\n    Z[0] = p['W'][0] @ X\n    return np.sum(V * (p['W'] @ X)[1:])  # here",
+        "Z = np.zeros((4, 7))\n    V = Z[1:]\n    Z[0] = p['W'][0] @ X\n"
+        "    return np.sum(V * (p['W'] @ X)[1:])  # here",
     "writing a floating-point traced value into an integer or boolean array is not supported":
         "Z = np.zeros(3, dtype=np.int64)\n    Z[0:2] = p['v'][:2]  # here\n    return np.sum(Z * p['v'][:3])",
     "storing into a plain array with a mask computed from the parameters is supported for a traced value "
