@@ -217,7 +217,7 @@ def _key_code(code, offset: int):
     while need > 0 and start > 0:
         start -= 1
         ins = instructions[start]
-        if ins.opname not in _LOADS or (ins.opname == "BINARY_OP" and ins.argrepr.endswith("=")) \
+        if ins.opname not in _LOADS or (ins.opname in ("BINARY_OP", "COMPARE_OP") and ins.argrepr not in _BINARY) \
                 or (ins.opname == "LOAD_GLOBAL" and ins.arg & 1) \
                 or (ins.opname == "LOAD_ATTR" and sys.version_info >= (3, 12) and ins.arg & 1):
             return None  # not a pure load, or one that pushes a NULL for a call
@@ -249,9 +249,21 @@ def store_key(traced, frame) -> bool:
 def _target(frame):
     """The plain array and key of the ``A[key] = ...`` under way in ``frame``, from its bytecode."""
     segment = _key_code(frame.f_code, frame.f_lasti)
+    refused = ("storing a traced value into a plain array is supported as `A[key] = value` with A and key made of "
+               "names, numbers, slices and arithmetic")
     if segment is None:
-        _refuse("storing a traced value into a plain array is supported as `A[key] = value` with A and key "
-                "made of names, numbers, slices and arithmetic")
+        _refuse(refused)
+    try:
+        target, key = _loaded(frame, segment)
+    except Exception:  # e.g. a name bound only later: the statement is not what its bytecode seemed
+        _refuse(refused)
+    if type(target) is not np.ndarray:
+        _refuse(f"storing a traced value into a {type(target).__name__} is not supported")
+    return target, key
+
+
+def _loaded(frame, segment):
+    """Run the pure loads of ``segment`` again in ``frame``: the container and key they give."""
     local, stack = frame.f_locals, []
     for ins in segment:
         op, arg = ins.opname, ins.argval
@@ -275,10 +287,7 @@ def _target(frame):
             stack.append(_BINARY[ins.argrepr](stack.pop(), right))
         else:  # UNARY_NEGATIVE
             stack.append(-stack.pop())
-    target, key = stack
-    if type(target) is not np.ndarray:
-        _refuse(f"storing a traced value into a {type(target).__name__} is not supported")
-    return target, key
+    return stack
 
 
 def inplace_out(ufunc, inputs, kwargs, record):
