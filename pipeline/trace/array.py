@@ -10,8 +10,11 @@ About 310 lines because it is one class, and each entry point it answers sits in
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
+from gradjob.trace import writes
 from gradjob.trace.after import _after_trace, _live, _values
 from gradjob.trace.casts import _Cast, _untangle
 from gradjob.trace.functions import (
@@ -114,6 +117,9 @@ class Traced:
         dot = profile.dot_of(self) if profile is not None else None
         if dot is not None:  # X.dot(self): see _Dot
             return dot.argument if dtype is None else dot.argument_as(np.dtype(dtype))
+        stored = writes.stored(self, writes.user_frame(sys._getframe(1)), dtype)  # A[key] = self, A plain: see writes
+        if stored is not None:
+            return stored
         if dtype is not None and profile is not None and profile.converting():
             _refuse(f"{np_name(profile.calls[-1][0])} of a traced array is not supported: it would be a plain array "
                     "holding its value at θ")
@@ -180,6 +186,8 @@ class Traced:
         _refuse("complex() of a traced value is not supported")
 
     def __index__(self):
+        if writes.store_key(self, writes.user_frame(sys._getframe(1))):
+            raise TypeError("a traced mask, not an index")  # NumPy then asks __array__: see writes.stored
         _refuse("using a traced value as an index or size is not supported")
 
     def __contains__(self, item):
@@ -195,6 +203,9 @@ class Traced:
         (``return float(cost), cache``): kept, and refused after the forward if it is anything else."""
         if self.size != 1 or self.dtype.kind != "f":
             _refuse(f"{what} of a traced value is not supported")
+        stored = writes.stored(self, writes.user_frame(sys._getframe(1)), None)  # A[i, j] = self, A plain: see writes
+        if stored is not None:
+            return convert(stored.reshape(()))
         number = convert(np.asarray(self._value).reshape(()))
         self._tape.numbers.append((number, self, Untraceable(
             f"{what} of a traced value is not supported, but on the cost the forward returns", user_line())))
@@ -204,17 +215,19 @@ class Traced:
         _refuse(".tolist() of a traced value is not supported")
 
     def __setitem__(self, key, value):
-        """``A[key] = v`` is recorded as refused: fine while the cost does not depend on A (e.g. a
-        gradient computed beside the loss), refused by ``Replay.of`` if it does."""
+        """``A[key] = v``: A's next version (see ``writes``); arrays sharing A's memory (views) are
+        refused from then on if the cost depends on them."""
         key, value = _untangle(key), _untangle(value)
         if self._alias is not None and self._alias.parameter:
             _refuse("assignment into a parameter or a view of one (A[...] = ...) is not supported")
-        if any(isinstance(p, Traced) for p in (key if isinstance(key, tuple) else (key,))):
-            _refuse("indexing with a traced array (an index computed from the parameters) is not supported")
-        new = np.array(self._value)
-        new[key] = _plain(value)
-        refused = Untraceable("assignment into a traced array (A[...] = ...) is not supported", user_line())
-        self._refused_update(refused, new, value)
+        if writes.masked(self, key, value) is None:
+            writes.write(self, key, value)
+        others = [m for m in self._alias.members() if m is not self] if self._alias is not None else []
+        if others:
+            refused = Untraceable("assignment into an array that shares memory with another (a view) is not "
+                                  "supported", user_line())
+            for member in others:
+                member._id = self._tape.add("assigned", (Ref(member._id),), {}, member._value, refused)
 
     def __reduce__(self):
         _refuse("pickling a traced value is not supported")
@@ -289,6 +302,8 @@ class Traced:
         other = _untangle(other)
         probe = self._value.copy()
         ufunc(probe, _plain(other), out=probe)  # NumPy's own shape and casting rules, and errors
+        if self._alias is not None and writes.next_op(writes.user_frame(sys._getframe(1))) == "STORE_SUBSCR":
+            return ufunc(self, other)  # A[key] op= B: the store that follows is the write
         if self._alias is not None:
             self._refused_update(Untraceable(f"in-place {operator_name} on an array that shares memory with "
                                              "another (a view) is not supported", user_line()), probe, other)

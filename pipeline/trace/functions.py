@@ -21,6 +21,7 @@ import numpy as np
 
 from gradjob.trace.casts import _untangle
 from gradjob.trace.graph import Ref, _current, _refuse, _Tape, np_name
+from gradjob.trace.writes import LANES_REFUSED, inplace_out, substitute, ufunc_at
 
 if TYPE_CHECKING:
     from gradjob.trace.array import Traced
@@ -39,7 +40,10 @@ class _Alias:
         traced._alias = self
 
     def members(self):
-        return [m for m in (ref() for ref in self._members) if m is not None]
+        live = [m for m in (ref() for ref in self._members) if m is not None]
+        if len(live) < len(self._members):  # views die in loops: a write must not visit each one ever taken
+            self._members = [weakref.ref(m) for m in live]
+        return live
 
 
 def _view(source: Traced, view: Traced) -> Traced:
@@ -57,13 +61,16 @@ def _operands(values) -> tuple[_Tape, tuple, list]:
     tape = None
     for v in values:  # the trace under way; a value left by an earlier one is a constant here
         if isinstance(v, Traced) and v._tape.open:
+            if hasattr(type(v), "_mask_id"):  # lanes.Lanes
+                _refuse(LANES_REFUSED)
             if tape is None:
                 tape = v._tape
             elif v._tape is not tape:
                 _refuse("values traced in two different traces are combined")
     if tape is None or not tape.open or _current.get() is not tape:
         _refuse("a traced value is used outside its trace (kept from an earlier call?)")
-    values = [np.array(v._value) if isinstance(v, Traced) and v._tape is not tape else v for v in values]
+    values = [np.array(v._value) if isinstance(v, Traced) and v._tape is not tape else substitute(tape, v)
+              for v in values]
     recorded = tuple(Ref(v._id) if isinstance(v, Traced) else tape.constant(v) for v in values)
     return tape, recorded, [_plain(v) for v in values]
 
@@ -91,10 +98,12 @@ def _plain(obj):
 def _record_ufunc(ufunc, method, inputs, kwargs):
     inputs, kwargs = _untangle(inputs), _untangle(kwargs)
     name = np_name(ufunc)
+    if method == "at" and len(inputs) == 3 and not kwargs:
+        return ufunc_at(ufunc, *inputs)
     if method != "__call__":
         _refuse(f"{name}.{method} is not supported")
     if kwargs.get("out") is not None:
-        _refuse(f"{name} with out= (in-place into an array, e.g. `A += B` on a plain array) is not supported")
+        return inplace_out(ufunc, inputs, kwargs, _record_ufunc)  # A += B on a plain array A
     if "where" in kwargs:
         _refuse(f"{name} with where= is not supported")
     for key in kwargs:
@@ -107,6 +116,10 @@ def _record_ufunc(ufunc, method, inputs, kwargs):
         return _matmul(*inputs, name="np.matmul")
     if ufunc.signature is not None or ufunc.nout != 1:
         _refuse(f"{name} is not supported")
+    from gradjob.trace import lanes  # lazy: lanes imports Traced
+
+    if any(isinstance(x, lanes.Lanes) for x in inputs):
+        return lanes.ufunc(_record_ufunc, ufunc, inputs, kwargs)
     tape, operands, values = _operands(inputs)
     value = ufunc(*values, **kwargs)
     return _wrap(tape, "elementwise", operands, {"function": ufunc, "kwargs": kwargs}, value)
@@ -293,6 +306,10 @@ def _index(a, key):
 
     a = _untangle(a)
     key = _untangle(key)
+    if isinstance(key, Traced):  # x[mask], the mask computed from the parameters
+        from gradjob.trace.lanes import select  # lazy: lanes imports Traced
+
+        return select(a, key)
     parts = key if isinstance(key, tuple) else (key,)
     if any(isinstance(p, Traced) for p in parts):
         _refuse("indexing with a traced array (an index computed from the parameters) is not supported")

@@ -118,11 +118,13 @@ class _Tape:
         self.graph = Graph()
         self.open = True
         self.refused: Untraceable | None = None
+        self.pending: tuple | None = None  # (refusal, key) of a store whose traced key NumPy converts: see writes
         self.profile: _Profile | None = None
         self.poisoned: dict[int, Untraceable] = {}  # nodes the replay cannot compute, and why
         self.casts: list = []  # weak references to every _Cast, given their values back at the end
         self.numbers: list = []  # (number, traced value, why not) of each float()/.item(): see Traced._number
         self._snapshots: dict[int, tuple[object, np.ndarray]] = {}
+        self.written: dict[int, tuple] = {}  # id -> (plain array written while traced, its stand-in, where): see writes
 
     def close(self):
         """End of the trace: traced values left behind act as their values; casts hold theirs."""
@@ -133,6 +135,9 @@ class _Tape:
             if traced is not None:
                 np.copyto(array.view(np.ndarray), traced._value, casting="unsafe")
         self._snapshots = {}
+        for array, traced, _ in self.written.values():  # their values at θ, as the real forward leaves them
+            np.copyto(array, traced._value, casting="unsafe")
+        self.written = {}
 
     def add(self, op: str, operands: tuple, attrs: dict, value, refused: Untraceable | None = None) -> int:
         if isinstance(value, np.ndarray):

@@ -29,7 +29,11 @@ Supported on parameters and on values computed from them (this list is the READM
 - ``len()``, ``.shape``, ``.ndim``, ``.size``, ``.dtype``, iterating over the first axis,
   ``np.zeros_like``/``ones_like``/``full_like`` (constants);
 - augmented assignment: ``loss += reg`` on scalars; ``scores -= scores.max(axis=1, keepdims=True)``
-  on arrays that share memory with no other (no views).
+  on arrays that share memory with no other (no views);
+- writes (see ``writes``), each the array's next version: ``A[key] = v``, ``A[key] += v``, ``A += v``,
+  ``np.op(..., out=A)`` and ``np.add.at(A, key, v)`` with A a plain array (``out = np.zeros(...)``)
+  or a traced one that is no parameter; ``A[mask] = scalar`` with a traced mask of A's shape, and
+  ``z[mask] = f(x[mask])`` with ``f`` elementwise (``lanes``: cs231n's stable sigmoid).
 
 Values keep the dtypes the real forward gives them (a forward computing in float32 is replayed
 in float32). Anything else raises ``Untraceable`` naming the operation and the user's line
@@ -37,17 +41,20 @@ in float32). Anything else raises ``Untraceable`` naming the operation and the u
 
 - NumPy functions outside the list (``np.linalg.svd``, ``np.concatenate``, ``np.einsum``, ...),
   ufunc methods (``np.add.reduce``), ufuncs with more than one output;
-- ``out=`` and ``where=`` arguments, which includes ``A += B`` with A a plain array;
-- writing into a parameter or a view of one (``W[0] = 0``, ``W += 1``);
+- ``where=`` arguments; ``out=`` into a plain view not stored back (``V = A[1:]; V += B``);
+- writing into a parameter or a view of one (``W[0] = 0``, ``W += 1``), and a plain array written
+  with a traced value read through a view taken before, or by plain NumPy (its memory holds a
+  sentinel while traced: the cost then is not the forward's);
 - Python control flow or conversion on a traced value: ``if``/``while``/``and``/``assert``,
   ``float()`` and ``.item()`` (but on the cost the forward returns: ``return float(cost), cache``),
   ``int()``, ``.tolist()``, ``np.asarray``/``np.array`` (with ``dtype=`` too), storing it into a plain
-  array; a traced value as text (``print``, ``str``, f-strings: it could come back as a constant); indexing
-  with a traced index (``v[v > 0]``);
+  array but as ``A[key] = v`` (A and key made of names, numbers, slices, arithmetic); a traced
+  value as text (``print``, ``str``, f-strings: it could come back as a constant); indexing
+  with a traced index (``v[i]``, or ``v[v > 0]`` but elementwise and stored back as above);
 - a cost not computed from the parameters, or not one floating-point value;
-- and, only when the cost depends on the array written: assignment into a traced array
-  (``A[...] = v``) and augmented assignment to an array that shares memory with another. So a
-  gradient computed beside the loss (cs231n's ``dx[np.arange(N), y] -= 1``) is no obstacle.
+- and, only when the cost depends on them: the other views of an array written into, and augmented
+  assignment to an array that shares memory with another. So a gradient computed beside the loss
+  is no obstacle.
 
 A forward that raises while traced is refused with its error. Tracing leaves the user's objects
 as a real forward would: a traced value the forward kept (a running mean in a dict) acts as its
@@ -58,6 +65,8 @@ its docstring names:
 
 - ``graph``: the graph (``Ref``, ``Node``, ``Graph``), the tape that records it, ``Untraceable``;
 - ``traced_casts``: where NumPy converts instead of dispatching (``np.int64(A > 0)``, ``X.dot(W)``);
+- ``writes``: writes into arrays, recorded as new versions, and their replay rule;
+- ``lanes``: ``x[mask]`` with a traced mask (imported by ``traced_numpy`` when called);
 - ``traced_numpy``: the supported NumPy functions, each recorded as a node, and their table;
 - ``after_trace``: a traced value the forward kept, once the trace is over;
 - ``traced_array``: ``Traced``, the stand-in array;
@@ -96,11 +105,14 @@ def record(forward, X, Y, layout, theta) -> Graph:
     except Untraceable:
         raise
     except Exception as exc:
+        if tape.refused is not None:  # refused where NumPy turned the refusal into its own error
+            raise tape.refused from exc
         where = _traceback_line(exc.__traceback__)
         raise Untraceable(f"the forward raised {type(exc).__name__} while traced: {exc}", where) from exc
     finally:
         sys.setprofile(previous)
         _current.reset(token)
+        wrote = [where for _, _, where in tape.written.values()]  # the plain arrays written into, where first
         tape.close()
     if tape.refused is not None:
         raise tape.refused
@@ -111,6 +123,10 @@ def record(forward, X, Y, layout, theta) -> Graph:
         cost = traced
     code = getattr(forward, "__code__", None)
     where = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}" if code else ""
+    untracked = ("an array written with a traced value (A[...] = v, A += v, at the line named) was read by plain "
+                 "NumPy, which the trace cannot follow")  # its memory holds a sentinel while traced: see writes
+    if wrote and not (isinstance(cost, Traced) and np.all(np.isfinite(cost._value))):
+        raise Untraceable(f"the cost the forward returns is not fully traced: {untracked}", wrote[0] or where)
     if not isinstance(cost, Traced):
         raise Untraceable("the cost the forward returns is not computed from the parameters", where)
     if cost.size != 1 or cost.dtype.kind not in "fc":

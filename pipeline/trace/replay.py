@@ -43,6 +43,7 @@ from gradjob.trace.graph import Graph, Ref, Untraceable
 from gradjob.trace.products import _Products
 from gradjob.trace.record import record
 from gradjob.trace.reductions import _Reductions
+from gradjob.trace.writes import WRITE_OPS, replay_write
 
 # The largest batched intermediate of a block. Measured on 784-512-256-1 (ReLU) and 784-512-256-10
 # (tanh, softmax) networks, one thread: 0.5, 1, 2, 4, 8 and 16 MiB took 156, 95, 66, 54, 48, 62 µs
@@ -324,6 +325,8 @@ class Replay(_Elementwise, _Products, _Reductions):
         elif op == "index":
             reps[0].owned = False  # basic indexing gives a view of the operand's data
             rep = self._index(reps[0], node.attrs["key"], self.base[i], B)
+        elif op in WRITE_OPS:
+            rep = replay_write(self, node, i, reps, B, dying)
         else:
             raise AssertionError(f"unknown node {op}")
         return rep, None
