@@ -68,9 +68,10 @@ def switches(costs: Costs) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | N
 
 
 def choose(spec: ModelSpec, model: Model, layout: Layout, X, Y, theta: np.ndarray, fast: bool, method: str,
-           computed_dtype: str) -> Choice:
+           computed_dtype: str, measure: bool = True) -> Choice:
     """The fastest evaluator that gives this model's own numbers, and a note when a model file
-    falls back to one forward call per evaluation or, measured, runs on the faster of the two."""
+    falls back to one forward call per evaluation or, ``measure``d, runs on the faster of the two
+    (not measured for the directional screen, which calls the forward alone)."""
     if not fast or method == "complex-step":
         return Choice("forward", None, "forward")
     if spec.is_builtin:
@@ -88,6 +89,8 @@ def choose(spec: ModelSpec, model: Model, layout: Layout, X, Y, theta: np.ndarra
     if problem:
         return Choice("forward", f"the traced fast path is off for this model: {problem}; each evaluation calls the "
                                  "forward", "forward")
+    if not measure:
+        return Choice("traced", None, "traced")
     per_parameter = EVALUATIONS_PER_PARAMETER[method]
     replay_seconds, forward_seconds = timings["replay"], timings["forward"]
     if forward_seconds * FORWARD_FASTER_BY < replay_seconds:  # the replay's few calls carry its overhead per call

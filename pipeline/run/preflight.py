@@ -88,7 +88,7 @@ def prepare(request: Request, spec: ModelSpec | None = None, case: Case | None =
     if request.method == "complex-step":
         complex_step.check_complex_safe(model, case, layout, theta)
     choice = evaluators.choose(spec, model, layout, case.X, case.Y, theta, request.fast, request.method,
-                               precision.checked)
+                               precision.checked, measure=request.mode != "directional")
     if precision.checked == precision.model == "float64" and not spec.is_builtin:  # after the trace, which
         precision = precisions.noisy_inside(precision, model, case, layout, theta, grad, cost)  # shows hidden state first
     identity = job_identity.of(spec, case.digest(), hashlib.sha256(theta.tobytes()).hexdigest(), layout.to_json(),

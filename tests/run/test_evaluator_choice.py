@@ -90,3 +90,10 @@ def test_a_store_keeps_the_evaluator_it_was_started_with(gradjob, write_model, m
     assert "this store was started with the forward evaluator; its remaining chunks use it too" in again["notes"]
     assert "verdict of the finished store kept.zarr, no evaluation" in again["notes"]
     assert again["difference"] == first["difference"]
+
+
+def test_the_directional_screen_measures_no_evaluator(gradjob, write_model):
+    """The screen calls the forward alone: a note on the replay's speed would describe nothing it ran."""
+    write_model(SEED_STYLE)
+    result, notes = submit(gradjob, "--mode", "directional")
+    assert (result["evaluator"], result["passed"], notes) == ("forward", True, [])
