@@ -37,7 +37,6 @@ from gradjob.version import __version__
 # check runs in this process: an embedded cluster takes seconds to start (2 workers: ~6 s for the
 # seed network's 47 parameters, whose evaluations take milliseconds).
 SMALL_WORK_SECONDS = 2.0
-EVALUATIONS_PER_PARAMETER = evaluators.EVALUATIONS_PER_PARAMETER
 PROBE_EVALUATIONS = 2  # a resumed store's evaluation time: the faster of this many
 
 
@@ -103,7 +102,7 @@ def started_job(prepared: preflight.Prepared, resumed: "Resumed | None", seconds
 
 def evaluations(chunks, method: str) -> int:
     """Forward evaluations the chunks take, besides re-verifying suspects."""
-    return sum(chunk.size for chunk in chunks) * EVALUATIONS_PER_PARAMETER[method]
+    return sum(chunk.size for chunk in chunks) * evaluators.EVALUATIONS_PER_PARAMETER[method]
 
 
 def seconds_per_evaluation(prepared: preflight.Prepared) -> float:
