@@ -41,9 +41,16 @@ def run_pipeline(request: Request, after: Callable[[Outcome], dict] | None = Non
         wall = time.perf_counter() - started
         extra = after(outcome) if after else {}
     return {**run_figures(outcome.reduction.n_parameters, request.workers, wall, outcome.task_seconds, outcome.seconds),
-            "evaluator": outcome.evaluator, "chunk_size": outcome.meta.chunk_size,
+            "evaluator": outcome.evaluator, "evaluator_note": evaluator_note(outcome.notes),
+            "chunk_size": outcome.meta.chunk_size,
             "peak_worker_rss_bytes": outcome.peak_worker_rss_bytes,
             "difference": outcome.reduction.difference, "passed": outcome.reduction.passed, **extra}
+
+
+def evaluator_note(notes) -> str | None:
+    """The run's note on its evaluator: which of the replay and the forward measured faster, or why
+    the traced path is off (see ``evaluators.choose``)."""
+    return next((n for n in notes if n.startswith(("evaluator: ", "the traced fast path is off"))), None)
 
 
 def run_figures(n: int, workers: int, wall: float, task_seconds, stages: dict) -> dict:
@@ -193,6 +200,8 @@ def to_text(result: dict) -> str:
               f"({sample['max_deviation_in_noise_bounds']:.2g} of their noise bounds)",
               f"  generic path over {user['generic_path']['forward_calls']} bare forward calls: "
               f"{100 * user['generic_path']['overhead']:+.1f}%"]
+    if user.get("evaluator_note"):
+        lines.append(f"  {user['evaluator_note']}")
     if "peak_rss_vs_builtin" in user:
         lines.append(f"  peak worker RSS {user['peak_rss_vs_builtin']:.2f}× the built-in fast path's")
     startup = result["startup"]

@@ -8,6 +8,7 @@ opened only when there is work left.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import platform
 import sys
@@ -36,7 +37,6 @@ from gradjob.version import __version__
 # check runs in this process: an embedded cluster takes seconds to start (2 workers: ~6 s for the
 # seed network's 47 parameters, whose evaluations take milliseconds).
 SMALL_WORK_SECONDS = 2.0
-EVALUATIONS_PER_PARAMETER = {"central": 2, "five-point": 4, "complex-step": 1}
 PROBE_EVALUATIONS = 2  # a resumed store's evaluation time: the faster of this many
 
 
@@ -93,7 +93,7 @@ def started_job(prepared: preflight.Prepared, resumed: "Resumed | None", seconds
     """The store to work on (resumed, or created after calibration) and the forward's measured
     seconds per evaluation, which size the task time limit and choose where small work runs."""
     if resumed is not None:
-        return resumed.meta, resumed.plan, seconds_per_evaluation(prepared)
+        return resumed.meta, resumed.plan, seconds_per_evaluation(as_stored(prepared, resumed.meta))
     meta, plan = create(prepared, seconds)
     spent = meta.calibration.evaluations
     per_evaluation = seconds["calibrate"] / spent if spent else seconds_per_evaluation(prepared)
@@ -102,7 +102,7 @@ def started_job(prepared: preflight.Prepared, resumed: "Resumed | None", seconds
 
 def evaluations(chunks, method: str) -> int:
     """Forward evaluations the chunks take, besides re-verifying suspects."""
-    return sum(chunk.size for chunk in chunks) * EVALUATIONS_PER_PARAMETER[method]
+    return sum(chunk.size for chunk in chunks) * evaluators.EVALUATIONS_PER_PARAMETER[method]
 
 
 def seconds_per_evaluation(prepared: preflight.Prepared) -> float:
@@ -145,6 +145,12 @@ def plan_of(prepared: preflight.Prepared, done=None, chunk_size: int | None = No
                      worker_bytes=held)
 
 
+def as_stored(prepared: preflight.Prepared, meta: StoreMeta) -> preflight.Prepared:
+    """``prepared`` with its store's evaluator: the job's identity names the traced path whichever of the
+    replay and the forward measured faster (see ``evaluators.Choice``), and a store keeps the one it began with."""
+    return dataclasses.replace(prepared, evaluator=meta.evaluator)
+
+
 class Resumed(NamedTuple):
     meta: StoreMeta
     plan: Plan
@@ -158,6 +164,9 @@ def resume(prepared: preflight.Prepared) -> Resumed:
     group = store.open_existing(prepared.store, mode="r")
     meta = store.metadata(group)
     done, notes = store.undamaged(group, meta, prepared.store)
+    if meta.evaluator != prepared.evaluator:  # measured faster when the store was started: kept to its end
+        notes.append(f"this store was started with the {meta.evaluator} evaluator; its remaining chunks use it too")
+        prepared = as_stored(prepared, meta)
     return Resumed(meta, plan_of(prepared, done, meta.chunk_size),
                    verification.read_verification(group, prepared.store), notes)
 

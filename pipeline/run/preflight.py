@@ -45,7 +45,7 @@ class Prepared:
     cost: float
     precision: Precision
     threshold: float
-    evaluator: str          # see ``evaluators``: part of the job's identity
+    evaluator: str          # see ``evaluators``: a new store's; a resumed store keeps its own (``job.as_stored``)
     identity: dict
     store: str
     notes: tuple[str, ...]  # said to the user: a fallback of precision or of the evaluator
@@ -62,16 +62,16 @@ def prepare(request: Request, spec: ModelSpec | None = None, case: Case | None =
     precision, case, layout, theta, cost, grad = precisions.at_theta(model, case, request.precision)
     if request.method == "complex-step":
         complex_step.check_complex_safe(model, case, layout, theta)
-    evaluator, evaluator_note = evaluators.choose(spec, model, layout, case.X, case.Y, theta, request.fast,
-                                                  request.method, precision.checked)
+    choice = evaluators.choose(spec, model, layout, case.X, case.Y, theta, request.fast, request.method,
+                               precision.checked, measure=request.mode != "directional")
     if precision.checked == precision.model == "float64" and not spec.is_builtin:  # after the trace, which
         precision = precisions.noisy_inside(precision, model, case, layout, theta, grad, cost)  # shows hidden state first
     identity = job_identity.of(spec, case.digest(), hashlib.sha256(theta.tobytes()).hexdigest(), layout.to_json(),
-                               request.epsilon, request.method, evaluator, precision.checked)
+                               request.epsilon, request.method, choice.identity, precision.checked)
     path = request.store or job_identity.default_store_path(spec, case_name, identity, request.store_dir)
     threshold = request.threshold if request.threshold is not None else default_threshold(precision.checked)
-    notes = tuple(n for n in (evaluator_note, precision.describe() if precision.note else None) if n)
-    return Prepared(request, spec, model, case, case_name, layout, theta, grad, cost, precision, threshold, evaluator,
-                    identity, path, notes)
+    notes = tuple(n for n in (choice.note, precision.describe() if precision.note else None) if n)
+    return Prepared(request, spec, model, case, case_name, layout, theta, grad, cost, precision, threshold,
+                    choice.evaluator, identity, path, notes)
 
 

@@ -123,11 +123,31 @@ def test_bench_of_a_model_file_alone(gradjob):
     user = result["user_model"]
     assert (user["model"], user["evaluator"], user["passed"], user["n_parameters"]) == (path, "traced", True, 12 * 10 + 10 + 10 * 8 + 8 + 8 * 4 + 4)
     assert user["generic_sample"]["max_deviation_in_noise_bounds"] < 1
+    assert user["evaluator_note"].startswith("evaluator: traced, ")  # issue 18.3: measured against the forward
+    assert f"  {user['evaluator_note']}" in bench.to_text(result).splitlines()
     startup = result["startup"]  # issue 18: README's main job against a bare import, timed in the same run
     assert startup["ratio"] == pytest.approx(startup["main_job_seconds"] / startup["import_seconds"])
     assert bench.to_text(result).splitlines()[-1] == (
         f"start-up: `gradjob submit --epsilon 1e-7 --json` (seed network, in-process) {startup['main_job_seconds']:.2f} s "
         f"against `python -c \"import gradjob\"` {startup['import_seconds']:.2f} s: {startup['ratio']:.1f}×")
+
+
+def test_bench_of_the_rnn_example_names_its_evaluator_and_why(gradjob):
+    """Issue 18's acceptance models are bench-able: the text names the evaluator on the run's line
+    and why in the next lines, as the JSON does (traced or not, whichever this build's trace allows)."""
+    from gradjob import examples
+
+    path = examples.path("rnn")
+    run = gradjob("bench", "--model", path, "--case", f"{path}:small_case", "--workers", "1", "--json")
+    assert run.exit_code == 0, run.stderr
+    user = json.loads(run.stdout)["user_model"]
+    assert (user["passed"], user["n_parameters"]) == (True, 7 * 4 + 4 * 6 + 6 * 6 + 6 + 6 * 7 + 7)
+    note = user["evaluator_note"]
+    assert note.startswith(f"evaluator: {user['evaluator']}, ") or (
+        user["evaluator"] == "forward" and note.startswith("the traced fast path is off for this model: "))
+    text = bench.to_text(json.loads(run.stdout)).splitlines()
+    assert text[1].startswith(f"  gradjob, 1 worker(s), {user['evaluator']}: ") and f"  {note}" in text
+    assert text[2].startswith("  black-box floor (2 forward calls per parameter, 1 worker(s)): ")
 
 
 def test_baseline_subset_is_fixed_and_spread_over_the_tensors():
