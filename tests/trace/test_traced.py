@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import zarr
 from distributed import Client, LocalCluster
-from test_faults import GRADJOB, done_count, wait_until
+from run.test_faults import GRADJOB, done_count, wait_until  # tests/ is on the path (its conftest)
 
 SEED_STYLE = '''
 import numpy as np
