@@ -28,7 +28,8 @@ from gradjob.model.spec import (
 from gradjob.run import complex_step, evaluators
 from gradjob.run import identity as job_identity
 from gradjob.run import precision as precisions
-from gradjob.types import METHODS, MODES, PRECISIONS, Precision, Request, default_threshold
+from gradjob.numerics import verdict
+from gradjob.types import METHODS, MODES, PRECISIONS, Precision, Request
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def prepare(request: Request, spec: ModelSpec | None = None, case: Case | None =
     identity = job_identity.of(spec, case.digest(), hashlib.sha256(theta.tobytes()).hexdigest(), layout.to_json(),
                                request.epsilon, request.method, evaluator, precision.checked)
     path = request.store or job_identity.default_store_path(spec, case_name, identity, request.store_dir)
-    threshold = request.threshold if request.threshold is not None else default_threshold(precision.checked)
+    threshold = verdict.asked_threshold(request.threshold, verdict.default_threshold(precision.checked))
     notes = tuple(n for n in (evaluator_note, precision.describe() if precision.note else None) if n)
     return Prepared(request, spec, model, case, case_name, layout, theta, grad, cost, precision, threshold, evaluator,
                     identity, path, notes)
