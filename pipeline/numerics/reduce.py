@@ -150,11 +150,11 @@ def _tensor_result(layout: Layout, tensor: Tensor, acc: _Accumulator, threshold:
     worst = [{"index": list(layout.locate(-neg)[1]), "analytic": g, "numerical": a, "abs_error": d}
              for d, neg, g, a in sorted(acc.worst, reverse=True)]
     passed, diagnosis = verdict.tensor_verdict(
-        judged, difference, own, bool(wrong), lambda: diagnose(tensor, sums, worst, wrong, lambda: _whole(tensor, blocks)),
-        directional)
+        judged, difference, own, bool(wrong),
+        lambda: diagnose(tensor, sums, worst, wrong, lambda: _whole(tensor, blocks)), directional)
     suspects = Suspects(verified=sum(acc.suspects[k] for k in verify.CLASSES), **acc.suspects)
-    return TensorResult(tensor.name, tensor.shape, difference, own, verdict.resolution(own), noise, math.sqrt(sums.dd),
-                        math.sqrt(sums.nn), passed, diagnosis, worst, sums.kinks,
+    return TensorResult(tensor.name, tensor.shape, difference, own, verdict.resolution(own), noise,
+                        math.sqrt(sums.dd), math.sqrt(sums.nn), passed, diagnosis, worst, sums.kinks,
                         [list(layout.locate(i)[1]) for i in acc.kink_elements], suspects,
                         wrong[:WORST_KEPT],
                         tensor.size - sums.kinks)

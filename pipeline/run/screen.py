@@ -6,7 +6,8 @@ For each tensor, K random unit directions u (supported on that tensor only) comp
 forward's noise is measured along one random direction (ECnoise, see ``noise``) and sets the
 step and each number's noise bound; a number that disagrees beyond its noise is re-verified on a
 ladder of smaller steps along its direction, and the K numbers per tensor then go through the
-same reducer and verdict rule (``verdict``) as a full check, so the verdict means the same. Run on the client: no cluster, no store.
+same reducer and verdict rule (``verdict``) as a full check, so the verdict means the same. Run on
+the client: no cluster, no store.
 """
 
 from __future__ import annotations
