@@ -70,6 +70,7 @@ class _Accumulator:
     kink_elements: list = field(default_factory=list)
     wrong_elements: list = field(default_factory=list)
     worst: list = field(default_factory=list)  # heap of (|d|, -index, g, a)
+    floor2: float = 0.0  # the squared noise the tensor's noise floor is made of (see ``verdict.counted``)
 
 
 def reduce_gradients(layout: Layout, blocks: Blocks, threshold: float, cost: float, calibration: Calibration | None,
@@ -104,10 +105,12 @@ def _add_block(acc: _Accumulator, offset: int, block: dict, cost: float, verifie
     index = offset + np.arange(g.size)
     acc.raw.add(g, a, block["theta"], noise)
     keep = np.ones(g.size, dtype=bool)
+    floor = noise.copy()
     for k in np.flatnonzero(np.isin(index, verified, assume_unique=True)):
         settled = verdicts[int(index[k])]
         acc.suspects[verify.CLASSES[settled.klass]] += 1
-        a[k], noise[k], keep[k], wrong = verdict.counted(float(g[k]), float(a[k]), float(noise[k]), settled, replace)
+        a[k], noise[k], floor[k], keep[k], wrong = verdict.counted(float(g[k]), float(a[k]), float(noise[k]), settled,
+                                                                   replace)
         if wrong:
             acc.wrong_elements.append(int(index[k]))
     tol = verify.tolerance(g, noise, grad_eps)
@@ -121,6 +124,7 @@ def _add_block(acc: _Accumulator, offset: int, block: dict, cost: float, verifie
     acc.sums.kinks += int(kinks.size)
     g, a, theta, noise, index = g[keep], a[keep], block["theta"][keep], noise[keep], index[keep]
     acc.sums.add(g, a, theta, noise)
+    acc.floor2 += float(floor[keep] @ floor[keep])
     d = np.abs(g - a)
     for k in np.argsort(-d, kind="stable")[:WORST_KEPT]:
         item = (float(d[k]), -int(index[k]), float(g[k]), float(a[k]))
@@ -145,7 +149,7 @@ def _tensor_result(layout: Layout, tensor: Tensor, acc: _Accumulator, threshold:
                    blocks: Blocks, judged: Tensor, directional: bool) -> TensorResult:
     sums = acc.sums
     difference = verdict.relative_difference(sums.dd, sums.gg, sums.aa)
-    own = verdict.tensor_threshold(threshold, sums)
+    own = verdict.tensor_threshold(threshold, sums, acc.floor2)
     wrong = [list(layout.locate(i)[1]) for i in sorted(acc.wrong_elements)]
     worst = [{"index": list(layout.locate(-neg)[1]), "analytic": g, "numerical": a, "abs_error": d}
              for d, neg, g, a in sorted(acc.worst, reverse=True)]

@@ -9,17 +9,18 @@ its noise alone would give. The check passes iff no tensor fails. Each tensor's 
 smallest relative error of its gradient the check would flag: 2T/(1 − T) for its threshold T.
 
 A verified suspect counts by its class (``counted``): a kink is left out; one that agrees counts
-with its settled estimate and the ladder's bound; one that is wrong with its settled estimate but
-its first noise bound at most, since a wrong value's bound says how exactly the error is known, not
-how noisy the tensor is (it must not raise the threshold that judges the rest); one the ladder
-could not resolve counts its whole disagreement as noise: it cannot fail the tensor, and the
-tensor's resolution says how much that costs.
+with its settled estimate and the ladder's bound; one that is wrong with its settled estimate and
+the ladder's bound, but in the tensor's noise floor with its first noise bound at most, since a
+wrong value's bound says how exactly the error is known, not how noisy the tensor is (it must not
+raise the threshold that judges the rest); one the ladder could not resolve counts its whole
+disagreement as noise: it cannot fail the tensor, and the tensor's resolution says how much that
+costs.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from gradjob.model.layout import Tensor
 from gradjob.numerics import verify
@@ -48,10 +49,12 @@ def relative_difference(error2: float, grad2: float, approx2: float) -> float:
     return math.sqrt(error2) / denominator if denominator else 0.0
 
 
-def tensor_threshold(threshold: float, sums: Sums) -> float:
-    """The asked threshold, or the difference the tensor's noise alone could reach, if higher."""
+def tensor_threshold(threshold: float, sums: Sums, floor2: float | None = None) -> float:
+    """The asked threshold, or the difference the tensor's noise alone could reach, if higher.
+    ``floor2``: the squared noise of that floor where it is not ``sums.nn`` (see ``counted``)."""
     scale = math.sqrt(sums.gg) + math.sqrt(sums.aa)
-    floor = NOISE_MARGIN * math.sqrt(sums.nn) / scale if scale else 0.0
+    noise2 = sums.nn if floor2 is None else floor2
+    floor = NOISE_MARGIN * math.sqrt(noise2) / scale if scale else 0.0
     return max(threshold, floor)
 
 
@@ -61,20 +64,30 @@ def resolution(threshold: float) -> float:
     return 2 * threshold / (1 - threshold) if threshold < 1 else math.inf
 
 
-def counted(grad: float, approx: float, noise: float, verdict: verify.Verdict,
-            replace: bool = True) -> tuple[float, float, bool, bool]:
-    """How a verified suspect counts in its tensor: (numerical value, noise bound, in the difference,
-    wrong). With ``replace`` a settled estimate stands in for the first one; a fixed ``--epsilon``
-    asks for that step's numbers, so there the classes count but the numbers stay."""
+class Counted(NamedTuple):
+    value: float   # the numerical value in the difference
+    noise: float   # its error bound (the noise norm, the diagnosis's fits)
+    floor: float   # its share of the tensor's noise floor
+    kept: bool     # in the difference (not at a kink)
+    wrong: bool
+
+
+def counted(grad: float, approx: float, noise: float, verdict: verify.Verdict, replace: bool = True) -> Counted:
+    """How a verified suspect counts in its tensor. With ``replace`` a settled estimate stands in for
+    the first one; a fixed ``--epsilon`` asks for that step's numbers, so there the classes count but
+    the numbers stay."""
     if verdict.klass in verify.EXCLUDED:
-        return approx, noise, False, False
+        return Counted(approx, noise, noise, False, False)
     if verdict.klass == verify.AGREES:
-        return (verdict.estimate, verdict.tolerance, True, False) if replace else (approx, noise, True, False)
+        if replace:
+            return Counted(verdict.estimate, verdict.tolerance, verdict.tolerance, True, False)
+        return Counted(approx, noise, noise, True, False)
     if verdict.klass == verify.WRONG:
         if replace:
-            return verdict.estimate, min(noise, verdict.tolerance), True, True
-        return approx, noise, True, True
-    return approx, max(noise, abs(grad - approx)), True, False  # unresolved: uncertainty, not error
+            return Counted(verdict.estimate, verdict.tolerance, min(noise, verdict.tolerance), True, True)
+        return Counted(approx, noise, noise, True, True)
+    unresolved = max(noise, abs(grad - approx))  # uncertainty, not error
+    return Counted(approx, unresolved, unresolved, True, False)
 
 
 def shape_mismatch(tensor: Tensor) -> str | None:

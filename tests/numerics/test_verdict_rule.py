@@ -32,22 +32,24 @@ def test_difference_noise_floor_and_resolution():
     assert verdict.tensor_threshold(2e-7, sums) == pytest.approx(0.025, rel=1e-15)
     assert verdict.tensor_threshold(0.5, sums) == 0.5
     assert verdict.tensor_threshold(2e-7, Sums()) == 2e-7
+    assert verdict.tensor_threshold(2e-7, sums, floor2=1e-18) == 2e-7  # a floor of other noise than sums.nn
     assert verdict.resolution(0.25) == pytest.approx(2 / 3, rel=1e-15)
     assert verdict.resolution(1.0) == math.inf
 
 
 def test_a_verified_suspect_counts_by_its_class():
+    """(value, noise, share of the noise floor, in the difference, wrong)."""
     agrees, wrong = Verdict(verify.AGREES, 2.0, 1e-3), Verdict(verify.WRONG, 2.0, 1e-3)
-    assert verdict.counted(2.0, 2.5, 1e-6, agrees) == (2.0, 1e-3, True, False)
-    assert verdict.counted(2.0, 2.5, 1e-6, agrees, replace=False) == (2.5, 1e-6, True, False)
-    # wrong: the settled estimate, but its ladder bound never above the element's first noise bound
-    assert verdict.counted(3.0, 2.5, 1e-6, wrong) == (2.0, 1e-6, True, True)
-    assert verdict.counted(3.0, 2.5, 1e-2, wrong) == (2.0, 1e-3, True, True)
-    assert verdict.counted(3.0, 2.5, 1e-6, wrong, replace=False) == (2.5, 1e-6, True, True)
+    assert verdict.counted(2.0, 2.5, 1e-6, agrees) == (2.0, 1e-3, 1e-3, True, False)
+    assert verdict.counted(2.0, 2.5, 1e-6, agrees, replace=False) == (2.5, 1e-6, 1e-6, True, False)
+    # wrong: the settled estimate; in the noise floor its ladder bound never above its first noise bound
+    assert verdict.counted(3.0, 2.5, 1e-6, wrong) == (2.0, 1e-3, 1e-6, True, True)
+    assert verdict.counted(3.0, 2.5, 1e-2, wrong) == (2.0, 1e-3, 1e-3, True, True)
+    assert verdict.counted(3.0, 2.5, 1e-6, wrong, replace=False) == (2.5, 1e-6, 1e-6, True, True)
     for klass in verify.EXCLUDED:
-        assert verdict.counted(3.0, 2.5, 1e-6, Verdict(klass, 2.0, 1e-3)) == (2.5, 1e-6, False, False)
+        assert verdict.counted(3.0, 2.5, 1e-6, Verdict(klass, 2.0, 1e-3)) == (2.5, 1e-6, 1e-6, False, False)
     unresolved = Verdict(verify.UNRESOLVED, math.nan, math.nan)
-    assert verdict.counted(3.0, 2.5, 1e-6, unresolved) == (2.5, 0.5, True, False)
+    assert verdict.counted(3.0, 2.5, 1e-6, unresolved) == (2.5, 0.5, 0.5, True, False)
 
 
 def test_a_tensor_fails_on_wrong_elements_its_difference_or_its_shape():
@@ -100,6 +102,7 @@ def test_a_wrong_elements_ladder_bound_does_not_raise_its_tensors_threshold():
     w = reduction.tensors[0]
     assert (reduction.passed, reduction.failing, w.wrong_elements) == (False, ["W"], [[3]])
     assert w.threshold == 2e-7
+    assert w.noise_norm == pytest.approx(math.sqrt(3e-20 + 1e-4), rel=1e-12)  # its bound is reported, not a floor
     assert w.difference == pytest.approx(0.04 / (math.sqrt(14 + 4.04 ** 2) + math.sqrt(30)), rel=1e-12)
 
 
