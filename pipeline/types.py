@@ -22,13 +22,6 @@ PRECISIONS: tuple[str, ...] = get_args(PrecisionChoice)
 
 DEFAULT_DIRECTIONS = 3
 
-# The seed's 2e-7 for float64; float32 round-off is ~1e9 times larger, so its differences are too.
-DEFAULT_THRESHOLDS = {"float64": 2e-7, "float32": 1e-3, "float16": 1e-1}
-
-
-def default_threshold(dtype: str) -> float:
-    return DEFAULT_THRESHOLDS.get(dtype, DEFAULT_THRESHOLDS["float64"])
-
 
 @dataclass(frozen=True)
 class Request:
@@ -45,7 +38,7 @@ class Request:
     method: Method = "central"
     fast: bool = True  # incremental evaluation where the model allows it
     precision: PrecisionChoice = "float64"
-    threshold: float | None = None  # None: by the checked dtype, see DEFAULT_THRESHOLDS
+    threshold: float | None = None  # None: by the checked dtype, see verdict.DEFAULT_THRESHOLDS
     mode: Mode = "full"
     directions: int = DEFAULT_DIRECTIONS
     chunk_size: int | None = None

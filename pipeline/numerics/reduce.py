@@ -3,15 +3,8 @@
 difference = ‖grad − gradapprox‖₂ / (‖grad‖₂ + ‖gradapprox‖₂), overall and per tensor, over the
 elements not at a kink. Sums are accumulated per tensor over fixed blocks from the tensor's
 start, so the numbers do not depend on how the job was chunked; only running sums, the
-verified suspects and a few elements are held.
-
-One verdict rule: a tensor fails iff it has wrong elements (see ``verify``) or its difference
-exceeds its threshold, which is the asked threshold or, where the forward's measured noise
-cannot resolve that, ``NOISE_MARGIN`` times the difference its noise alone would give. A
-suspect the ladder could not resolve counts its whole disagreement as noise: it cannot fail
-the tensor, and the tensor's resolution says how much that costs. The check
-passes iff no tensor fails. Each tensor's *resolution* is the smallest relative error of its
-gradient the check would flag: 2T/(1 − T) for its threshold T.
+verified suspects and a few elements are held. The rule that turns them into a verdict is
+``verdict``'s.
 """
 
 from __future__ import annotations
@@ -24,12 +17,11 @@ from typing import Callable, Iterable
 import numpy as np
 
 from gradjob.model.layout import Layout, Tensor
-from gradjob.numerics import verify
-from gradjob.numerics.diagnose import diagnose, gradient_name
+from gradjob.numerics import verdict, verify
+from gradjob.numerics.diagnose import diagnose
 from gradjob.numerics.sums import Sums
 from gradjob.types import Calibration, Reduction, Suspects, TensorResult
 
-NOISE_MARGIN = 5.0   # a tensor's threshold is at least this many times its noise-only difference
 WORST_KEPT = 5
 KINKS_KEPT = 5
 PRIMARY_KINK = 0.1   # unverified suspects: analytic within 10% of the slope jump of one side
@@ -45,12 +37,6 @@ class IncompleteStore(Exception):
     def __init__(self, index: int):
         super().__init__(index)
         self.index = index
-
-
-def relative_difference(error2: float, grad2: float, approx2: float) -> float:
-    """‖g − a‖ / (‖g‖ + ‖a‖) from sums of squares; 0 when both gradients are exactly zero."""
-    denominator = math.sqrt(grad2) + math.sqrt(approx2)
-    return math.sqrt(error2) / denominator if denominator else 0.0
 
 
 def _checked_blocks(blocks: Blocks, tensor: Tensor):
@@ -84,13 +70,18 @@ class _Accumulator:
     kink_elements: list = field(default_factory=list)
     wrong_elements: list = field(default_factory=list)
     worst: list = field(default_factory=list)  # heap of (|d|, -index, g, a)
+    floor2: float = 0.0  # the squared noise the tensor's noise floor is made of (see ``verdict.counted``)
 
 
 def reduce_gradients(layout: Layout, blocks: Blocks, threshold: float, cost: float, calibration: Calibration | None,
-                     verdicts: dict[int, verify.Verdict], grad_eps: float, replace: bool = True) -> Reduction:
+                     verdicts: dict[int, verify.Verdict], grad_eps: float, replace: bool = True,
+                     screened: Layout | None = None) -> Reduction:
     """The verdict of a whole check; ``verdicts`` are the verified suspects by θ index. With
     ``replace``, a verified element's settled estimate stands in for its first one; a fixed
-    ``--epsilon`` asks for that step's numbers, so there the classes count but numbers stay."""
+    ``--epsilon`` asks for that step's numbers, so there the classes count but numbers stay.
+    ``screened``: the parameters' layout where the numbers are a directional screen's (one per
+    direction, ``layout``'s tensors): their gradients' shapes are judged, their diagnoses said along
+    directions."""
     verified = np.array(sorted(verdicts), dtype=np.int64)
     results, total, raw_total = [], Sums(), Sums()
     for tensor in layout.tensors:
@@ -100,11 +91,11 @@ def reduce_gradients(layout: Layout, blocks: Blocks, threshold: float, cost: flo
         total.merge(acc.sums)
         raw_total.merge(acc.raw)
         noise = calibration.of(tensor.name).noise if calibration else math.nan
-        results.append(_tensor_result(layout, tensor, acc, threshold, noise, blocks))
-    results = [shape_verdict(tensor, result) for tensor, result in zip(layout.tensors, results)]
-    passed = all(t.passed for t in results)
-    return Reduction(relative_difference(total.dd, total.gg, total.aa),
-                     relative_difference(raw_total.dd, raw_total.gg, raw_total.aa),
+        judged = screened.tensors[len(results)] if screened is not None else tensor
+        results.append(_tensor_result(layout, tensor, acc, threshold, noise, blocks, judged, screened is not None))
+    passed = verdict.check_passed(t.passed for t in results)
+    return Reduction(verdict.relative_difference(total.dd, total.gg, total.aa),
+                     verdict.relative_difference(raw_total.dd, raw_total.gg, raw_total.aa),
                      passed, threshold, layout.n_parameters, results)
 
 
@@ -114,19 +105,14 @@ def _add_block(acc: _Accumulator, offset: int, block: dict, cost: float, verifie
     index = offset + np.arange(g.size)
     acc.raw.add(g, a, block["theta"], noise)
     keep = np.ones(g.size, dtype=bool)
+    floor = noise.copy()
     for k in np.flatnonzero(np.isin(index, verified, assume_unique=True)):
-        verdict = verdicts[int(index[k])]
-        name = verify.CLASSES[verdict.klass]
-        acc.suspects[name] += 1
-        if verdict.klass in verify.EXCLUDED:
-            keep[k] = False
-        elif verdict.klass in (verify.AGREES, verify.WRONG):  # the settled estimate and its error bound
-            if replace:
-                a[k], noise[k] = verdict.estimate, verdict.tolerance
-            if verdict.klass == verify.WRONG:
-                acc.wrong_elements.append(int(index[k]))
-        else:  # unresolved at the precision this dtype allows: its disagreement is uncertainty, not error
-            noise[k] = max(noise[k], abs(g[k] - a[k]))
+        settled = verdicts[int(index[k])]
+        acc.suspects[verify.CLASSES[settled.klass]] += 1
+        a[k], noise[k], floor[k], keep[k], wrong = verdict.counted(float(g[k]), float(a[k]), float(noise[k]), settled,
+                                                                   replace)
+        if wrong:
+            acc.wrong_elements.append(int(index[k]))
     tol = verify.tolerance(g, noise, grad_eps)
     beyond = (np.abs(g - a) > tol) & ~np.isin(index, verified, assume_unique=True)
     acc.suspects["beyond_cap"] += int(beyond.sum())
@@ -138,6 +124,7 @@ def _add_block(acc: _Accumulator, offset: int, block: dict, cost: float, verifie
     acc.sums.kinks += int(kinks.size)
     g, a, theta, noise, index = g[keep], a[keep], block["theta"][keep], noise[keep], index[keep]
     acc.sums.add(g, a, theta, noise)
+    acc.floor2 += float(floor[keep] @ floor[keep])
     d = np.abs(g - a)
     for k in np.argsort(-d, kind="stable")[:WORST_KEPT]:
         item = (float(d[k]), -int(index[k]), float(g[k]), float(a[k]))
@@ -158,54 +145,23 @@ def _one_sided_kinks(block: dict, cost: float, tol: np.ndarray) -> np.ndarray:
     return (jump > 4 * tol) & (nearest < PRIMARY_KINK * jump)
 
 
-def tensor_threshold(threshold: float, sums: Sums) -> float:
-    """The asked threshold, or the difference the tensor's noise alone could reach, if higher."""
-    scale = math.sqrt(sums.gg) + math.sqrt(sums.aa)
-    floor = NOISE_MARGIN * math.sqrt(sums.nn) / scale if scale else 0.0
-    return max(threshold, floor)
-
-
-def resolution(threshold: float) -> float:
-    """The smallest relative error e of a gradient (g = (1 + e)·true) that gives a difference above
-    ``threshold``: e/(2 + e) > T ⇔ e > 2T/(1 − T)."""
-    return 2 * threshold / (1 - threshold) if threshold < 1 else math.inf
-
-
 def _tensor_result(layout: Layout, tensor: Tensor, acc: _Accumulator, threshold: float, noise: float,
-                   blocks: Blocks) -> TensorResult:
+                   blocks: Blocks, judged: Tensor, directional: bool) -> TensorResult:
     sums = acc.sums
-    difference = relative_difference(sums.dd, sums.gg, sums.aa)
-    own = tensor_threshold(threshold, sums)
+    difference = verdict.relative_difference(sums.dd, sums.gg, sums.aa)
+    own = verdict.tensor_threshold(threshold, sums, acc.floor2)
     wrong = [list(layout.locate(i)[1]) for i in sorted(acc.wrong_elements)]
-    passed = not wrong and difference <= own
     worst = [{"index": list(layout.locate(-neg)[1]), "analytic": g, "numerical": a, "abs_error": d}
              for d, neg, g, a in sorted(acc.worst, reverse=True)]
-    diagnosis = None
-    if not passed:
-        diagnosis = diagnose(tensor, sums, worst, wrong, lambda: _whole(tensor, blocks))
+    passed, diagnosis = verdict.tensor_verdict(
+        judged, difference, own, bool(wrong),
+        lambda: diagnose(tensor, sums, worst, wrong, lambda: _whole(tensor, blocks)), directional)
     suspects = Suspects(verified=sum(acc.suspects[k] for k in verify.CLASSES), **acc.suspects)
-    return TensorResult(tensor.name, tensor.shape, difference, own, resolution(own), noise, math.sqrt(sums.dd),
-                        math.sqrt(sums.nn), passed, diagnosis, worst, sums.kinks,
+    return TensorResult(tensor.name, tensor.shape, difference, own, verdict.resolution(own), noise,
+                        math.sqrt(sums.dd), math.sqrt(sums.nn), passed, diagnosis, worst, sums.kinks,
                         [list(layout.locate(i)[1]) for i in acc.kink_elements], suspects,
                         wrong[:WORST_KEPT],
                         tensor.size - sums.kinks)
-
-
-def shape_mismatch(tensor: Tensor) -> str | None:
-    """``db1 has shape (5,) but b1 is (5, 1)``, where the backward's gradient is shaped unlike its
-    parameter (see ``Layout.with_gradient_shapes``); None where the shapes are equal."""
-    if tensor.gradient_shape is None:
-        return None
-    return f"{gradient_name(tensor.name)} has shape {tensor.gradient_shape} but {tensor.name} is {tensor.shape}"
-
-
-def shape_verdict(tensor: Tensor, result: TensorResult) -> TensorResult:
-    """A gradient shaped unlike its parameter fails its tensor, whatever its numbers say."""
-    mismatch = shape_mismatch(tensor)
-    if mismatch is not None:
-        result.passed = False
-        result.diagnosis = mismatch + (f"; {result.diagnosis}" if result.diagnosis else "")
-    return result
 
 
 def _whole(tensor: Tensor, blocks: Blocks) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from gradjob.executors import limits
 from gradjob.executors.serial import SerialExecutor
 from gradjob.model.cases import Case
 from gradjob.model.spec import ModelSpec
-from gradjob.numerics import noise, verify
+from gradjob.numerics import noise, verdict, verify
 from gradjob.numerics.reduce import reduce_gradients
 from gradjob.run import evaluators, identity, preflight, reuse, reverify, tasks
 from gradjob.run.plan import Plan, clamped_chunk_size, default_chunk_size, make_plan
@@ -250,7 +250,7 @@ def reduce_store(path: str, threshold: float | None = None, verdicts: dict | Non
         if verdicts is None:
             raise InputError(f"store {path} is unfinished: its suspects were not re-verified yet; resubmit the job "
                              "to resume")
-    threshold = threshold if threshold is not None else meta.threshold
+    threshold = verdict.asked_threshold(threshold, meta.threshold)
     with reverify.intact(path, meta):
         reduction = reduce_gradients(meta.layout, lambda a, b: store.iter_blocks(group, a, b), threshold, meta.cost,
                                      meta.calibration, verdicts, float(np.finfo(meta.layout.dtype).eps),

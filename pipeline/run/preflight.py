@@ -27,7 +27,8 @@ from gradjob.model.spec import (
 from gradjob.run import complex_step, evaluators
 from gradjob.run import identity as job_identity
 from gradjob.run import precision as precisions
-from gradjob.types import Precision, Request, default_threshold
+from gradjob.numerics import verdict
+from gradjob.types import Precision, Request
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def prepare(request: Request, spec: ModelSpec | None = None, case: Case | None =
     identity = job_identity.of(spec, case.digest(), hashlib.sha256(theta.tobytes()).hexdigest(), layout.to_json(),
                                request.epsilon, request.method, choice.identity, precision.checked)
     path = request.store or job_identity.default_store_path(spec, case_name, identity, request.store_dir)
-    threshold = request.threshold if request.threshold is not None else default_threshold(precision.checked)
+    threshold = verdict.asked_threshold(request.threshold, verdict.default_threshold(precision.checked))
     notes = tuple(n for n in (choice.note, precision.describe() if precision.note else None) if n)
     return Prepared(request, spec, model, case, case_name, layout, theta, grad, cost, precision, threshold,
                     choice.evaluator, identity, path, notes)

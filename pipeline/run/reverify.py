@@ -48,17 +48,23 @@ def verify_suspects(group, path: str, meta: StoreMeta, context: tasks.TaskContex
         grads = [g for _, _, g in picked]  # in the order of the batches, as the ladders come back
         decide = verify.resolution(meta.precision.checked)
         noise = _own_noise(meta, arrays)
-        switched = "flip_plus" in arrays  # the forward is traced: kinks are found by its switches
         verdicts = [verify.classify(float(g), float(arrays["cost"][k]), arrays["cost_plus"][k], arrays["cost_minus"][k],
                                     arrays["step_plus"][k], arrays["step_minus"][k], float(noise[k]), grad_eps, decide,
-                                    arrays["flip_plus"][k] if switched else None,
-                                    arrays["flip_minus"][k] if switched else None)
+                                    *_switches(arrays, k))
                     for k, g in enumerate(grads)]
         arrays["klass"] = np.array([v.klass for v in verdicts], dtype=np.uint8)
         arrays["estimate"] = np.array([v.estimate for v in verdicts])
         arrays["tolerance"] = np.array([v.tolerance for v in verdicts])
     verification.write_verification(group, arrays)
     return verification.verdicts_of(arrays)
+
+
+def _switches(arrays: dict, k: int) -> tuple:
+    """Suspect k's switches flipped per rung where the forward is traced and its chunk's replay held
+    (kinks are then found by them); (None, None) where the slopes must decide (-1: not known)."""
+    if "flip_plus" not in arrays or arrays["flip_plus"][k].min() < 0 or arrays["flip_minus"][k].min() < 0:
+        return None, None
+    return arrays["flip_plus"][k], arrays["flip_minus"][k]
 
 
 def _own_noise(meta: StoreMeta, arrays: dict) -> np.ndarray:

@@ -6,7 +6,8 @@ For each tensor, K random unit directions u (supported on that tensor only) comp
 forward's noise is measured along one random direction (ECnoise, see ``noise``) and sets the
 step and each number's noise bound; a number that disagrees beyond its noise is re-verified on a
 ladder of smaller steps along its direction, and the K numbers per tensor then go through the
-same reducer as a full check, so the verdict means the same. Run on the client: no cluster, no store.
+same reducer and verdict rule (``verdict``) as a full check, so the verdict means the same. Run on
+the client: no cluster, no store.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import numpy as np
 from gradjob.model.layout import Layout, Tensor
 from gradjob.model.spec import cost_function
 from gradjob.numerics import verify
-from gradjob.numerics.diagnose import gradient_name
 from gradjob.numerics.evaluate import central_noise
 from gradjob.numerics.noise import central_step, measure_noise
-from gradjob.numerics.reduce import reduce_gradients, shape_verdict
+from gradjob.numerics.reduce import reduce_gradients
 from gradjob.run.preflight import Prepared
 from gradjob.types import Calibration, Outcome, TensorNoise
 
@@ -61,7 +61,7 @@ def screen(prepared: Prepared, directions: int, seed: int = 0) -> Outcome:
                                      for i, t in enumerate(layout.tensors)), "float64")
     reduction = reduce_gradients(directions_layout, lambda a, b: [{k: v[a:b] for k, v in arrays.items()}],
                                  prepared.threshold, prepared.cost, Calibration(tuple(measured), passes), verdicts,
-                                 grad_eps)
+                                 grad_eps, screened=layout)
     reduction.n_parameters = layout.n_parameters
     for result, tensor in zip(reduction.tensors, layout.tensors):
         result.shape = tensor.shape
@@ -69,10 +69,6 @@ def screen(prepared: Prepared, directions: int, seed: int = 0) -> Outcome:
         result.directions = {"count": directions, "kinks": [k for (k,) in result.kink_elements],
                              "wrong": [k for (k,) in result.wrong_elements]}
         result.worst, result.kink_elements, result.wrong_elements = [], [], []
-        if result.diagnosis and not _names_a_factor(result.diagnosis):
-            result.diagnosis = f"{gradient_name(tensor.name)} disagrees with the numerical derivative along random directions"
-        shape_verdict(tensor, result)
-    reduction.passed = all(t.passed for t in reduction.tensors)
     step = (f"ε = {epsilon:g} along each unit direction" if epsilon is not None
             else f"automatic from the measured noise, {step_scale:.2g}·max(1, max|θ|) along each unit direction")
     return Outcome(reduction, None, None, f"directional, {directions} random directions per tensor", step,
@@ -126,7 +122,3 @@ def _calibrate(layout: Layout, theta: np.ndarray, cost, eps: float, cost0: float
     h, curvature, more = central_step(line, noise, cost0, scale)
     return noise, h / scale, curvature, spent + more
 
-
-def _names_a_factor(diagnosis: str) -> bool:
-    """Factor, sign and missing-gradient diagnoses hold along directions too; element ones do not."""
-    return "×" in diagnosis or "wrong sign" in diagnosis or "all zeros" in diagnosis

@@ -191,7 +191,8 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
             f"the forward failed at {where} {failure.sign} step (parameter {failure.index}, chunk "
             f"{chunk.index}): {failure.detail}; finished chunks are kept in the store"
         ), failure) from None
-    store.write_chunk(workspace.group, chunk, asdict(result))
+    by_forward = context.evaluator == "traced" and note is not None  # its replay's switches are not used either
+    store.write_chunk(workspace.group, chunk, asdict(result), by_forward)
     grad = store.read_range(workspace.group, "grad", chunk.start, chunk.stop)
     beyond = np.abs(grad - result.gradapprox) > verify.tolerance(grad, result.noise, float(np.finfo(layout.dtype).eps))
     return ChunkReport(time.perf_counter() - started, note, int(np.count_nonzero(beyond)))
@@ -201,7 +202,8 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
 def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps: tuple[float, ...]) -> dict:
     """J at θ and at θᵢ ± hᵢ·10⁻ᵏ (see ``verify.ladder``) for a batch of suspects, each suspect's
     noise measured along its own coordinate, and, for a traced forward, which evaluations flip a
-    switch (``Replay.flips``)."""
+    switch (``Replay.flips``; -1 on a suspect whose chunk's replay was found wrong, or where the
+    replay cannot tell: there the slopes decide)."""
     workspace = _workspace(context)
     index = np.asarray(indices, dtype=np.int64)
     original = np.concatenate([workspace.original(int(i), int(i) + 1) for i in index])
@@ -213,17 +215,23 @@ def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps
     # which switches a rung flips, where the forward is traced
     costs = workspace.forward_costs() if context.evaluator == "traced" else workspace.costs
     flips, switched = workspace.flips, None
-    if flips is not None:  # where the forward is traced, kinks are found, not guessed
+    trusted = np.zeros(index.size, dtype=bool)
+    if flips is not None:  # where the forward is traced, kinks are found, not guessed, where the replay held
+        trusted = ~store.replay_found_wrong(workspace.group, index)
+        switched = tuple(np.full((index.size, rungs), -1, dtype=np.int64) for _ in range(2))
         try:
-            switched = tuple(flips(repeated, values.ravel()).reshape(-1, rungs) for values in (plus, minus))
+            for values, out in zip((plus, minus), switched if trusted.any() else ()):
+                out[trusted] = flips(np.repeat(index[trusted], rungs), values[trusted].ravel()).reshape(-1, rungs)
         except Exception:  # the replay cannot tell: the slopes decide, as for a forward not traced
-            flips = None
+            trusted[:] = False
+            for out in switched:
+                out[:] = -1
     try:
         cost = costs(index, original, "")
         cost_plus = costs(repeated, plus.ravel(), "+").reshape(-1, rungs)
         cost_minus = costs(repeated, minus.ravel(), "-").reshape(-1, rungs)
-        noise = np.array([noise_along(costs, int(i), o, float(c), flips, h)
-                          for i, o, c, h in zip(index, original, cost, first_steps)])
+        noise = np.array([noise_along(costs, int(i), o, float(c), flips if ok else None, h)
+                          for i, o, c, h, ok in zip(index, original, cost, first_steps, trusted)])
     except PerturbationFailure as failure:
         raise with_notes(JobError(f"the forward failed at {workspace.layout.describe(failure.index)} while "
                                   f"re-verifying it on smaller steps: {failure.detail}"), failure) from None

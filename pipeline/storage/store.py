@@ -7,7 +7,9 @@ Layout of the group::
     gradapprox, cost_plus, cost_minus, step, noise
                          per-parameter results; Zarr chunk = job chunk, so each task writes
                          whole chunks that no other task touches
-    done                 one uint8 per job chunk (Zarr chunk of 1), set after its data is written
+    done                 one uint8 per job chunk (Zarr chunk of 1), set after its data is written:
+                         1, or 2 where the traced fast path was found wrong there and the forward
+                         evaluated it (its replay's switches are not used there either)
     case/X, case/Y       the inputs, so workers read them once from the store
     verify/…             the re-verified suspects (see ``verification``): index, class,
                          estimate, tolerance and their ladders; written once by the client, sealed
@@ -37,6 +39,7 @@ FORMAT = 3  # 3: every chunk checksummed
 CREATING = {"creating": "a gradjob store whose creation has not finished"}  # its metadata until then
 RESULT_ARRAYS = ("gradapprox", "cost_plus", "cost_minus", "step", "noise")
 READ_BLOCK = 1 << 16  # elements per read when streaming; fixed, so results never depend on chunking
+DONE, DONE_BY_FORWARD = 1, 2  # ``done`` of a chunk; the second: its replay was found wrong
 
 
 def codecs() -> dict:
@@ -201,6 +204,12 @@ def done_mask(group: zarr.Group) -> np.ndarray:
     return np.asarray(checked(group["done"]), dtype=bool)
 
 
+def replay_found_wrong(group: zarr.Group, indices: np.ndarray) -> np.ndarray:
+    """Per θ index, whether its chunk was evaluated by the forward because the replay was found wrong."""
+    chunk_size = group["gradapprox"].chunks[0]
+    return checked(group["done"])[np.asarray(indices, dtype=np.int64) // chunk_size] == DONE_BY_FORWARD
+
+
 def read_vector(group: zarr.Group, name: str) -> np.ndarray:
     """A whole vector; see ``read_range``."""
     return read_range(group, name, 0, group[name].shape[0])
@@ -221,15 +230,16 @@ def read_case(group: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
     return checked(group["case/X"]), checked(group["case/Y"])
 
 
-def write_chunk(group: zarr.Group, chunk: Chunk, results: dict[str, np.ndarray]) -> None:
-    """Write one chunk's results, then mark it done: a done chunk always has its data."""
+def write_chunk(group: zarr.Group, chunk: Chunk, results: dict[str, np.ndarray], by_forward: bool = False) -> None:
+    """Write one chunk's results, then mark it done: a done chunk always has its data. ``by_forward``:
+    the replay was found wrong in this chunk, which the forward evaluated instead."""
     chunk_size = group["gradapprox"].chunks[0]
     if chunk.start % chunk_size or (chunk.size != chunk_size and chunk.stop != group["gradapprox"].shape[0]):
         raise ValueError(f"chunk {chunk} does not align with the store's Zarr chunks of {chunk_size}")
     with disk_full(where(group)):
         for name in RESULT_ARRAYS:
             group[name][chunk.start : chunk.stop] = results[name]
-        group["done"][chunk.index] = 1
+        group["done"][chunk.index] = DONE_BY_FORWARD if by_forward else DONE
 
 
 def iter_blocks(group: zarr.Group, start: int, stop: int,

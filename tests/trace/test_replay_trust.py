@@ -96,6 +96,54 @@ def test_a_ladder_is_evaluated_by_the_forward_not_by_a_replay_found_wrong(monkey
     assert w2.diagnosis == "dW2 is 1.50× the numerical gradient"
 
 
+def test_a_ladder_does_not_use_the_switches_of_a_replay_found_wrong_in_its_chunk(monkeypatch, tmp_path):
+    """dW2 is 1.5× the true gradient. The workers' replay is wrong on W2 (the chunk check sees it and the
+    forward evaluates W2's chunks) and so are its switches: they say two switches flip at every rung,
+    which reads as a kink at θ where several switches meet and would leave every W2 suspect out (W2
+    passed). Where the replay was found wrong its switches are not used: the slopes find W2 wrong."""
+    import gradjob
+    from gradjob.run import tasks
+
+    seed_style, X, Y, parameters = _seed_style()
+    grads = seed_style.backward_propagation_n(X, Y, seed_style.forward_propagation_n(X, Y, parameters)[1])
+
+    def buggy(X, Y, cache):
+        out = seed_style.backward_propagation_n(X, Y, cache)
+        return {**out, "dW2": 1.5 * out["dW2"]}
+
+    built = tasks._Workspace.__init__
+
+    def wrong_replay(self, context):
+        built(self, context)
+        replay, flips, theta, w2 = self.costs, self.flips, self.theta.copy(), self.layout.tensors[2]
+        extra = 0.5 * grads["dW2"].ravel()
+
+        def costs(indices, values, sign=""):
+            out = replay(indices, values, sign)
+            inside = (indices >= w2.offset) & (indices < w2.stop)
+            k = np.asarray(indices)[inside]
+            out[inside] += extra[k - w2.offset] * (np.asarray(values)[inside] - theta[k])
+            return out
+
+        def wrong_flips(indices, values):
+            out = np.asarray(flips(indices, values)).copy()
+            out[(np.asarray(indices) >= w2.offset) & (np.asarray(indices) < w2.stop)] = 2
+            return out
+
+        self.costs, self.flips = costs, wrong_flips
+
+    monkeypatch.setattr(tasks._Workspace, "__init__", wrong_replay)
+    store = tmp_path / "check.zarr"
+    outcome = gradjob.check(seed_style.forward_propagation_n, buggy, X, Y, parameters, chunk_size=5, store=str(store))
+    assert outcome.evaluator == "traced"
+    assert sum("the traced fast path disagreed with the forward" in note for note in outcome.notes) == 3
+    assert zarr.open_group(str(store), mode="r")["done"][:].tolist() == [1] * 5 + [2] * 3 + [1] * 2
+    assert outcome.reduction.failing == ["W2"]
+    w2 = next(t for t in outcome.reduction.tensors if t.name == "W2")
+    assert (w2.suspects.kink, w2.suspects.wrong) == (0, 15)
+    assert w2.diagnosis == "dW2 is 1.50× the numerical gradient"
+
+
 def test_validation_covers_every_tensor_on_both_sides_one_element_tensors_included():
     """A replay wrong only below θ and only on b3 (one element among 47) is caught."""
     from gradjob.model.layout import Layout
