@@ -223,7 +223,8 @@ def task_context(prepared: preflight.Prepared, meta: StoreMeta) -> tasks.TaskCon
     probe = None if prepared.spec.is_builtin else tasks.Probe(*evaluators.probe(  # workers must reproduce it
         prepared.layout, prepared.model, prepared.case.X, prepared.case.Y, prepared.theta))
     return tasks.TaskContext(urls.location(prepared.store), prepared.spec, meta.evaluator, meta.method, meta.epsilon,
-                             meta.calibration, meta.precision.checked, identity.digest(meta.identity), probe)
+                             meta.calibration, meta.precision.checked, identity.digest(meta.identity), probe,
+                             lock.run_token(prepared.store))
 
 
 def reduce_store(path: str, threshold: float | None = None, verdicts: dict | None = None) -> Outcome:

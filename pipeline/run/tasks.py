@@ -28,7 +28,7 @@ from gradjob.numerics.evaluate import PerturbationFailure, numerical_gradient, p
 from gradjob.numerics.noise import noise_along
 from gradjob.run import evaluators
 from gradjob.run.plan import Chunk
-from gradjob.storage import store
+from gradjob.storage import lock, store
 from gradjob.trace import Untraceable
 from gradjob.types import Calibration
 
@@ -61,6 +61,7 @@ class TaskContext:
     computed_dtype: str
     token: str  # the job's identity digest: a new job never reuses a worker's cached θ
     probe: Probe | None = None  # a model file's or Python function's J on the client (built-ins: None)
+    run: str | None = None  # the store lock's run token: a task outliving its job writes nothing (lock.fenced)
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,8 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
             f"the forward failed at {where} {failure.sign} step (parameter {failure.index}, chunk "
             f"{chunk.index}): {failure.detail}; finished chunks are kept in the store"
         ), failure) from None
-    store.write_chunk(workspace.group, chunk, asdict(result))
+    with lock.fenced(context.store, context.run):
+        store.write_chunk(workspace.group, chunk, asdict(result))
     grad = store.read_range(workspace.group, "grad", chunk.start, chunk.stop)
     beyond = np.abs(grad - result.gradapprox) > verify.tolerance(grad, result.noise, float(np.finfo(layout.dtype).eps))
     return ChunkReport(time.perf_counter() - started, note, int(np.count_nonzero(beyond)))
