@@ -158,8 +158,8 @@ def resume(prepared: preflight.Prepared) -> Resumed:
     group = store.open_existing(prepared.store, mode="r")
     meta = store.metadata(group)
     done, notes = store.undamaged(group, meta, prepared.store)
-    return Resumed(meta, plan_of(prepared, done, meta.chunk_size),
-                   verification.read_verification(group, prepared.store), notes)
+    verdicts, damaged = verification.read_to_resume(group, prepared.store)
+    return Resumed(meta, plan_of(prepared, done, meta.chunk_size), verdicts, notes + damaged)
 
 
 def create(prepared: preflight.Prepared, seconds: dict) -> tuple[StoreMeta, Plan]:
