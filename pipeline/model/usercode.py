@@ -49,9 +49,9 @@ class OsExit(SystemExit):
 
 
 def _exit(status):
-    if getattr(_inside, "depth", 0):
+    if getattr(_inside, "depth", 0) and _inside.pid == os.getpid():
         raise OsExit(status)
-    _REAL_EXIT(status)  # gradjob's own threads (Dask's, say) end the process as they asked
+    _REAL_EXIT(status)  # gradjob's own threads (Dask's, say), and a child the user's code forked, end as asked
 
 
 @contextlib.contextmanager
@@ -62,6 +62,7 @@ def exits_raise():
         _installed[0] += 1
         os._exit = posix._exit = _exit
     _inside.depth = getattr(_inside, "depth", 0) + 1
+    _inside.pid = os.getpid()  # a forked child (multiprocessing ends its children with os._exit) is not us
     try:
         yield
     finally:

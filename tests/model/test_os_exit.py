@@ -2,6 +2,7 @@
 where ``os._exit(0)`` used to end gradjob with exit 0, read as a PASS by CI. Through the CLI as a
 subprocess (an in-process runner would itself be ended), in this process and on a Dask worker."""
 
+import json
 import subprocess
 import sys
 
@@ -82,3 +83,34 @@ def test_os_exit_on_a_dask_worker_is_an_error_exit_3(tmp_path, cluster_address):
                            "SystemExit: os._exit(0) was called; finished chunks are kept in the store"]
     assert run.stderr.splitlines()[-2:] == [f'  File "{tmp_path / "exiting.py"}", line 26, in forward_on_workers',
                                             "    os._exit(0)"]
+
+
+FORKING = '''
+import os
+from gradjob.model.networks import network_forward, network_backward
+
+
+FORKED = []
+
+
+def forward(X, Y, parameters):
+    if not FORKED:  # once, in the first call (gradjob's own, at θ)
+        FORKED.append(os.fork())
+        if FORKED[0] == 0:
+            os._exit(7)  # a child the forward forks ends as it asks (multiprocessing's children end so)
+        assert os.waitpid(FORKED[0], 0)[1] >> 8 == 7
+    return network_forward(X, Y, parameters)
+
+
+backward = network_backward
+'''
+
+
+def test_a_child_the_forward_forks_still_ends_with_os_exit(tmp_path):
+    model = tmp_path / "forking.py"
+    model.write_text(FORKING)
+    run = subprocess.run([*GRADJOB, "submit", "--model", str(model), "--forward", "forward", "--backward", "backward",
+                          "--case", "seed", "--no-fast", "--json", "--store", str(tmp_path / "s.zarr")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["passed"] is True  # one verdict: no child went on as gradjob
