@@ -13,9 +13,9 @@ code line, as pytest shows it) to print under that line.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import linecache
 import os
-import posix
 import sysconfig
 import threading
 from typing import Callable
@@ -40,6 +40,7 @@ class Escaped(Exception):
 
 _CLASSES: dict[str, type] = {}
 _REAL_EXIT = os._exit
+_NATIVE = importlib.import_module(os.name)  # posix or nt: where os._exit comes from
 _inside = threading.local()  # how deep this thread is in user code
 _installed = [0, threading.Lock()]  # threads in user code now; the lock guards the swap
 
@@ -60,7 +61,7 @@ def exits_raise():
     process with ``os._exit(0)`` would be read as a pass (a small check runs in gradjob's process)."""
     with _installed[1]:
         _installed[0] += 1
-        os._exit = posix._exit = _exit
+        os._exit = _NATIVE._exit = _exit
     _inside.depth = getattr(_inside, "depth", 0) + 1
     _inside.pid = os.getpid()  # a forked child (multiprocessing ends its children with os._exit) is not us
     try:
@@ -70,7 +71,7 @@ def exits_raise():
         with _installed[1]:
             _installed[0] -= 1
             if not _installed[0]:
-                os._exit = posix._exit = _REAL_EXIT
+                os._exit = _NATIVE._exit = _REAL_EXIT
 
 
 def escaped_as(kind: str, text: str) -> Escaped:
