@@ -65,7 +65,7 @@ def fenced(store: str, run: str | None) -> Iterator[None]:
         yield
         return
     try:
-        fd = os.open(fence_path(store), os.O_RDWR | _NOFOLLOW)  # never created here: gone once the job ends
+        fd = os.open(fence_path(store), os.O_RDONLY | _NOFOLLOW)  # never created here: gone once the job ends
     except OSError:
         fd = None
     try:
@@ -114,7 +114,7 @@ def holding(store: str, break_lock: bool = False) -> Iterator[str | None]:
             note = f"took over a stale lock of process {holder.get('pid')} on {holder.get('host')}"
         with disk_full(store):
             _write(path, mine)
-            fence = os.open(fence_path(store), os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+            fence = _open_fence(store)
         yield note
     finally:
         try:  # the token goes while no task is between its check and the end of its write
@@ -128,6 +128,20 @@ def holding(store: str, break_lock: bool = False) -> Iterator[str | None]:
             if fence is not None:
                 os.close(fence)
             lock.release()
+
+
+def _open_fence(store: str) -> int:
+    """``<store>.lock.fence``, created if need be (never through a link; never truncated)."""
+    path = fence_path(store)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as exc:
+        raise InputError(f"cannot write the store at {store}: {path}: {exc.strerror}; remove it or choose another "
+                         "--store") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputError(f"{path} is not a regular file, not a gradjob fence; remove it or choose another --store")
+    return fd
 
 
 def _same_file(fd: int, path: Path) -> bool:

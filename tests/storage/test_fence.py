@@ -3,6 +3,7 @@ worker; that chunk used to land in the store after the lock was released (a late
 writing it by then). Tasks write only under the lock's fence (``lock.fenced``), and the job takes
 the fence and removes its run token before it lets go of the lock."""
 
+import os
 import time
 
 import pytest
@@ -12,6 +13,7 @@ from gradjob.errors import JobError
 from gradjob.storage import lock
 
 MODEL = '''
+import os
 import time
 
 import numpy as np
@@ -89,3 +91,18 @@ def test_the_fence_lets_only_the_holding_job_write(tmp_path):
         with pytest.raises(JobError):
             with lock.fenced(store, run):
                 pass
+
+
+def test_a_link_or_fifo_at_the_fence_path_is_refused_in_one_line(tmp_path, gradjob):
+    fence = tmp_path / "s.zarr.lock.fence"
+    fence.symlink_to(tmp_path / "elsewhere")
+    run = gradjob("submit", "--epsilon", "1e-7", "--store", "s.zarr")
+    assert (run.exit_code, run.stdout, run.stderr) == (2, "", "gradjob: error: cannot write the store at s.zarr: "
+                                                       "s.zarr.lock.fence: Too many levels of symbolic links; remove it "
+                                                       "or choose another --store\n")
+    fence.unlink()
+    os.mkfifo(fence)
+    run = gradjob("submit", "--epsilon", "1e-7", "--store", "s.zarr")
+    assert (run.exit_code, run.stderr) == (2, "gradjob: error: s.zarr.lock.fence is not a regular file, not a gradjob "
+                                              "fence; remove it or choose another --store\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr.lock.fence"]  # no store, no lock left
