@@ -14,7 +14,7 @@ import functools
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -136,9 +136,10 @@ _local = threading.local()
 
 def _workspace(context: TaskContext) -> _Workspace:
     cached = getattr(_local, "workspace", None)
-    if cached is None or cached[0] != context:
+    key = replace(context, run=None)  # a resubmitted job's run differs; its θ and model do not
+    if cached is None or cached[0] != key:
         _local.workspace = None  # free the previous job's θ before reading this one's
-        _local.workspace = (context, _Workspace(context))
+        _local.workspace = (key, _Workspace(context))
     return _local.workspace[1]
 
 
