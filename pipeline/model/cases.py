@@ -19,7 +19,7 @@ import numpy as np
 
 from gradjob import options
 from gradjob.errors import InputError
-from gradjob.model.usercode import Guarded, escaped, with_frames
+from gradjob.model.usercode import Guarded, escaped, exits_raise, with_frames
 
 BUILTIN_CASES = ("seed", "linear", "random")  # the names load_case resolves itself
 
@@ -151,7 +151,8 @@ def _python_case(path: Path, function: str) -> Case:
     if not path.is_file():
         raise InputError(f"case file {str(path)!r} does not exist")
     try:
-        namespace = runpy.run_path(str(path))
+        with exits_raise():
+            namespace = runpy.run_path(str(path))
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # sys.exit(0) too: an error, never a pass

@@ -22,7 +22,7 @@ import numpy as np
 
 from gradjob.errors import InputError
 from gradjob.model import imports, networks
-from gradjob.model.usercode import Guarded, escaped, with_frames
+from gradjob.model.usercode import Guarded, escaped, exits_raise, with_frames
 
 DEFAULT_FORWARD = "forward_propagation_n"
 DEFAULT_BACKWARD = "backward_propagation_n"
@@ -137,7 +137,8 @@ def load_model(spec: ModelSpec) -> Model:
             sys.path.remove(folder)
         sys.path.insert(0, folder)
     try:
-        exec(compile(spec.source, spec.name, "exec"), module.__dict__)
+        with exits_raise():
+            exec(compile(spec.source, spec.name, "exec"), module.__dict__)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # sys.exit(0) at import too: an error, never a pass

@@ -4,15 +4,20 @@ A forward that calls ``sys.exit(0)`` must not end the check as a pass. ``Guarded
 user function gradjob calls, so that any ``BaseException`` but Ctrl-C (``SystemExit``,
 ``GeneratorExit``, one of the user's own) comes out as an ordinary exception, ``Escaped``, which
 every stage already reports as an error of the user's code: one line, exit 2 before the job
-starts, 3 during it. ``user_frames`` keeps the user's part of a traceback (file:line and the
+starts, 3 during it. ``os._exit`` skips every ``except``: while user code runs, a call of it from
+that thread raises ``SystemExit`` instead (``exits_raise``), and is reported the same way.
+``user_frames`` keeps the user's part of a traceback (file:line and the
 code line, as pytest shows it) to print under that line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import linecache
 import os
 import sysconfig
+import threading
 from typing import Callable
 
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -34,6 +39,39 @@ class Escaped(Exception):
 
 
 _CLASSES: dict[str, type] = {}
+_REAL_EXIT = os._exit
+_NATIVE = importlib.import_module(os.name)  # posix or nt: where os._exit comes from
+_inside = threading.local()  # how deep this thread is in user code
+_installed = [0, threading.Lock()]  # threads in user code now; the lock guards the swap
+
+
+class OsExit(SystemExit):
+    """``os._exit(status)`` called by the user's code: raised in place of ending the process."""
+
+
+def _exit(status):
+    if getattr(_inside, "depth", 0) and _inside.pid == os.getpid():
+        raise OsExit(status)
+    _REAL_EXIT(status)  # gradjob's own threads (Dask's, say), and a child the user's code forked, end as asked
+
+
+@contextlib.contextmanager
+def exits_raise():
+    """While the user's code runs in this thread, ``os._exit`` raises ``OsExit``: a forward ending the
+    process with ``os._exit(0)`` would be read as a pass (a small check runs in gradjob's process)."""
+    with _installed[1]:
+        _installed[0] += 1
+        os._exit = _NATIVE._exit = _exit
+    _inside.depth = getattr(_inside, "depth", 0) + 1
+    _inside.pid = os.getpid()  # a forked child (multiprocessing ends its children with os._exit) is not us
+    try:
+        yield
+    finally:
+        _inside.depth -= 1
+        with _installed[1]:
+            _installed[0] -= 1
+            if not _installed[0]:
+                os._exit = _NATIVE._exit = _REAL_EXIT
 
 
 def escaped_as(kind: str, text: str) -> Escaped:
@@ -45,6 +83,8 @@ def escaped_as(kind: str, text: str) -> Escaped:
 
 def escaped(exc: BaseException) -> Escaped:
     """``exc`` as an ordinary exception, with what it says in words."""
+    if isinstance(exc, OsExit):
+        return escaped_as("SystemExit", f"os._exit({exc.code!r}) was called")
     if isinstance(exc, SystemExit):
         text = f"sys.exit({exc.code!r}) was called" if exc.code is not None else "sys.exit() was called"
     else:
@@ -61,7 +101,8 @@ class Guarded:
 
     def __call__(self, *args, **kwargs):
         try:
-            return self.function(*args, **kwargs)
+            with exits_raise():
+                return self.function(*args, **kwargs)
         except (Exception, KeyboardInterrupt):
             raise
         except BaseException as exc:

@@ -167,8 +167,8 @@ def resume(prepared: preflight.Prepared) -> Resumed:
     if meta.evaluator != prepared.evaluator:  # measured faster when the store was started: kept to its end
         notes.append(f"this store was started with the {meta.evaluator} evaluator; its remaining chunks use it too")
         prepared = as_stored(prepared, meta)
-    return Resumed(meta, plan_of(prepared, done, meta.chunk_size),
-                   verification.read_verification(group, prepared.store), notes)
+    verdicts, damaged = verification.read_to_resume(group, prepared.store)
+    return Resumed(meta, plan_of(prepared, done, meta.chunk_size), verdicts, notes + damaged)
 
 
 def create(prepared: preflight.Prepared, seconds: dict) -> tuple[StoreMeta, Plan]:
@@ -232,7 +232,8 @@ def task_context(prepared: preflight.Prepared, meta: StoreMeta) -> tasks.TaskCon
     probe = None if prepared.spec.is_builtin else tasks.Probe(*evaluators.probe(  # workers must reproduce it
         prepared.layout, prepared.model, prepared.case.X, prepared.case.Y, prepared.theta))
     return tasks.TaskContext(urls.location(prepared.store), prepared.spec, meta.evaluator, meta.method, meta.epsilon,
-                             meta.calibration, meta.precision.checked, identity.digest(meta.identity), probe)
+                             meta.calibration, meta.precision.checked, identity.digest(meta.identity), probe,
+                             lock.run_token(prepared.store))
 
 
 def reduce_store(path: str, threshold: float | None = None, verdicts: dict | None = None) -> Outcome:

@@ -5,7 +5,9 @@ promoted; the forward must then compute in float64 (its cost's dtype, and its me
 along one coordinate, say so), agree with its own-precision cost to that precision's round-off,
 and the backward must run on the float64 cache. Anything else falls back to the model's
 precision with a note; ``precision="model"`` asks for that directly. A float64 forward may still
-compute in float32 inside: its measured noise tells (``noisy_inside``).
+compute in float32 inside: its measured noise tells (``noisy_inside``), but only where the cost
+also stays put under steps float32 cannot hold: a float64 output saturating near 0 or 1 is as noisy
+relative to |J|, yet its cost moves at every float64 step.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from gradjob.run import evaluators
 from gradjob.types import Precision
 
 LOW_PRECISION_NOISE = 1e-10  # relative noise of J above which a "float64" forward computes in float32
+SUB_FLOAT32_STEPS = np.arange(-3, 4) * 2.0 ** -30  # relative steps below float32's spacing (2^-24 … 2^-23)
 
 
 def at_theta(model: Model, case: Case, choice: str):
@@ -60,11 +63,32 @@ def noisy_inside(precision: Precision, model: Model, case: Case, layout: Layout,
         eta = relative_noise(model, case, layout, theta, grad, cost)
     except PerturbationFailure:
         return precision  # the cluster's evaluations will name the failure
-    if eta is None or eta <= LOW_PRECISION_NOISE:
+    if eta is None or eta <= LOW_PRECISION_NOISE or sees_float64_steps(model, case, layout, theta, grad):
         return precision
     checked = "float32" if eta < 1e-5 else "float16"
     return Precision(checked, precision.model,
                      f"the forward computes in {checked} inside: its cost is that noisy (relative noise {eta:.1e})")
+
+
+def sees_float64_steps(model: Model, case: Case, layout: Layout, theta: np.ndarray, grad: np.ndarray) -> bool:
+    """Whether the cost moves when an element of some tensor moves by less than float32 can represent.
+    A forward computing in float32 between θ and J cannot see those steps: its costs there are one
+    value (two, where the steps straddle a float32 rounding boundary). A saturated float64 output may
+    hide one tensor's steps too, so one tensor whose steps move the cost is enough."""
+    costs = evaluators.build("forward", model, layout, case.X, case.Y, theta.copy())
+    for tensor in layout.tensors:
+        part = slice(tensor.offset, tensor.stop)
+        weight = np.abs(grad[part] * theta[part])  # a step relative to θᵢ moves J most here; θᵢ = 0 has none
+        if not weight.any():
+            continue
+        i = tensor.offset + int(np.argmax(weight))
+        try:
+            values = costs(np.full(SUB_FLOAT32_STEPS.size, i), theta[i] * (1 + SUB_FLOAT32_STEPS), "~")
+        except PerturbationFailure:
+            continue
+        if np.unique(values).size > 2:
+            return True
+    return False
 
 
 def promote(case: Case) -> Case:

@@ -14,7 +14,7 @@ import functools
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -28,7 +28,7 @@ from gradjob.numerics.evaluate import PerturbationFailure, numerical_gradient, p
 from gradjob.numerics.noise import noise_along
 from gradjob.run import evaluators
 from gradjob.run.plan import Chunk
-from gradjob.storage import store
+from gradjob.storage import lock, store
 from gradjob.trace import Untraceable
 from gradjob.types import Calibration
 
@@ -61,6 +61,7 @@ class TaskContext:
     computed_dtype: str
     token: str  # the job's identity digest: a new job never reuses a worker's cached θ
     probe: Probe | None = None  # a model file's or Python function's J on the client (built-ins: None)
+    run: str | None = None  # the store lock's run token: a task outliving its job writes nothing (lock.fenced)
 
 
 @dataclass(frozen=True)
@@ -135,9 +136,10 @@ _local = threading.local()
 
 def _workspace(context: TaskContext) -> _Workspace:
     cached = getattr(_local, "workspace", None)
-    if cached is None or cached[0] != context:
+    key = replace(context, run=None)  # a resubmitted job's run differs; its θ and model do not
+    if cached is None or cached[0] != key:
         _local.workspace = None  # free the previous job's θ before reading this one's
-        _local.workspace = (context, _Workspace(context))
+        _local.workspace = (key, _Workspace(context))
     return _local.workspace[1]
 
 
@@ -192,7 +194,8 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
             f"{chunk.index}): {failure.detail}; finished chunks are kept in the store"
         ), failure) from None
     by_forward = context.evaluator == "traced" and note is not None  # its replay's switches are not used either
-    store.write_chunk(workspace.group, chunk, asdict(result), by_forward)
+    with lock.fenced(context.store, context.run):
+        store.write_chunk(workspace.group, chunk, asdict(result), by_forward)
     grad = store.read_range(workspace.group, "grad", chunk.start, chunk.stop)
     beyond = np.abs(grad - result.gradapprox) > verify.tolerance(grad, result.noise, float(np.finfo(layout.dtype).eps))
     return ChunkReport(time.perf_counter() - started, note, int(np.count_nonzero(beyond)))

@@ -38,6 +38,7 @@ from gradjob.types import StoreMeta
 FORMAT = 3  # 3: every chunk checksummed
 CREATING = {"creating": "a gradjob store whose creation has not finished"}  # its metadata until then
 RESULT_ARRAYS = ("gradapprox", "cost_plus", "cost_minus", "step", "noise")
+RECOMPUTED = (*RESULT_ARRAYS, "done")  # a resume evaluates a damaged chunk of these again (and verify/: its suspects)
 READ_BLOCK = 1 << 16  # elements per read when streaming; fixed, so results never depend on chunking
 DONE, DONE_BY_FORWARD = 1, 2  # ``done`` of a chunk; the second: its replay was found wrong
 
@@ -53,8 +54,8 @@ class DamagedChunk(InputError):
     def __init__(self, where: str, array: str, chunk: tuple[int, ...], start: int | None = None):
         self.array, self.chunk = array, chunk
         key = ", ".join(map(str, chunk))
-        todo = ("resubmit the job to evaluate it again" if array in RESULT_ARRAYS
-                else "resubmit with --overwrite")
+        todo = ("resubmit the job to evaluate it again" if array in RECOMPUTED
+                or array.startswith("verify/") else "resubmit with --overwrite")
         super().__init__(f"store {where} is corrupted: chunk {key} of {array} fails its checksum; {todo}")
 
 
@@ -87,19 +88,31 @@ def where(node: zarr.Array | zarr.Group) -> str:
 
 
 def undamaged(group: zarr.Group, meta: StoreMeta, path: str) -> tuple[np.ndarray, list[str]]:
-    """The done flags less the chunks whose results fail their checksum, which a resume evaluates
-    again, with a note for each. A damaged case (which the workers read) is refused here."""
+    """The done flags less the chunks whose flag or results fail their checksum, which a resume
+    evaluates again, with a note for each. A damaged case (which the workers read) is refused here."""
     read_case(group)
-    done = done_mask(group)
     chunks = plan_chunks(meta.layout.n_parameters, meta.chunk_size)
     notes = []
+
+    def again(k: int, array: str) -> None:
+        first, last = meta.layout.describe(chunks[k].start), meta.layout.describe(chunks[k].stop - 1)
+        notes.append(f"chunk {k} of {array} in {path} fails its checksum (parameters {first} to {last}): "
+                     "evaluated again")
+
+    try:
+        done = done_mask(group)
+    except DamagedChunk:  # one flag per Zarr chunk: the others are read, the damaged ones count as not done
+        done = np.zeros(group["done"].shape[0], dtype=bool)
+        for k in range(done.size):
+            if _intact(group["done"], (k,)):
+                done[k] = bool(group["done"][k])
+            else:
+                again(k, "done")
     for k in np.flatnonzero(done):
         bad = next((name for name in RESULT_ARRAYS if not _intact(group[name], (int(k),))), None)
         if bad:
             done[k] = False
-            first, last = meta.layout.describe(chunks[k].start), meta.layout.describe(chunks[k].stop - 1)
-            notes.append(f"chunk {k} of {bad} in {path} fails its checksum (parameters {first} to {last}): "
-                         "evaluated again")
+            again(int(k), bad)
     return done, notes
 
 

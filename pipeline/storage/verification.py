@@ -40,6 +40,18 @@ def read_verification(group: zarr.Group, path: str) -> dict[int, Verdict] | None
     return verdicts_of(arrays)
 
 
+def read_to_resume(group: zarr.Group, path: str) -> tuple[dict[int, Verdict] | None, list[str]]:
+    """``read_verification`` for a resume: verdicts with a chunk that fails its checksum are
+    recomputable, so they count as never verified (the suspects are verified again), with a note."""
+    try:
+        return read_verification(group, path), []
+    except store.DamagedChunk as damaged:
+        if not damaged.array.startswith("verify/"):
+            raise
+        key = ", ".join(map(str, damaged.chunk))
+        return None, [f"chunk {key} of {damaged.array} in {path} fails its checksum: the suspects are verified again"]
+
+
 def _problem(arrays: dict[str, np.ndarray], n: int) -> str | None:
     """How the verified suspects disagree with what ``write_verification`` writes (their checksum is
     unkeyed, so a crafted store can match it)."""

@@ -49,6 +49,7 @@ backward = network_backward
 CRASHING_MODEL = '''
 import math
 import os
+import signal
 import time
 
 from gradjob.model.networks import network_forward, network_backward
@@ -64,7 +65,7 @@ def _perturbed(parameters, name, index):
 def crash_forward(X, Y, parameters):
     time.sleep(float(os.environ.get("GRADJOB_TEST_SLEEP", "0")))  # keeps chunks running side by side
     if _perturbed(parameters, "W2", (1, 2)):
-        os._exit(1)  # the process dies, as a segfaulting extension would
+        os.kill(os.getpid(), signal.SIGKILL)  # the process dies, as a segfaulting extension would
     return network_forward(X, Y, parameters)
 
 
@@ -110,7 +111,7 @@ def suspects(stderr):
 def assert_finished_chunks_as_without_the_crash(store, finished, tmp_path, write_model, gradjob):
     """Every chunk done in ``store`` is byte-identical to a run of the crashing model that does not crash."""
     reference = gradjob("submit", "--json", "--store", tmp_path / "ref.zarr", "--workers", "1",
-                        *model_args(write_model(CRASHING_MODEL.replace("os._exit(1)", "pass"), "fine.py"), "crash_forward"))
+                        *model_args(write_model(CRASHING_MODEL.replace("os.kill(os.getpid(), signal.SIGKILL)", "pass"), "fine.py"), "crash_forward"))
     assert reference.exit_code == 0
     kept, expected = gradapprox(store), gradapprox(tmp_path / "ref.zarr")
     for k in np.flatnonzero(finished):
