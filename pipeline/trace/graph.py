@@ -11,12 +11,9 @@ import contextvars
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from gradjob.trace.casts import _Profile
 
 _NUMPY_DIR = os.path.dirname(np.__file__) + os.sep
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -46,7 +43,7 @@ def user_line() -> str:
     return ""
 
 
-def _traceback_line(tb) -> str:
+def traceback_line(tb) -> str:
     """``file.py:LINE`` of the innermost user frame of a traceback, or ""."""
     where = ""
     while tb is not None:
@@ -56,9 +53,9 @@ def _traceback_line(tb) -> str:
     return where
 
 
-def _refuse(reason: str):
+def refuse(reason: str):
     exc = Untraceable(reason, user_line())
-    tape = _current.get()
+    tape = current_tape.get()
     if tape is not None and tape.refused is None:
         tape.refused = exc  # raised again after the forward, even if the forward caught it
     raise exc
@@ -91,12 +88,13 @@ class Ref:
 
 @dataclass
 class Node:
-    """``op`` applied to ``operands`` (``Ref`` or constants) with ``attrs``; ``value`` is its
-    value at θ, computed by NumPy during the trace."""
+    """``op`` (a name in ``ops.OPS``) applied to ``operands`` (``Ref`` or constants) with
+    ``attrs`` (its op's dataclass, see ``attrs``); ``value`` is its value at θ, computed by NumPy
+    during the trace."""
 
     op: str
     operands: tuple
-    attrs: dict
+    attrs: Any
     value: Any
 
     @property
@@ -111,14 +109,23 @@ class Graph:
     cost: int = -1
 
 
-class _Tape:
-    """The graph being recorded, and the constants it has snapshotted (by identity)."""
+class TracedValue:
+    """What the stand-in array (``array.Traced``) is to the modules below it, which test for it
+    and make new ones through their tape (``Tape.make``) without importing it."""
 
-    def __init__(self):
+    __slots__ = ()
+
+
+class Tape:
+    """The graph being recorded, and the constants it has snapshotted (by identity); ``make`` is
+    the class of the traced values it records (``array.Traced``)."""
+
+    def __init__(self, make=None):
+        self.make = make
         self.graph = Graph()
         self.open = True
         self.refused: Untraceable | None = None
-        self.profile: _Profile | None = None
+        self.profile = None  # the casts module's Profile while the forward runs
         self.poisoned: dict[int, Untraceable] = {}  # nodes the replay cannot compute, and why
         self.casts: list = []  # weak references to every _Cast, given their values back at the end
         self.numbers: list = []  # (number, traced value, why not) of each float()/.item(): see Traced._number
@@ -134,7 +141,7 @@ class _Tape:
                 np.copyto(array.view(np.ndarray), traced._value, casting="unsafe")
         self._snapshots = {}
 
-    def add(self, op: str, operands: tuple, attrs: dict, value, refused: Untraceable | None = None) -> int:
+    def add(self, op: str, operands: tuple, attrs, value, refused: Untraceable | None = None) -> int:
         if isinstance(value, np.ndarray):
             value.flags.writeable = False  # a forward that writes into a recorded value fails
         self.graph.nodes.append(Node(op, operands, attrs, value))
@@ -162,10 +169,10 @@ class _Tape:
         return self.constant(np.asarray(value))
 
 
-_current: contextvars.ContextVar[_Tape | None] = contextvars.ContextVar("gradjob_trace_tape", default=None)
+current_tape: contextvars.ContextVar[Tape | None] = contextvars.ContextVar("gradjob_trace_tape", default=None)
 
 
-def _pruned(graph: Graph, poisoned: dict) -> Graph:
+def pruned(graph: Graph, poisoned: dict) -> Graph:
     """Only the nodes the cost depends on (and the parameters), renumbered in the same order.
     Raises the refusal of the first refused node the cost depends on."""
     needed = {graph.cost, *graph.params.values()}

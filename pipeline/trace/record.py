@@ -72,39 +72,40 @@ import sys
 import numpy as np
 
 from gradjob.trace.array import Traced
-from gradjob.trace.casts import _Profile, _untangle
-from gradjob.trace.functions import _Alias
-from gradjob.trace.graph import Graph, Untraceable, _current, _pruned, _Tape, _traceback_line
+from gradjob.trace.attrs import Param
+from gradjob.trace.casts import Profile, untangle
+from gradjob.trace.functions import Alias
+from gradjob.trace.graph import Graph, Untraceable, current_tape, pruned, Tape, traceback_line
 
 
 def record(forward, X, Y, layout, theta) -> Graph:
     """Run the forward once on traced parameters; the graph of the cost, pruned to what it
     depends on. Raises ``Untraceable``."""
-    tape = _Tape()
+    tape = Tape(Traced)
     params = {}
     for t in layout.tensors:
         value = np.array(theta[t.offset:t.stop]).reshape(t.shape)  # a copy: θ may change after (read-only once added)
-        tape.graph.params[t.name] = tape.add("param", (), {"name": t.name}, value)
+        tape.graph.params[t.name] = tape.add("param", (), Param(t.name), value)
         params[t.name] = Traced(tape, tape.graph.params[t.name], value)
-        _Alias(parameter=True).add(params[t.name])  # a view of θ
-    token = _current.set(tape)
+        Alias(parameter=True).add(params[t.name])  # a view of θ
+    token = current_tape.set(tape)
     previous = sys.getprofile()
-    tape.profile = _Profile(previous)
+    tape.profile = Profile(previous)
     sys.setprofile(tape.profile)
     try:
         result = forward(X, Y, params)
     except Untraceable:
         raise
     except Exception as exc:
-        where = _traceback_line(exc.__traceback__)
+        where = traceback_line(exc.__traceback__)
         raise Untraceable(f"the forward raised {type(exc).__name__} while traced: {exc}", where) from exc
     finally:
         sys.setprofile(previous)
-        _current.reset(token)
+        current_tape.reset(token)
         tape.close()
     if tape.refused is not None:
         raise tape.refused
-    cost = _untangle(result[0] if isinstance(result, tuple) else result)
+    cost = untangle(result[0] if isinstance(result, tuple) else result)
     for number, traced, refused in tape.numbers:  # float(cost) returned is the cost; any other, refused
         if number is not cost:
             raise refused
@@ -119,4 +120,4 @@ def record(forward, X, Y, layout, theta) -> Graph:
     graph, poisoned = tape.graph, tape.poisoned
     tape.graph, tape.poisoned, tape.casts, tape.numbers = Graph(), {}, [], []  # values left in user objects keep only themselves
     graph.cost = cost._id
-    return _pruned(graph, poisoned)
+    return pruned(graph, poisoned)
