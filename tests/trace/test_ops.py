@@ -1,0 +1,114 @@
+"""The op registry (``gradjob.trace.ops``): one test row per registered operation (the traced
+cost equals the real forward's at θ, the replay equals the forward under perturbations), README's
+supported list made from it, and the trace subpackage's imports (no cycles, no private names)."""
+
+import ast
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_trace import check, load
+
+import gradjob.trace
+from gradjob.trace.ops import FUNCTIONS, OPS, supported
+
+ROOT = Path(__file__).resolve().parents[2]
+TRACE = Path(gradjob.trace.__file__).parent
+
+# Each registered op: a forward using it on parameters W (4, 3), V (2, 3, 4), v (3,), X (3, 5).
+ROWS = {
+    "param": "np.sum(p['v'])",
+    "matmul": "np.sum(np.dot(p['W'], X)) + np.sum(np.ones(4) @ p['W']) + np.sum(p['W'] @ np.arange(3.0))",
+    "matmul_nd": "np.sum(np.tanh(p['V'] @ p['V'].transpose(0, 2, 1)) @ p['V']) + np.sum(p['V'] @ p['W'])",
+    "elementwise": "np.sum(np.where(p['W'] > 0, np.exp(p['W']), np.clip(p['W'], -0.5, 0.5)) * 2 - 1)",
+    "astype": "np.sum(p['W'].astype(np.float32).astype(np.float64) * np.int64(p['W'] > 0))",
+    "copy": "np.sum(np.copy(p['W']) * p['W'].flatten().reshape(4, 3))",
+    "transpose": "np.sum(p['W'].T @ p['W']) + np.sum(np.transpose(p['V'], (2, 0, 1))[0])",
+    "reshape": "np.sum(np.square(p['V'].reshape(6, 4)[1:])) + np.sum(np.expand_dims(p['v'], 0) ** 3)",
+    "reduce": "np.sum(np.max(p['W'], axis=0) * np.mean(p['W'], axis=1, keepdims=True))",
+    "var": "np.var(p['W'], axis=0).sum() + np.std(p['v']) + np.linalg.norm(p['W'])",
+    "index": "np.sum(p['W'][np.arange(3), [0, 2, 1]] ** 2) + p['W'][1:, ::2].sum()",
+    "shape": "np.sum(p['W'] * np.ones_like(p['W']) * len(p['v'])) + p['v'].shape[0] * np.sum(p['v'])",
+    "assigned": "beside(p)",
+}
+
+HELPERS = """
+import numpy as np
+
+
+def beside(p):
+    grad = p['W'] * 2
+    grad[0] = 0  # a gradient written beside the loss: recorded, never replayed
+    return np.sum(p['W'] ** 2)
+"""
+
+
+def parameters(seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((3, 5))
+    return X, {"W": rng.standard_normal((4, 3)), "V": 0.5 * rng.standard_normal((2, 3, 4)),
+               "v": rng.standard_normal(3)}
+
+
+def test_every_registered_op_has_a_row():
+    assert set(ROWS) == set(OPS)
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_registered_op_replays_as_the_forward(op):
+    namespace = load(HELPERS + f"\n\ndef forward(X, Y, p):\n    return {ROWS[op]}\n")
+    X, params = parameters()
+    replay = check(namespace["forward"], X, None, params)
+    assert op in {node.op for node in replay.graph.nodes}  or OPS[op].replay is None
+
+
+def test_readme_lists_the_registry():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- ops:begin -->\n(.*?)\n<!-- ops:end -->", readme, re.S)
+    assert block is not None and block.group(1) == supported()
+
+
+def test_functions_table_is_the_registry():
+    assert all(callable(rule) for rule in FUNCTIONS.values())
+    assert sum(len(op.functions) for op in OPS.values()) == len(FUNCTIONS)  # no function declared twice
+
+
+def imports():
+    """(module, imported trace module, names) for every import between trace's modules, anywhere
+    in a module (lazy and type-only imports too)."""
+    found = []
+    for path in sorted(TRACE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gradjob.trace"):
+                names = [a.name for a in node.names]
+                if node.module == "gradjob.trace":  # from gradjob.trace import functions
+                    found.extend((path.stem, n, []) for n in names)
+                else:
+                    found.append((path.stem, node.module.split(".")[2], names))
+    return found
+
+
+def test_trace_modules_import_no_private_names():
+    private = [(m, target, n) for m, target, names in imports() for n in names if n.startswith("_")]
+    assert private == []
+
+
+def test_trace_modules_have_no_import_cycles():
+    graph: dict = {}
+    for module, target, _ in imports():
+        if module != "__init__":
+            graph.setdefault(module, set()).add(target)
+    state: dict = {}
+
+    def visit(module, path):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", f"import cycle: {' -> '.join(path + [module])}"
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            visit(target, path + [module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        visit(module, [])
