@@ -118,6 +118,8 @@ _DECLARED = [
        {np.shape: lambda a: np.shape(f.plain(untangle(a))), np.ndim: lambda a: np.ndim(f.plain(untangle(a))),
         np.size: lambda a, axis=None: np.size(f.plain(untangle(a)), axis),
         np.zeros_like: _like(np.zeros_like), np.ones_like: _like(np.ones_like), np.full_like: _like(np.full_like)}),
+    Op("concatenate", "`np.concatenate`", Call, recompute,
+       {np.concatenate: f.recorded_call(np.concatenate, "concatenate")}),
     Op("assigned", "never replayed: a write into a traced array, refused if the cost depends on it", NoAttrs),
 ]
 

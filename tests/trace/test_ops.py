@@ -31,6 +31,7 @@ ROWS = {
     "index": "np.sum(p['W'][np.arange(3), [0, 2, 1]] ** 2) + p['W'][1:, ::2].sum()",
     "shape": "np.sum(p['W'] * np.ones_like(p['W']) * len(p['v'])) + p['v'].shape[0] * np.sum(p['v'])",
     "assigned": "beside(p)",
+    "concatenate": "np.sum(np.tanh(np.concatenate([p['W'], X.T, p['W'] ** 2], axis=0)) @ p['v'])",
 }
 
 HELPERS = """
