@@ -120,6 +120,12 @@ _DECLARED = [
         np.zeros_like: _like(np.zeros_like), np.ones_like: _like(np.ones_like), np.full_like: _like(np.full_like)}),
     Op("concatenate", "`np.concatenate`", Call, recompute,
        {np.concatenate: f.recorded_call(np.concatenate, "concatenate")}),
+    Op("stack", "`np.stack`", Call, recompute, {np.stack: f.recorded_call(np.stack, "stack")}),
+    Op("pad", "`np.pad` (constant widths and values)", Call, recompute, {np.pad: f.recorded_call(np.pad, "pad")}),
+    Op("einsum", "`np.einsum` (a constant subscripts string)", Call, recompute,
+       {np.einsum: f.recorded_call(np.einsum, "einsum")}),
+    Op("nan_to_num", "`np.nan_to_num` (network2's `np.sum(np.nan_to_num(-y*np.log(a)-(1-y)*np.log(1-a)))`)",
+       Call, recompute, {np.nan_to_num: f.recorded_call(np.nan_to_num, "nan_to_num")}),
     Op("assigned", "never replayed: a write into a traced array, refused if the cost depends on it", NoAttrs),
 ]
 

@@ -31,6 +31,10 @@ ROWS = {
     "index": "np.sum(p['W'][np.arange(3), [0, 2, 1]] ** 2) + p['W'][1:, ::2].sum()",
     "shape": "np.sum(p['W'] * np.ones_like(p['W']) * len(p['v'])) + p['v'].shape[0] * np.sum(p['v'])",
     "assigned": "beside(p)",
+    "stack": "np.sum(np.stack([p['W'], p['W'] ** 2, np.ones((4, 3))], axis=1) @ p['v'])",
+    "pad": "np.sum(np.pad(p['W'], ((1, 0), (2, 1)), constant_values=0.5) ** 3) + np.sum(np.pad(p['v'], 2, mode='edge') ** 2)",
+    "einsum": "np.sum(np.einsum('bij,bkj->bik', p['V'], p['V']) ** 2) + np.einsum('ij,j->', p['W'], p['v'])",
+    "nan_to_num": "np.sum(np.nan_to_num(-X[:, :4].T * np.log(p['W']) - (1 - X[:, :4].T) * np.log(1 - p['W'])))",
     "concatenate": "np.sum(np.tanh(np.concatenate([p['W'], X.T, p['W'] ** 2], axis=0)) @ p['v'])",
 }
 
