@@ -7,40 +7,21 @@ from the parameters stay plain arrays: constants of the graph (copied when recor
 derived from parameters are never frozen: a mask such as ``Z > 0`` is a node of the graph,
 recomputed under every perturbation.
 
-Supported on parameters and on values computed from them (this list is the README's):
-
-- ``np.dot``, ``@``/``np.matmul``, ``.dot`` (operands of 1 or 2 dimensions; ``np.dot`` with a
-  scalar), including ``X.dot(W)`` with X a plain array;
-- every elementwise NumPy ufunc, called or through an operator, with broadcasting, with Python
-  scalars or constant arrays on either side: ``+ - * / // % **``, unary ``-``, ``abs()``,
-  ``np.add``/``subtract``/``multiply``/``divide``/``power``/``negative``,
-  ``np.maximum``/``minimum``, ``np.exp``/``log``/``log1p``/``tanh``/``sqrt``/``abs``/``square``
-  and the rest; comparisons (``A > 0``) and ``& | ^`` on masks; ``np.where(cond, a, b)``,
-  ``np.clip``/``.clip``;
-- ``np.sum``/``mean``/``max``/``min``/``amax``/``amin``/``nansum``/``nanmax``/``nanmin`` and the
-  methods ``.sum``/``.mean``/``.max``/``.min``, with ``axis``, ``keepdims`` and ``dtype``;
-  ``np.var``/``np.std``/``.var``/``.std`` (with ``ddof``); ``np.linalg.norm(x)`` (the default
-  norm, over all elements);
-- ``.T``, ``np.transpose``/``.transpose``, ``np.reshape``/``.reshape``, ``np.squeeze``/``.squeeze``,
-  ``np.expand_dims``, ``np.ravel``/``.ravel``/``.flatten``, ``np.copy``/``.copy``,
-  ``.astype``/``np.astype``, and NumPy's scalar types as casts (``np.int64(A > 0)``);
-- indexing with constants: integers, slices, ``None``, ``...``, integer and boolean arrays
-  (``scores[np.arange(N), y]``);
-- ``len()``, ``.shape``, ``.ndim``, ``.size``, ``.dtype``, iterating over the first axis,
-  ``np.zeros_like``/``ones_like``/``full_like`` (constants);
-- augmented assignment: ``loss += reg`` on scalars; ``scores -= scores.max(axis=1, keepdims=True)``
-  on arrays that share memory with no other (no views).
+Supported on parameters and on values computed from them: the operations declared in ``ops``
+(README's list is made from it), and augmented assignment: ``loss += reg`` on scalars;
+``scores -= scores.max(axis=1, keepdims=True)`` on arrays that share memory with no other (no views).
 
 Values keep the dtypes the real forward gives them (a forward computing in float32 is replayed
 in float32). Anything else raises ``Untraceable`` naming the operation and the user's line
 (``file.py:LINE``, the innermost frame outside NumPy and gradjob):
 
-- NumPy functions outside the list (``np.linalg.svd``, ``np.concatenate``, ``np.einsum``, ...),
+- NumPy functions outside the list (``np.linalg.svd``, ``np.cumsum``, ...),
   ufunc methods (``np.add.reduce``), ufuncs with more than one output;
 - ``out=`` and ``where=`` arguments, which includes ``A += B`` with A a plain array;
 - writing into a parameter or a view of one (``W[0] = 0``, ``W += 1``);
 - Python control flow or conversion on a traced value: ``if``/``while``/``and``/``assert``,
-  ``float()`` and ``.item()`` (but on the cost the forward returns: ``return float(cost), cache``),
+  ``float()`` and ``.item()`` (but on the cost the forward returns: ``return float(cost), cache``
+  or ``np.float64(cost)``),
   ``int()``, ``.tolist()``, ``np.asarray``/``np.array`` (with ``dtype=`` too), storing it into a plain
   array; a traced value as text (``print``, ``str``, f-strings: it could come back as a constant); indexing
   with a traced index (``v[v > 0]``);
@@ -53,15 +34,18 @@ A forward that raises while traced is refused with its error. Tracing leaves the
 as a real forward would: a traced value the forward kept (a running mean in a dict) acts as its
 value at θ once the trace is over.
 
-The trace, module by module; each imports only those listed before it, but for the lazy imports
-its docstring names:
+The trace, module by module; each imports only those listed before it (no cycles, no private
+names between them: tests/trace/test_ops.py checks both):
 
+- ``attrs``: the typed attributes of the graph's nodes;
 - ``graph``: the graph (``Ref``, ``Node``, ``Graph``), the tape that records it, ``Untraceable``;
-- ``traced_casts``: where NumPy converts instead of dispatching (``np.int64(A > 0)``, ``X.dot(W)``);
-- ``traced_numpy``: the supported NumPy functions, each recorded as a node, and their table;
-- ``after_trace``: a traced value the forward kept, once the trace is over;
-- ``traced_array``: ``Traced``, the stand-in array;
-- here: ``record``, and ``Replay`` (from ``replay``, which imports this module).
+- ``casts``: where NumPy converts instead of dispatching (``np.int64(A > 0)``, ``X.dot(W)``);
+- ``functions``: the record rules, each recording a node (``recorded_call``: any function, generically);
+- ``batched``, ``elementwise``, ``products``, ``reductions``, ``generic``: the replay rules;
+- ``ops``: the registry, each operation declared once (name, doc line, attributes, record and replay rules);
+- ``after``: a traced value the forward kept, once the trace is over;
+- ``array``: ``Traced``, the stand-in array;
+- here: ``record``; then ``replay``, which evaluates the graph through ``ops``.
 """
 
 from __future__ import annotations
@@ -105,9 +89,9 @@ def record(forward, X, Y, layout, theta) -> Graph:
         tape.close()
     if tape.refused is not None:
         raise tape.refused
-    cost = untangle(result[0] if isinstance(result, tuple) else result)
+    returned = cost = untangle(result[0] if isinstance(result, tuple) else result)
     for number, traced, refused in tape.numbers:  # float(cost) returned is the cost; any other, refused
-        if number is not cost:
+        if not _returned_as(returned, number, traced):
             raise refused
         cost = traced
     code = getattr(forward, "__code__", None)
@@ -121,3 +105,14 @@ def record(forward, X, Y, layout, theta) -> Graph:
     tape.graph, tape.poisoned, tape.casts, tape.numbers = Graph(), {}, [], []  # values left in user objects keep only themselves
     graph.cost = cost._id
     return pruned(graph, poisoned)
+
+
+def _returned_as(returned, number, traced) -> bool:
+    """Whether the returned cost is ``number``, the plain number made of ``traced``: that very
+    object (``return float(cost)``), or a NumPy scalar holding exactly its value in its own dtype
+    (``return np.float64(cost)``, which calls float() and wraps the result). A conversion that
+    changes the value (``np.float32`` of a float64 cost) is not the cost, so stays refused."""
+    if returned is number:
+        return True
+    return (isinstance(returned, np.floating) and returned.dtype == traced.dtype
+            and returned.tobytes() == np.asarray(traced._value, dtype=traced.dtype).reshape(()).tobytes())

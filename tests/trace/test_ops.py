@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_trace import check, load
+from test_trace import check, line_of, load
 
 import gradjob.trace
+from gradjob.model.layout import Layout
+from gradjob.trace import Replay, Untraceable
 from gradjob.trace.ops import FUNCTIONS, OPS, supported
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,3 +119,42 @@ def test_trace_modules_have_no_import_cycles():
 
     for module in sorted(graph):
         visit(module, [])
+
+
+COST_SOURCE = """
+import numpy as np
+
+
+def as_float64(X, Y, p):
+    return np.float64(np.sum(np.tanh(p['W'] @ X)))
+
+
+def as_float32(X, Y, p):
+    return np.float32(np.sum(np.tanh(p['W'] @ X)))  # narrowed: refused
+
+
+def frozen(X, Y, p):
+    scale = np.float64(np.sum(p['W']))  # mid-forward: refused
+    return np.sum(np.tanh(p['W'] @ X)) * scale
+"""
+
+
+def test_cost_returned_as_np_float64_stays_traced():
+    X, params = parameters()
+    replay = check(load(COST_SOURCE)["as_float64"], X, None, params)
+    assert replay.graph.nodes[replay.graph.cost].op == "reduce"
+
+
+CONVERTING = ("converting a traced array to a plain NumPy array (np.asarray, np.array, storing it into an array, "
+              "or a plain array's method such as X.dot(W): write np.dot(X, W) or X @ W) is not supported")
+FLOAT = "float() of a traced value is not supported, but on the cost the forward returns"
+
+
+@pytest.mark.parametrize("name, marker, message", [("as_float32", "narrowed", CONVERTING),
+                                                   ("frozen", "mid-forward", FLOAT)])
+def test_np_float64_of_a_traced_value_is_refused_never_frozen(name, marker, message):
+    X, params = parameters()
+    layout = Layout.of(params)
+    with pytest.raises(Untraceable) as refused:
+        Replay.of(load(COST_SOURCE)[name], X, None, layout, layout.flatten(params))
+    assert str(refused.value) == f"{message} (model.py:{line_of(COST_SOURCE, marker)})"
