@@ -1,10 +1,9 @@
 """What a traced value does once its trace is over: a ``Traced`` the forward kept in its own
 objects (a running mean in a dict) acts as its value at θ, as the real forward's value would.
-``after_trace`` wraps ``Traced``'s methods (``traced_array`` applies it to them); ``live`` tells
+``after_trace`` wraps ``Traced``'s methods (``array`` applies it to them); ``live`` tells
 a value of the trace under way from one left by an earlier trace, ``values_of`` unwraps the latter.
 
-``traced_array`` imports this module, so ``live`` and ``values_of`` import ``Traced`` when called
-(which is only ever after a trace).
+``array`` imports this module, which knows ``Traced`` as ``graph.TracedValue``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 forward is traced (see ``trace``): a stand-in for an ndarray that holds its NumPy value at θ and
 its node in the graph. It answers every entry point NumPy and Python have for an array: the
 dispatch protocols (NEP 13/18), operators, methods, ``len``/``shape``, text, conversions. It
-computes with NumPy itself and records through the rules in ``traced_numpy``; conversions that
+computes with NumPy itself and records through the rules ``ops`` declares; conversions that
 would freeze a value (``if``, ``float()``, text) and writes into parameters are refused.
 
 About 310 lines because it is one class, and each entry point it answers sits in it.

@@ -3,8 +3,8 @@ there: NumPy's scalar types used as casts (``np.int64(A > 0)`` gives a ``Cast``)
 ``X.dot(W)`` with X a plain array (``_Dot``, caught by a profile hook, ``Profile``).
 ``untangle`` turns a cast back into the ``Traced`` it stands for.
 
-``Traced`` (``traced_array``) and the recording rules (``traced_numpy``) import this module; the
-three places here that need them import them when called.
+``Traced`` (``array``) and the record rules (``functions``) import this module; a cast hands
+every call on to the ``Traced`` it stands for by calling NumPy again, so imports neither.
 """
 
 from __future__ import annotations

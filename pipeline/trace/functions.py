@@ -1,14 +1,15 @@
-"""The supported NumPy functions on traced values, each recorded as a node the replay evaluates:
-``record_ufunc`` for every elementwise ufunc, one rule per other function (``traced_dot``, ``traced_sum``,
-``traced_mean``, ..., ``traced_index``), and ``FUNCTIONS``, the table ``TracedValue.__array_function__`` looks
-them up in. First, how any operation is recorded (``operands_of``, ``wrap``) and how views are
-followed (``Alias``, ``_view``: a write into one array must reach the others).
+"""The record rules: the supported NumPy functions on traced values, each recorded as a node the
+replay evaluates: ``record_ufunc`` for every elementwise ufunc, one rule per other function
+(``traced_dot``, ``traced_sum``, ..., ``traced_index``), and ``recorded_call``, any function as a
+generic node. ``ops`` declares which NumPy function each rule records. First, how any operation
+is recorded (``operands_of``, ``wrap``) and how views are followed (``Alias``, ``_view``: a write
+into one array must reach the others).
 
-About 320 lines because the rules are read as one table: each sits beside the others that share
-its helpers (``_reduce``, ``traced_reshape``), above the table that lists them all.
+About 340 lines because the rules are read as one table: each sits beside the others that share
+its helpers (``_reduce``, ``traced_reshape``).
 
-``Traced`` (``traced_array``) calls these functions from its methods, so it imports this module;
-the six functions here that make a ``Traced`` or test for one import it when called.
+``Traced`` (``array``) calls these functions from its methods; they know it as ``TracedValue``
+and make new ones through the tape (``Tape.make``), so they do not import it.
 """
 
 from __future__ import annotations

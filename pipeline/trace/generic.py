@@ -4,7 +4,8 @@ operands' perturbed values. An operation with no incremental rule of its own (``
 recompute, {np.f: recorded_call(np.f, name)})`` (``recorded_call`` in ``functions``).
 
 Exact by construction: each perturbation's value is the function called on arrays of the same
-shapes and dtypes as in the real forward, so it is the real forward's to the last bit.
+shapes and dtypes as in the real forward, so it is the real forward's to the last bit. It counts
+no switches (``Replay.flips``): branches inside such a function are left to the step ladder.
 """
 
 from __future__ import annotations

@@ -18,12 +18,13 @@ real forward gives it, and the results equal the real forward's to round-off.
 
 ``Replay.costs`` may be called from several threads: buffers are per thread.
 
-Here: ``Replay`` runs the graph node by node, splits batches and keeps the buffers. The
-incremental rule of each operation is mixed into it from a module of its own
-(``replay_elementwise``: ufuncs, ``np.where``, ``np.clip``, casts, reshapes, indexing;
-``replay_products``: matrix products; ``replay_reductions``), and reaches the buffers and the
-block size through ``self`` (``self._buffer``, ``self._split_by_size``): this module imports
-those, not they this one.
+Here: ``Replay`` runs the graph node by node, splits batches and keeps the buffers; each node is
+evaluated by its operation's replay rule, looked up in ``ops.OPS``. The incremental rules are
+mixed into ``Replay`` from modules of their own (``elementwise``: ufuncs, ``np.where``,
+``np.clip``, casts, reshapes, indexing; ``products``: matrix products; ``reductions``), and reach
+the buffers and the block size through ``self`` (``self._buffer``, ``self._split_by_size``); every
+other operation is recomputed per perturbation (``generic``). This module imports those, not they
+this one.
 
 About 290 lines because ``Replay``'s own part is one piece of control flow, read together: the
 loop over nodes, the batch splits it catches (``_run``, ``_hoist``), the buffers, the dispatch.
