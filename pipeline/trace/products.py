@@ -62,11 +62,12 @@ class ProductRules:
             return None
         return j
 
-    def _transposed(self, i: int) -> np.ndarray:
-        """base[i].T, contiguous (a rank-one update of W @ A is laid out rows innermost)."""
+    def _transposed(self, i: int, base: np.ndarray) -> np.ndarray:
+        """``base`` (node i's value at θ as a matrix: a vector-matrix product's as one row).T,
+        contiguous (a rank-one update of W @ A is laid out rows innermost)."""
         value = self._transposes.get(i)
         if value is None:
-            value = self._transposes[i] = np.ascontiguousarray(self.base[i].T)
+            value = self._transposes[i] = np.ascontiguousarray(base.T)
         return value
 
     def _is_finite(self, i: int) -> bool:
@@ -179,7 +180,7 @@ class ProductRules:
             base, i = self.base[bias], bias
         out = self._buffer(i, (B, columns.size, n), base.dtype)  # rows innermost: see _product
         np.multiply(C.T[pins][:, None, :], D[:, columns][:, :, None], out=out)
-        transposed = self._transposed(i)
+        transposed = self._transposed(i, base)
         out += transposed[None] if kind == "F" else \
             np.take(transposed, positions, axis=0, out=self._buffer((i, "base"), (columns.size, n), base.dtype))[None]
         return Rep(("F", kind), (None, positions), out.transpose(2, 0, 1), 1, base.shape, base, owned=True,

@@ -158,3 +158,14 @@ def test_np_float64_of_a_traced_value_is_refused_never_frozen(name, marker, mess
     with pytest.raises(Untraceable) as refused:
         Replay.of(load(COST_SOURCE)[name], X, None, layout, layout.flatten(params))
     assert str(refused.value) == f"{message} (model.py:{line_of(COST_SOURCE, marker)})"
+
+
+@pytest.mark.parametrize("cost", [
+    "np.sum(np.tanh(np.arange(4.0) @ np.maximum(p['W'] @ X, 0)))",
+    "np.sum(np.dot(np.arange(4.0), np.tanh(p['W'] @ X)) ** 2)",
+    "np.sum(np.tanh(np.tanh(p['W'] @ X) @ np.arange(5.0)))",
+])
+def test_constant_vector_times_a_traced_matrix(cost):
+    """A row's change of ``W @ X`` reaches a constant 1-D vector's product as a rank-one update."""
+    X, params = parameters()
+    check(load(f"import numpy as np\n\n\ndef forward(X, Y, p):\n    return {cost}\n")["forward"], X, None, params)
