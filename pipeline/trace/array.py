@@ -10,8 +10,11 @@ About 310 lines because it is one class, and each entry point it answers sits in
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
+from gradjob.trace import writes
 from gradjob.trace.after import after_trace, live, values_of
 from gradjob.trace.attrs import DType, NoAttrs
 from gradjob.trace.casts import Cast, untangle
@@ -98,6 +101,10 @@ class Traced(TracedValue):
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         if not self._tape.open and not live(inputs, kwargs):
             return getattr(ufunc, method)(*values_of(inputs), **values_of(kwargs))
+        if method == "at" and len(inputs) == 3 and not kwargs:  # np.add.at(A, key, v): see writes
+            return writes.ufunc_at(ufunc, *untangle(inputs))
+        if method == "__call__" and kwargs.get("out") is not None:  # A += B with A plain, np.exp(Z, out=Z)
+            return writes.inplace_out(ufunc, untangle(inputs), untangle(kwargs), record_ufunc)
         return record_ufunc(ufunc, method, inputs, kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
@@ -115,6 +122,9 @@ class Traced(TracedValue):
         dot = profile.dot_of(self) if profile is not None else None
         if dot is not None:  # X.dot(self): see _Dot
             return dot.argument if dtype is None else dot.argument_as(np.dtype(dtype))
+        stored = writes.stored(self, writes.user_frame(sys._getframe(1)), dtype)  # A[key] = self, A plain: see writes
+        if stored is not None:
+            return stored
         if dtype is not None and profile is not None and profile.converting():
             refuse(f"{np_name(profile.calls[-1][0])} of a traced array is not supported: it would be a plain array "
                     "holding its value at θ")
@@ -181,6 +191,8 @@ class Traced(TracedValue):
         refuse("complex() of a traced value is not supported")
 
     def __index__(self):
+        if writes.store_key(self, writes.user_frame(sys._getframe(1))):
+            raise TypeError("a traced mask, not an index")  # NumPy then asks __array__: see writes.stored
         refuse("using a traced value as an index or size is not supported")
 
     def __contains__(self, item):
@@ -196,6 +208,9 @@ class Traced(TracedValue):
         (``return float(cost), cache``): kept, and refused after the forward if it is anything else."""
         if self.size != 1 or self.dtype.kind != "f":
             refuse(f"{what} of a traced value is not supported")
+        stored = writes.stored(self, writes.user_frame(sys._getframe(1)), None)  # A[i, j] = self, A plain: see writes
+        if stored is not None:
+            return convert(stored.reshape(()))
         number = convert(np.asarray(self._value).reshape(()))
         self._tape.numbers.append((number, self, Untraceable(
             f"{what} of a traced value is not supported, but on the cost the forward returns", user_line())))
@@ -205,17 +220,19 @@ class Traced(TracedValue):
         refuse(".tolist() of a traced value is not supported")
 
     def __setitem__(self, key, value):
-        """``A[key] = v`` is recorded as refused: fine while the cost does not depend on A (e.g. a
-        gradient computed beside the loss), refused by ``Replay.of`` if it does."""
+        """``A[key] = v``: A's next version (see ``writes``); arrays sharing A's memory (views) are
+        refused from then on if the cost depends on them."""
         key, value = untangle(key), untangle(value)
         if self._alias is not None and self._alias.parameter:
             refuse("assignment into a parameter or a view of one (A[...] = ...) is not supported")
-        if any(isinstance(p, Traced) for p in (key if isinstance(key, tuple) else (key,))):
-            refuse("indexing with a traced array (an index computed from the parameters) is not supported")
-        new = np.array(self._value)
-        new[key] = plain(value)
-        refused = Untraceable("assignment into a traced array (A[...] = ...) is not supported", user_line())
-        self._refused_update(refused, new, value)
+        if writes.masked(self, key, value) is None:
+            writes.write(self, key, value)
+        others = [m for m in self._alias.members() if m is not self] if self._alias is not None else []
+        if others:
+            refused = Untraceable("assignment into an array that shares memory with another (a view) is not "
+                                  "supported", user_line())
+            for member in others:
+                member._id = self._tape.add("assigned", (Ref(member._id),), NoAttrs(), member._value, refused)
 
     def __reduce__(self):
         refuse("pickling a traced value is not supported")
@@ -290,6 +307,8 @@ class Traced(TracedValue):
         other = untangle(other)
         probe = self._value.copy()
         ufunc(probe, plain(other), out=probe)  # NumPy's own shape and casting rules, and errors
+        if self._alias is not None and writes.next_op(writes.user_frame(sys._getframe(1))) == "STORE_SUBSCR":
+            return ufunc(self, other)  # A[key] op= B: the store that follows is the write
         if self._alias is not None:
             self._refused_update(Untraceable(f"in-place {operator_name} on an array that shares memory with "
                                              "another (a view) is not supported", user_line()), probe, other)

@@ -58,6 +58,15 @@ class Key:
 
 
 @dataclass(frozen=True)
+class Write:
+    """``A[key] = v`` (``function`` None) or ``function.at(A, key, v)`` (``np.add.at``): operands A's
+    previous version and v."""
+
+    key: tuple                # as ``Key``'s, arrays recorded as constants
+    function: Any = None      # the ufunc of ``ufunc_at``
+
+
+@dataclass(frozen=True)
 class Slot:
     """In a ``Call``'s arguments: the node's operand number ``n``."""
 

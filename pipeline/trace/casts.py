@@ -31,7 +31,7 @@ class Cast(np.ndarray):
     @classmethod
     def of(cls, traced: TracedValue) -> "Cast":
         out = np.empty(traced.shape, dtype=traced.dtype).view(cls)
-        _poison(out, traced._value)
+        poison(out, traced._value)
         out._traced = traced
         traced._tape.casts.append(weakref.ref(out))
         return out
@@ -58,7 +58,7 @@ class Cast(np.ndarray):
         return getattr(untangle(self), name)
 
 
-def _poison(array: np.ndarray, value) -> None:
+def poison(array: np.ndarray, value) -> None:
     """Fill an array that stands for a traced value with values that differ from ``value``."""
     if array.dtype.kind == "b":
         np.ndarray.__setitem__(array, Ellipsis, ~np.asarray(value, dtype=bool))
@@ -97,7 +97,7 @@ class _Dot:
         results = [r for r in self.results if r.shape == expected
                    and not any(np.shares_memory(r.view(np.ndarray), a) for a in given)]
         for a in [self.argument, *self.converted]:
-            _poison(a, np.ndarray.__getattribute__(a, "_traced")._value)
+            poison(a, np.ndarray.__getattribute__(a, "_traced")._value)
         if not returned:
             return
         tape = self.traced._tape
@@ -111,7 +111,7 @@ class _Dot:
         value = np.array(product.view(np.ndarray))
         node = tape.add("matmul", (tape.constant(self.X), Ref(self.traced._id)), NoAttrs(), value)
         product._traced = tape.make(tape, node, value)
-        _poison(product, value)
+        poison(product, value)
         tape.casts.extend(weakref.ref(a) for a in (product, self.argument, *self.converted))
 
 

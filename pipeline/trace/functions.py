@@ -23,6 +23,9 @@ from gradjob.trace.attrs import Axes, Call, Key, NoAttrs, Reduction, Shape, Slot
 from gradjob.trace.casts import untangle
 from gradjob.trace.graph import Ref, Tape, TracedValue, current_tape, np_name, refuse
 
+LANES_REFUSED = ("x[mask] with a mask computed from the parameters is supported in elementwise operations with "
+                 "scalars, stored back with the same mask (z[mask] = f(x[mask]))")  # see lanes
+
 
 # --- recording ----------------------------------------------------------------------------------
 
@@ -37,7 +40,10 @@ class Alias:
         traced._alias = self
 
     def members(self):
-        return [m for m in (ref() for ref in self._members) if m is not None]
+        live = [m for m in (ref() for ref in self._members) if m is not None]
+        if len(live) < len(self._members):  # views die in loops: a write must not visit each one ever taken
+            self._members = [weakref.ref(m) for m in live]
+        return live
 
 
 def _view(source: TracedValue, view: TracedValue) -> TracedValue:
@@ -53,13 +59,16 @@ def operands_of(values) -> tuple[Tape, tuple, list]:
     tape = None
     for v in values:  # the trace under way; a value left by an earlier one is a constant here
         if isinstance(v, TracedValue) and v._tape.open:
+            if v.is_lanes:
+                refuse(LANES_REFUSED)
             if tape is None:
                 tape = v._tape
             elif v._tape is not tape:
                 refuse("values traced in two different traces are combined")
     if tape is None or not tape.open or current_tape.get() is not tape:
         refuse("a traced value is used outside its trace (kept from an earlier call?)")
-    values = [np.array(v._value) if isinstance(v, TracedValue) and v._tape is not tape else v for v in values]
+    values = [np.array(v._value) if isinstance(v, TracedValue) and v._tape is not tape else tape.substitute(v)
+              for v in values]
     recorded = tuple(Ref(v._id) if isinstance(v, TracedValue) else tape.constant(v) for v in values)
     return tape, recorded, [plain(v) for v in values]
 
@@ -83,10 +92,12 @@ def plain(obj):
 def record_ufunc(ufunc, method, inputs, kwargs):
     inputs, kwargs = untangle(inputs), untangle(kwargs)
     name = np_name(ufunc)
+    if method == "at" and len(inputs) == 3 and not kwargs:
+        return ufunc_at(ufunc, *inputs)
     if method != "__call__":
         refuse(f"{name}.{method} is not supported")
     if kwargs.get("out") is not None:
-        refuse(f"{name} with out= (in-place into an array, e.g. `A += B` on a plain array) is not supported")
+        refuse(f"{name} with out= is not supported")  # only out= of one array, see writes.inplace_out
     if "where" in kwargs:
         refuse(f"{name} with where= is not supported")
     for key in kwargs:
@@ -99,6 +110,9 @@ def record_ufunc(ufunc, method, inputs, kwargs):
         return _matmul(*inputs, name="np.matmul")
     if ufunc.signature is not None or ufunc.nout != 1:
         refuse(f"{name} is not supported")
+    lanes = next((x for x in inputs if isinstance(x, TracedValue) and x.is_lanes), None)
+    if lanes is not None:  # x[mask] with a traced mask: see lanes
+        return lanes.elementwise(record_ufunc, ufunc, inputs, kwargs)
     tape, operands, values = operands_of(inputs)
     value = ufunc(*values, **kwargs)
     return wrap(tape, "elementwise", operands, Ufunc(ufunc, kwargs), value)
@@ -278,6 +292,8 @@ def constant_like(function):
 def traced_index(a, key):
     a = untangle(a)
     key = untangle(key)
+    if isinstance(key, TracedValue):  # x[mask], the mask computed from the parameters
+        return a._tape.select(a, key)
     parts = key if isinstance(key, tuple) else (key,)
     if any(isinstance(p, TracedValue) for p in parts):
         refuse("indexing with a traced array (an index computed from the parameters) is not supported")

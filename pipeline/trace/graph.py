@@ -28,7 +28,7 @@ class Untraceable(Exception):
         self.reason, self.where = reason, where
 
 
-def _is_user(filename: str) -> bool:
+def is_user(filename: str) -> bool:
     """Code of the user's, not NumPy's, gradjob's or the interpreter's own."""
     return not (filename.startswith(_NUMPY_DIR) or filename.startswith(_OWN_DIR) or filename.startswith("<frozen"))
 
@@ -37,7 +37,7 @@ def user_line() -> str:
     """``file.py:LINE`` of the innermost frame outside NumPy and gradjob, or ""."""
     frame = sys._getframe(1)
     while frame is not None:
-        if _is_user(frame.f_code.co_filename):
+        if is_user(frame.f_code.co_filename):
             return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
         frame = frame.f_back
     return ""
@@ -47,7 +47,7 @@ def traceback_line(tb) -> str:
     """``file.py:LINE`` of the innermost user frame of a traceback, or ""."""
     where = ""
     while tb is not None:
-        if _is_user(tb.tb_frame.f_code.co_filename):
+        if is_user(tb.tb_frame.f_code.co_filename):
             where = f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
         tb = tb.tb_next
     return where
@@ -114,22 +114,26 @@ class TracedValue:
     and make new ones through their tape (``Tape.make``) without importing it."""
 
     __slots__ = ()
+    is_lanes = False  # lanes.Lanes: x[mask] with a traced mask, usable only elementwise
 
 
 class Tape:
     """The graph being recorded, and the constants it has snapshotted (by identity); ``make`` is
-    the class of the traced values it records (``array.Traced``)."""
+    the class of the traced values it records (``array.Traced``), ``select`` makes ``x[mask]``
+    with a traced mask (``lanes.select``): both given by ``record``, which imports them."""
 
-    def __init__(self, make=None):
-        self.make = make
+    def __init__(self, make=None, select=None):
+        self.make, self.select = make, select
         self.graph = Graph()
         self.open = True
         self.refused: Untraceable | None = None
+        self.pending: tuple | None = None  # (refusal, key) of a store whose traced key NumPy converts: see writes
         self.profile = None  # the casts module's Profile while the forward runs
         self.poisoned: dict[int, Untraceable] = {}  # nodes the replay cannot compute, and why
         self.casts: list = []  # weak references to every _Cast, given their values back at the end
         self.numbers: list = []  # (number, traced value, why not) of each float()/.item(): see Traced._number
         self._snapshots: dict[int, tuple[object, np.ndarray]] = {}
+        self.written: dict[int, tuple] = {}  # id -> (plain array written while traced, its stand-in, where): see writes
 
     def close(self):
         """End of the trace: traced values left behind act as their values; casts hold theirs."""
@@ -140,6 +144,9 @@ class Tape:
             if traced is not None:
                 np.copyto(array.view(np.ndarray), traced._value, casting="unsafe")
         self._snapshots = {}
+        for array, traced, _ in self.written.values():  # their values at θ, as the real forward leaves them
+            np.copyto(array, traced._value, casting="unsafe")
+        self.written = {}
 
     def add(self, op: str, operands: tuple, attrs, value, refused: Untraceable | None = None) -> int:
         if isinstance(value, np.ndarray):
@@ -167,6 +174,18 @@ class Tape:
             self._snapshots[id(value)] = (value, copy)
             return copy
         return self.constant(np.asarray(value))
+
+    def substitute(self, value):
+        """A plain operand that was written while traced -> its stand-in (see ``writes``); one that
+        shares memory with such an array (a view of it, or its base) is refused: it holds a sentinel."""
+        if isinstance(value, np.ndarray) and self.written:
+            kept = self.written.get(id(value))
+            if kept is not None and kept[0] is value:
+                return kept[1]
+            if any(np.may_share_memory(value, array) for array, *_ in self.written.values()):
+                refuse("reading an array written while traced through another that shares its memory (a view "
+                       "taken before the write, or its base) is not supported")
+        return value
 
 
 current_tape: contextvars.ContextVar[Tape | None] = contextvars.ContextVar("gradjob_trace_tape", default=None)

@@ -2,7 +2,8 @@
 its line of documentation (README's supported list is made from them, see ``supported``), the
 dataclass of its node's attributes (``attrs``), its replay rule, and the NumPy functions whose
 record rule makes it (``FUNCTIONS``, the table ``Traced.__array_function__`` looks them up in;
-ufuncs and ``Traced``'s operators and methods reach the same rules).
+ufuncs and ``Traced``'s operators and methods reach the same rules; writes reach ``writes``'
+rules through ``Traced.__setitem__``, ``__array__`` and ``__array_ufunc__``).
 
 A replay rule is ``rule(replay, node, i, reps, B, plan, pos, dying) -> (rep, stands_for)``:
 ``replay`` the ``Replay`` (values at θ ``replay.base``, dtypes, buffers, ``replay._split_by_size``),
@@ -23,11 +24,12 @@ from typing import Callable
 import numpy as np
 
 from gradjob.trace import functions as f
-from gradjob.trace.attrs import Axes, Call, DType, Key, NoAttrs, Param, Reduction, Shape, Ufunc
+from gradjob.trace.attrs import Axes, Call, DType, Key, NoAttrs, Param, Reduction, Shape, Ufunc, Write
 from gradjob.trace.batched import Rep, transpose_rep
 from gradjob.trace.casts import untangle
 from gradjob.trace.elementwise import astype_into
 from gradjob.trace.generic import recompute
+from gradjob.trace.writes import replay_write
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,16 @@ _DECLARED = [
        {np.einsum: f.recorded_call(np.einsum, "einsum")}),
     Op("nan_to_num", "`np.nan_to_num` (network2's `np.sum(np.nan_to_num(-y*np.log(a)-(1-y)*np.log(1-a)))`)",
        Call, recompute, {np.nan_to_num: f.recorded_call(np.nan_to_num, "nan_to_num")}),
-    Op("assigned", "never replayed: a write into a traced array, refused if the cost depends on it", NoAttrs),
+    Op("setitem", "writes, each the array's next version that later reads see, into plain arrays and traced ones "
+       "that are no parameters (`writes`): `out[n, f, i, j] = np.sum(...)`, `h[:, t, :] = next_h`, `dWx += dWx_t` "
+       "into zeros, `dx[...] += ...`, `out=` (`np.exp(Z, out=Z)`), `dhidden[hidden <= 0] = 0` (a mask computed "
+       "from the parameters, a scalar stored), `z[pos] = np.exp(-x[pos])` (cs231n's stable sigmoid: a selection "
+       "by such a mask, used elementwise and stored back with the same mask)", Write, replay_write),
+    Op("ufunc_at", "`np.add.at(dE, idx, v)` (a ufunc's `.at`) into a plain array or a traced one that is no "
+       "parameter", Write, replay_write),
+    Op("constant", "never replayed: a plain array's value before its first write while traced", NoAttrs),
+    Op("assigned", "never replayed: an array that shares memory with one written into (a view), refused if "
+       "the cost depends on it", NoAttrs),
 ]
 
 OPS: dict[str, Op] = {op.name: op for op in _DECLARED}
@@ -135,7 +146,7 @@ FUNCTIONS: dict = {function: rule for op in _DECLARED for function, rule in op.f
 
 def supported() -> str:
     """README's list of supported operations, one line per operation (between its markers)."""
-    return "\n".join(f"- {op.doc}" for op in _DECLARED if op.name not in ("param", "assigned"))
+    return "\n".join(f"- {op.doc}" for op in _DECLARED if op.name not in ("param", "constant", "assigned"))
 
 
 if __name__ == "__main__":  # python -m gradjob.trace.ops: the list to paste into README

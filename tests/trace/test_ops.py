@@ -33,6 +33,9 @@ ROWS = {
     "index": "np.sum(p['W'][np.arange(3), [0, 2, 1]] ** 2) + p['W'][1:, ::2].sum()",
     "shape": "np.sum(p['W'] * np.ones_like(p['W']) * len(p['v'])) + p['v'].shape[0] * np.sum(p['v'])",
     "assigned": "beside(p)",
+    "setitem": "stored(p)",
+    "ufunc_at": "scattered(p)",
+    "constant": "stored(p)",
     "stack": "np.sum(np.stack([p['W'], p['W'] ** 2, np.ones((4, 3))], axis=1) @ p['v'])",
     "pad": "np.sum(np.pad(p['W'], ((1, 0), (2, 1)), constant_values=0.5) ** 3) + np.sum(np.pad(p['v'], 2, mode='edge') ** 2)",
     "einsum": "np.sum(np.einsum('bij,bkj->bik', p['V'], p['V']) ** 2) + np.einsum('ij,j->', p['W'], p['v'])",
@@ -46,8 +49,24 @@ import numpy as np
 
 def beside(p):
     grad = p['W'] * 2
-    grad[0] = 0  # a gradient written beside the loss: recorded, never replayed
+    top = grad[:2]
+    grad[0] = 0  # a gradient written beside the loss: its view top is recorded as assigned, never replayed
     return np.sum(p['W'] ** 2)
+
+
+def stored(p):
+    out = np.zeros((4, 3))
+    for i in range(4):
+        out[i] = np.tanh(p['W'][i])  # into a plain array: its stand-in starts as a constant
+    h = p['W'] * 2
+    h[1:, 0] += p['v']  # into a traced one
+    return np.sum(out ** 2) + np.sum(h ** 3)
+
+
+def scattered(p):
+    dE = np.zeros((5, 3))
+    np.add.at(dE, [0, 2, 0, 4], p['W'])
+    return np.sum(np.tanh(dE))
 """
 
 

@@ -422,14 +422,8 @@ REFUSED = {
     "np.linalg.svd is not supported": "return np.sum(np.linalg.svd(p['W'])[1])  # here",
     "np.cumsum is not supported": "return np.sum(np.cumsum(p['v']))  # here",
     "np.add.reduce is not supported": "return np.add.reduce(p['v'])  # here",
-    "np.add with out= (in-place into an array, e.g. `A += B` on a plain array) is not supported":
-        "Z = np.zeros((4, 7))\n    Z += p['W'] @ X  # here\n    return Z.sum()",
-    "np.exp with out= (in-place into an array, e.g. `A += B` on a plain array) is not supported":
-        "Z = p['W'] @ X\n    np.exp(Z, out=Z)  # here\n    return Z.sum()",
     "assignment into a parameter or a view of one (A[...] = ...) is not supported":
         "p['W'][0, 0] = 1.0  # here\n    return p['W'].sum()",
-    "assignment into a traced array (A[...] = ...) is not supported":
-        "Z = p['W'] @ X\n    Z[0] = 0.0  # here\n    return Z.sum()",
     "in-place += on a parameter or a view of one is not supported":
         "W = p['W']\n    W += 1  # here\n    return W.sum()",
     "in-place *= on an array that shares memory with another (a view) is not supported":
@@ -448,7 +442,7 @@ REFUSED = {
         "return np.sum(np.asarray(p['W']))  # here",
     "the array method .argsort is not supported": "return np.sum(p['v'].argsort() * p['v'])  # here",
     "indexing with a traced array (an index computed from the parameters) is not supported":
-        "return np.sum(p['v'][p['v'] > 0])  # here",
+        "return np.sum(p['W'][p['b'][:, 0] > 0])  # here",
     "converting a cast of a traced array again (e.g. np.float64(np.int64(A > 0))) is not supported":
         "return np.sum(p['W'] * np.float64(np.int64(p['W'] > 0)))  # here",
 }
