@@ -6,7 +6,7 @@ A plain array written with a traced value (``out = np.zeros(...)``; ``out[n, f, 
 ``dW += dW_t``) gets one stand-in ``Traced`` for the rest of the trace: the local names bound to
 it in the writing frame are rebound to the stand-in, and a plain array that other objects still
 hold is looked up by identity (``tape.written``) when it is next an operand of a traced
-operation. Its own memory is filled with a sentinel, as a ``_Cast``'s is: a pure-NumPy read of it
+operation. Its own memory is filled with a sentinel, as a ``Cast``'s is: a pure-NumPy read of it
 the trace cannot see makes the traced cost differ from the real one at θ, which the caller's
 comparison reports. The values at θ are written back when the trace closes.
 
@@ -16,7 +16,11 @@ instruction under way, and the pure loads before it that give them: its bytecode
 with the function where its source may not), else refuses.
 
 Replay: a write is a batched recompute of the node (the array held in full per perturbation),
-written in place when the previous version dies there (a chain of scalar stores).
+written in place when the previous version dies there (a chain of scalar stores): ``replay_write``,
+the rule ``ops`` declares for ``setitem`` and ``ufunc_at`` (attributes ``attrs.Write``); a plain
+array's version before its first write is a ``constant`` node, never replayed. ``Traced`` reaches
+these rules from ``__setitem__``, ``__array__``, ``__index__`` and ``__array_ufunc__``; this module
+knows it as ``TracedValue`` and makes stand-ins through the tape (``Tape.make``).
 """
 
 from __future__ import annotations
