@@ -5,7 +5,7 @@ dispatch protocols (NEP 13/18), operators, methods, ``len``/``shape``, text, con
 computes with NumPy itself and records through the rules ``ops`` declares; conversions that
 would freeze a value (``if``, ``float()``, text) and writes into parameters are refused.
 
-About 310 lines because it is one class, and each entry point it answers sits in it.
+About 350 lines because it is one class, and each entry point it answers sits in it.
 """
 
 from __future__ import annotations

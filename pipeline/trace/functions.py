@@ -92,8 +92,6 @@ def plain(obj):
 def record_ufunc(ufunc, method, inputs, kwargs):
     inputs, kwargs = untangle(inputs), untangle(kwargs)
     name = np_name(ufunc)
-    if method == "at" and len(inputs) == 3 and not kwargs:
-        return ufunc_at(ufunc, *inputs)
     if method != "__call__":
         refuse(f"{name}.{method} is not supported")
     if kwargs.get("out") is not None:
