@@ -1,10 +1,9 @@
 """What a traced value does once its trace is over: a ``Traced`` the forward kept in its own
 objects (a running mean in a dict) acts as its value at θ, as the real forward's value would.
-``_after_trace`` wraps ``Traced``'s methods (``traced_array`` applies it to them); ``_live`` tells
-a value of the trace under way from one left by an earlier trace, ``_values`` unwraps the latter.
+``after_trace`` wraps ``Traced``'s methods (``array`` applies it to them); ``live`` tells
+a value of the trace under way from one left by an earlier trace, ``values_of`` unwraps the latter.
 
-``traced_array`` imports this module, so ``_live`` and ``_values`` import ``Traced`` when called
-(which is only ever after a trace).
+``array`` imports this module, which knows ``Traced`` as ``graph.TracedValue``.
 """
 
 from __future__ import annotations
@@ -14,20 +13,21 @@ import operator
 
 import numpy as np
 
-from gradjob.trace.casts import _Cast, _untangle
+from gradjob.trace.casts import Cast, untangle
+from gradjob.trace.graph import TracedValue
 
 
-def _after_trace(name: str, method):
+def after_trace(name: str, method):
     """Once its trace is over, a Traced left in the user's objects (e.g. a running mean kept in
     a dict) behaves as its value at θ, as if the real forward had stored that."""
 
     def wrapper(self, *args, **kwargs):
         if self._tape.open:
             return method(self, *args, **kwargs)
-        if _live(args, kwargs):  # a value of this trace meets one left by an earlier trace: a constant
+        if live(args, kwargs):  # a value of this trace meets one left by an earlier trace: a constant
             receiver = np.array(self._value)
             return receiver.T if name == "T" else getattr(receiver, name)(*args, **kwargs)
-        args, kwargs = _values(args), _values(kwargs)
+        args, kwargs = values_of(args), values_of(kwargs)
         if name.startswith("__i") and name[3:-2] in _INPLACE_OPERATORS or name == "__setitem__":
             if isinstance(self._value, np.ndarray) and not self._value.flags.writeable:
                 self._value = np.array(self._value)  # the recorded value stays as it was
@@ -55,36 +55,32 @@ def _after_trace(name: str, method):
 _INPLACE_OPERATORS = {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor", "matmul"}
 
 
-def _live(*objs) -> bool:
+def live(*objs) -> bool:
     """Whether a value of the trace under way is among ``objs`` (in tuples, lists, dicts)."""
-    from gradjob.trace.array import Traced  # lazy: see the module docstring
-
     for obj in objs:
-        if isinstance(obj, _Cast):
+        if isinstance(obj, Cast):
             obj = np.ndarray.__getattribute__(obj, "_traced")
-        if isinstance(obj, Traced):
+        if isinstance(obj, TracedValue):
             if obj._tape.open:
                 return True
         elif isinstance(obj, (tuple, list)):
-            if _live(*obj):
+            if live(*obj):
                 return True
         elif isinstance(obj, dict):
-            if _live(*obj.values()):
+            if live(*obj.values()):
                 return True
     return False
 
 
-def _values(obj):
+def values_of(obj):
     """Traced → its value, inside argument tuples, lists and dicts (after the trace)."""
-    from gradjob.trace.array import Traced  # lazy: see the module docstring
-
-    obj = _untangle(obj)
-    if isinstance(obj, Traced):
+    obj = untangle(obj)
+    if isinstance(obj, TracedValue):
         return obj._value
     if isinstance(obj, tuple):
-        return tuple(_values(o) for o in obj)
+        return tuple(values_of(o) for o in obj)
     if isinstance(obj, list):
-        return [_values(o) for o in obj]
+        return [values_of(o) for o in obj]
     if isinstance(obj, dict):
-        return {k: _values(v) for k, v in obj.items()}
+        return {k: values_of(v) for k, v in obj.items()}
     return obj

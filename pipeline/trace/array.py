@@ -2,10 +2,10 @@
 forward is traced (see ``trace``): a stand-in for an ndarray that holds its NumPy value at θ and
 its node in the graph. It answers every entry point NumPy and Python have for an array: the
 dispatch protocols (NEP 13/18), operators, methods, ``len``/``shape``, text, conversions. It
-computes with NumPy itself and records through the rules in ``traced_numpy``; conversions that
+computes with NumPy itself and records through the rules ``ops`` declares; conversions that
 would freeze a value (``if``, ``float()``, text) and writes into parameters are refused.
 
-About 310 lines because it is one class, and each entry point it answers sits in it.
+About 350 lines because it is one class, and each entry point it answers sits in it.
 """
 
 from __future__ import annotations
@@ -15,29 +15,30 @@ import sys
 import numpy as np
 
 from gradjob.trace import writes
-from gradjob.trace.after import _after_trace, _live, _values
-from gradjob.trace.casts import _Cast, _untangle
+from gradjob.trace.after import after_trace, live, values_of
+from gradjob.trace.attrs import DType, NoAttrs
+from gradjob.trace.casts import Cast, untangle
 from gradjob.trace.functions import (
-    _FUNCTIONS,
-    _Alias,
-    _clip,
-    _dot,
-    _index,
-    _max,
-    _mean,
-    _min,
-    _operands,
-    _plain,
-    _record_ufunc,
-    _reshape,
-    _squeeze,
-    _std,
-    _sum,
-    _transpose,
-    _unary_node,
-    _var,
+    Alias,
+    traced_clip,
+    traced_dot,
+    traced_index,
+    traced_max,
+    traced_mean,
+    traced_min,
+    operands_of,
+    plain,
+    record_ufunc,
+    traced_reshape,
+    traced_squeeze,
+    traced_std,
+    traced_sum,
+    traced_transpose,
+    unary_node,
+    traced_var,
 )
-from gradjob.trace.graph import Ref, Untraceable, _refuse, _Tape, np_name, user_line
+from gradjob.trace.graph import Ref, Tape, TracedValue, Untraceable, np_name, refuse, user_line
+from gradjob.trace.ops import FUNCTIONS
 
 
 def _binary(ufunc):
@@ -57,16 +58,16 @@ def _augmented(ufunc):
     return inplace
 
 
-class Traced:
+class Traced(TracedValue):
     """A value computed from the parameters: its NumPy value at θ and its node in the graph."""
 
     __slots__ = ("_tape", "_id", "_value", "_alias", "__weakref__")
     __array_priority__ = 1_000_000
     __hash__ = None  # as ndarray
 
-    def __init__(self, tape: _Tape, id: int, value):
+    def __init__(self, tape: Tape, id: int, value):
         self._tape, self._id, self._value = tape, id, value
-        self._alias: _Alias | None = None  # the arrays this one shares memory with (views), if any
+        self._alias: Alias | None = None  # the arrays this one shares memory with (views), if any
 
     # -- what is plain data, not a function of θ
     shape = property(lambda self: np.shape(self._value))
@@ -86,7 +87,7 @@ class Traced:
     # -- text: a value at θ as text could come back as a constant (float(f"{x}")), so not while traced
     def __repr__(self):
         if self._tape.open:
-            _refuse("a traced value as text (print, str(), repr(), f-strings, format) is not supported: "
+            refuse("a traced value as text (print, str(), repr(), f-strings, format) is not supported: "
                     "its value at θ could come back as a constant")
         return repr(self._value)
 
@@ -98,16 +99,20 @@ class Traced:
 
     # -- the NumPy protocols
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        if not self._tape.open and not _live(inputs, kwargs):
-            return getattr(ufunc, method)(*_values(inputs), **_values(kwargs))
-        return _record_ufunc(ufunc, method, inputs, kwargs)
+        if not self._tape.open and not live(inputs, kwargs):
+            return getattr(ufunc, method)(*values_of(inputs), **values_of(kwargs))
+        if method == "at" and len(inputs) == 3 and not kwargs:  # np.add.at(A, key, v): see writes
+            return writes.ufunc_at(ufunc, *untangle(inputs))
+        if method == "__call__" and kwargs.get("out") is not None:  # A += B with A plain, np.exp(Z, out=Z)
+            return writes.inplace_out(ufunc, untangle(inputs), untangle(kwargs), record_ufunc)
+        return record_ufunc(ufunc, method, inputs, kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
-        if not self._tape.open and not _live(args, kwargs):
-            return func(*_values(args), **_values(kwargs))
-        handler = _FUNCTIONS.get(func)
+        if not self._tape.open and not live(args, kwargs):
+            return func(*values_of(args), **values_of(kwargs))
+        handler = FUNCTIONS.get(func)
         if handler is None:
-            _refuse(f"{np_name(func)} is not supported")
+            refuse(f"{np_name(func)} is not supported")
         return handler(*args, **kwargs)
 
     def __array__(self, dtype=None, copy=None):
@@ -121,11 +126,11 @@ class Traced:
         if stored is not None:
             return stored
         if dtype is not None and profile is not None and profile.converting():
-            _refuse(f"{np_name(profile.calls[-1][0])} of a traced array is not supported: it would be a plain array "
+            refuse(f"{np_name(profile.calls[-1][0])} of a traced array is not supported: it would be a plain array "
                     "holding its value at θ")
         if dtype is not None and self.ndim > 0:
-            return _Cast.of(self.astype(dtype))  # np.int64(A > 0): a cast, still traced
-        _refuse("converting a traced array to a plain NumPy array (np.asarray, np.array, storing it into "
+            return Cast.of(self.astype(dtype))  # np.int64(A > 0): a cast, still traced
+        refuse("converting a traced array to a plain NumPy array (np.asarray, np.array, storing it into "
                 "an array, or a plain array's method such as X.dot(W): write np.dot(X, W) or X @ W) is not supported")
 
     # -- operators
@@ -158,7 +163,7 @@ class Traced:
     __ixor__ = _augmented(np.bitwise_xor)
 
     def __imatmul__(self, other):
-        _refuse("in-place @= on a traced array is not supported")
+        refuse("in-place @= on a traced array is not supported")
 
     def __neg__(self):
         return np.negative(self)
@@ -174,35 +179,35 @@ class Traced:
 
     # -- conversions and control flow: the value would be frozen
     def __bool__(self):
-        _refuse("Python control flow on a traced value (if, while, and, or, not, assert) is not supported")
+        refuse("Python control flow on a traced value (if, while, and, or, not, assert) is not supported")
 
     def __float__(self):
         return self._number(float, "float()")
 
     def __int__(self):
-        _refuse("int() of a traced value is not supported")
+        refuse("int() of a traced value is not supported")
 
     def __complex__(self):
-        _refuse("complex() of a traced value is not supported")
+        refuse("complex() of a traced value is not supported")
 
     def __index__(self):
         if writes.store_key(self, writes.user_frame(sys._getframe(1))):
             raise TypeError("a traced mask, not an index")  # NumPy then asks __array__: see writes.stored
-        _refuse("using a traced value as an index or size is not supported")
+        refuse("using a traced value as an index or size is not supported")
 
     def __contains__(self, item):
-        _refuse("`in` on a traced array is not supported")
+        refuse("`in` on a traced array is not supported")
 
     def item(self, *args):
         if args:
-            _refuse(".item(i) of a traced value is not supported")
+            refuse(".item(i) of a traced value is not supported")
         return self._number(lambda value: value.item(), ".item()")
 
     def _number(self, convert, what: str):
         """A plain number made of a traced value is fine only as the cost the forward returns
         (``return float(cost), cache``): kept, and refused after the forward if it is anything else."""
         if self.size != 1 or self.dtype.kind != "f":
-            _refuse(f"{what} of a traced value is not supported")
+            refuse(f"{what} of a traced value is not supported")
         stored = writes.stored(self, writes.user_frame(sys._getframe(1)), None)  # A[i, j] = self, A plain: see writes
         if stored is not None:
             return convert(stored.reshape(()))
@@ -212,14 +217,14 @@ class Traced:
         return number
 
     def tolist(self):
-        _refuse(".tolist() of a traced value is not supported")
+        refuse(".tolist() of a traced value is not supported")
 
     def __setitem__(self, key, value):
         """``A[key] = v``: A's next version (see ``writes``); arrays sharing A's memory (views) are
         refused from then on if the cost depends on them."""
-        key, value = _untangle(key), _untangle(value)
+        key, value = untangle(key), untangle(value)
         if self._alias is not None and self._alias.parameter:
-            _refuse("assignment into a parameter or a view of one (A[...] = ...) is not supported")
+            refuse("assignment into a parameter or a view of one (A[...] = ...) is not supported")
         if writes.masked(self, key, value) is None:
             writes.write(self, key, value)
         others = [m for m in self._alias.members() if m is not self] if self._alias is not None else []
@@ -227,10 +232,10 @@ class Traced:
             refused = Untraceable("assignment into an array that shares memory with another (a view) is not "
                                   "supported", user_line())
             for member in others:
-                member._id = self._tape.add("assigned", (Ref(member._id),), {}, member._value, refused)
+                member._id = self._tape.add("assigned", (Ref(member._id),), NoAttrs(), member._value, refused)
 
     def __reduce__(self):
-        _refuse("pickling a traced value is not supported")
+        refuse("pickling a traced value is not supported")
 
     def __copy__(self):
         return self.copy()
@@ -244,7 +249,7 @@ class Traced:
         if not self._tape.open:
             return getattr(self._value, name)
         if hasattr(np.ndarray, name):
-            _refuse(f"the array method .{name} is not supported")
+            refuse(f"the array method .{name} is not supported")
         raise AttributeError(f"'numpy.ndarray' object has no attribute {name!r}")
 
     # -- methods
@@ -255,39 +260,39 @@ class Traced:
     def transpose(self, *axes):
         if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
             axes = axes[0]
-        return _transpose(self, axes or None)
+        return traced_transpose(self, axes or None)
 
     def reshape(self, *shape, order="C", copy=None):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = shape[0]
-        return _reshape(self, tuple(shape), order=order)
+        return traced_reshape(self, tuple(shape), order=order)
 
     def ravel(self, order="C"):
-        return _reshape(self, (-1,), order=order)
+        return traced_reshape(self, (-1,), order=order)
 
     def flatten(self, order="C"):
-        return _reshape(self, (-1,), order=order).copy()
+        return traced_reshape(self, (-1,), order=order).copy()
 
     def squeeze(self, axis=None):
-        return _squeeze(self, axis)
+        return traced_squeeze(self, axis)
 
     def copy(self, order="K"):
-        return _unary_node("copy", self, {}, self._value.copy())
+        return unary_node("copy", self, NoAttrs(), self._value.copy())
 
     def astype(self, dtype, order="K", casting="unsafe", subok=True, copy=True):
         dtype = np.dtype(dtype)
         if dtype == self.dtype and not copy:
             return self
         value = self._value.astype(dtype, casting=casting)
-        return _unary_node("astype", self, {"dtype": dtype}, value)
+        return unary_node("astype", self, DType(dtype), value)
 
-    sum, mean, max, min, var, std, dot = _sum, _mean, _max, _min, _var, _std, _dot  # as np.sum(self, ...)
+    sum, mean, max, min, var, std, dot = traced_sum, traced_mean, traced_max, traced_min, traced_var, traced_std, traced_dot  # as np.sum(self, ...)
 
     def clip(self, min=None, max=None, out=None, **kwargs):
-        return _clip(self, min, max, out, **kwargs)
+        return traced_clip(self, min, max, out, **kwargs)
 
     def __getitem__(self, key):
-        return _index(self, key)
+        return traced_index(self, key)
 
     def _inplace(self, ufunc, other):
         """``A op= B``. A NumPy scalar is rebound (NumPy scalars are immutable); an array is
@@ -298,10 +303,10 @@ class Traced:
             return ufunc(self, other)
         operator_name = _AUGMENTED.get(ufunc, ufunc.__name__)
         if self._alias is not None and self._alias.parameter:
-            _refuse(f"in-place {operator_name} on a parameter or a view of one is not supported")
-        other = _untangle(other)
+            refuse(f"in-place {operator_name} on a parameter or a view of one is not supported")
+        other = untangle(other)
         probe = self._value.copy()
-        ufunc(probe, _plain(other), out=probe)  # NumPy's own shape and casting rules, and errors
+        ufunc(probe, plain(other), out=probe)  # NumPy's own shape and casting rules, and errors
         if self._alias is not None and writes.next_op(writes.user_frame(sys._getframe(1))) == "STORE_SUBSCR":
             return ufunc(self, other)  # A[key] op= B: the store that follows is the write
         if self._alias is not None:
@@ -310,7 +315,7 @@ class Traced:
             return self
         result = ufunc(self, other)
         if result.dtype != probe.dtype:
-            result = _unary_node("astype", result, {"dtype": probe.dtype}, probe)
+            result = unary_node("astype", result, DType(probe.dtype), probe)
         self._id, self._value = result._id, result._value
         return self
 
@@ -319,11 +324,11 @@ def _refused_update(self, refused: Untraceable, new, value) -> None:
     """``self`` was written into: it holds ``new``, and every array sharing its memory changed
     too. None of them can be replayed; each gets a refused node (refused only if the cost
     depends on it)."""
-    tape, operands, _ = _operands([self, value] if isinstance(value, Traced) else [self])
-    self._id, self._value = tape.add("assigned", operands, {}, new, refused), new
+    tape, operands, _ = operands_of([self, value] if isinstance(value, Traced) else [self])
+    self._id, self._value = tape.add("assigned", operands, NoAttrs(), new, refused), new
     for member in self._alias.members() if self._alias is not None else ():
         if member is not self:
-            member._id = tape.add("assigned", (Ref(member._id),), {}, member._value, refused)
+            member._id = tape.add("assigned", (Ref(member._id),), NoAttrs(), member._value, refused)
 
 
 Traced._refused_update = _refused_update
@@ -334,8 +339,8 @@ for _name in ("__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__
               "__index__", "__contains__", "item", "tolist", "__setitem__", "__reduce__", "__copy__",
               "__deepcopy__", "transpose", "reshape", "ravel", "flatten", "squeeze", "copy", "astype", "sum",
               "mean", "max", "min", "var", "std", "dot", "clip", "__getitem__"):
-    setattr(Traced, _name, _after_trace(_name, getattr(Traced, _name)))
-Traced.T = property(_after_trace("T", Traced.T.fget))
+    setattr(Traced, _name, after_trace(_name, getattr(Traced, _name)))
+Traced.T = property(after_trace("T", Traced.T.fget))
 
 
 _AUGMENTED = {np.add: "+=", np.subtract: "-=", np.multiply: "*=", np.true_divide: "/=",

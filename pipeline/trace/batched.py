@@ -1,6 +1,6 @@
 """``Rep``: the values of one node under a batch of B perturbations, as ``replay`` holds them, and
 the functions that lay them out (a value at θ gathered like a Rep, an axis expanded, operands
-aligned for broadcasting, unit axes inserted or dropped, a transpose); and ``_Split``, the signal to cut a
+aligned for broadcasting, unit axes inserted or dropped, a transpose); and ``Split``, the signal to cut a
 batch into blocks.
 
 A Rep holds the node's value at θ (``base``) and, per axis, where the perturbed values may differ
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 
-class _Split(Exception):
+class Split(Exception):
     """Evaluate this node and the rest of the graph on parts of the batch, one after another."""
 
     def __init__(self, parts):
@@ -43,7 +43,7 @@ class Rep:
         return self.data.shape[self.bpos]
 
     def dpos(self, axis: int) -> int:
-        return _dpos(self.kinds, self.bpos, axis)
+        return dpos(self.kinds, self.bpos, axis)
 
     def take(self, part) -> "Rep":
         key = (slice(None),) * self.bpos + (part,)
@@ -54,24 +54,24 @@ class Rep:
 
 # --- layouts -------------------------------------------------------------------------------------
 
-def _dpos(kinds, bpos: int, axis: int) -> int:
+def dpos(kinds, bpos: int, axis: int) -> int:
     """Position in ``data`` of logical axis ``axis`` (which is not pinned)."""
     r = sum(1 for k in kinds[:axis] if k != "P")
     return r + (r >= bpos)
 
 
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
+def same_positions(a: np.ndarray, b: np.ndarray) -> bool:
     return a is b or (a.shape == b.shape and bool(np.array_equal(a, b)))
 
 
-def _per_item(kinds, idx, shape) -> int:
+def per_item(kinds, idx, shape) -> int:
     n = 1
     for k, i, s in zip(kinds, idx, shape):
         n *= s if k == "F" else (len(i) if k == "S" else 1)
     return n
 
 
-def _gather(value, kinds, idx, bpos: int):
+def gather(value, kinds, idx, bpos: int):
     """A value broadcastable to a node's shape (a constant, or a node's value at θ) laid out
     like a Rep's data with these kinds: S axes taken, P axes indexed per perturbation (a batch
     axis of length B) or, if the value has no pinned axis longer than 1, a batch axis of length 1."""
@@ -94,7 +94,7 @@ def _gather(value, kinds, idx, bpos: int):
     return np.moveaxis(v, 0, bpos) if bpos else v
 
 
-def _unpinned(kinds, idx, bpos: int, axis: int):
+def unpinned(kinds, idx, bpos: int, axis: int):
     """Kinds, idx and batch position once ``axis`` is held in full (the batch axis stays after
     the same axes), and the data position of ``axis`` then."""
     r = sum(1 for k in kinds[:axis] if k != "P")
@@ -102,33 +102,33 @@ def _unpinned(kinds, idx, bpos: int, axis: int):
         bpos += 1
     kinds = tuple(kinds[:axis]) + ("F",) + tuple(kinds[axis + 1:])
     idx = tuple(idx[:axis]) + (None,) + tuple(idx[axis + 1:])
-    return kinds, idx, bpos, _dpos(kinds, bpos, axis)
+    return kinds, idx, bpos, dpos(kinds, bpos, axis)
 
 
-def _full_batch(array: np.ndarray, bpos: int, B: int) -> np.ndarray:
+def full_batch(array: np.ndarray, bpos: int, B: int) -> np.ndarray:
     """A writable copy with a batch axis of length B."""
     shape = list(array.shape)
     shape[bpos] = B
     return np.array(np.broadcast_to(array, shape))
 
 
-def _expand(rep: Rep, axis: int) -> Rep:
+def expand(rep: Rep, axis: int) -> Rep:
     """The same values with ``axis`` held in full."""
-    kinds, idx, bpos, d = _unpinned(rep.kinds, rep.idx, rep.bpos, axis)
-    full = _full_batch(np.asarray(_gather(rep.base, kinds, idx, bpos)), bpos, rep.B)
+    kinds, idx, bpos, d = unpinned(rep.kinds, rep.idx, rep.bpos, axis)
+    full = full_batch(np.asarray(gather(rep.base, kinds, idx, bpos)), bpos, rep.B)
     if rep.kinds[axis] == "S":
         full[(slice(None),) * d + (rep.idx[axis],)] = rep.data
     else:  # one position per perturbation: index (perturbation, position) with the batch first
-        da = _dpos(kinds, 0, axis)
+        da = dpos(kinds, 0, axis)
         key = (np.arange(rep.B),) + (slice(None),) * (da - 1) + (rep.idx[axis],)
         np.moveaxis(full, bpos, 0)[key] = np.moveaxis(rep.data, rep.bpos, 0)
     return Rep(kinds, idx, full, bpos, rep.shape, rep.base)
 
 
-def _dense(rep: Rep) -> Rep:
+def dense(rep: Rep) -> Rep:
     for axis, kind in enumerate(rep.kinds):
         if kind != "F":
-            rep = _expand(rep, axis)
+            rep = expand(rep, axis)
     return rep
 
 
@@ -138,7 +138,7 @@ def _labels(kinds, bpos: int, pad: int = 0) -> list:
     return labels
 
 
-def _align(rep: Rep, kinds, bpos: int):
+def align(rep: Rep, kinds, bpos: int):
     """``rep.data`` laid out for a result with ``kinds`` (rep's axes are right-aligned to them,
     as in broadcasting; each agrees with the result's kind or has length 1)."""
     pad = len(kinds) - len(rep.kinds)
@@ -159,7 +159,7 @@ def _align(rep: Rep, kinds, bpos: int):
     return d.transpose(perm) if perm != list(range(len(perm))) else d
 
 
-def _result_bpos(rep: Rep, kinds) -> int:
+def result_bpos(rep: Rep, kinds) -> int:
     """Where the batch axis goes in a result with ``kinds``: after the same logical axes as in
     ``rep`` (the largest operand), so that its data need not move."""
     pad = len(kinds) - len(rep.kinds)
@@ -169,16 +169,16 @@ def _result_bpos(rep: Rep, kinds) -> int:
     return target.index(before[-1]) + 1 if before else 0
 
 
-def _unit_insert(rep: Rep, axis: int) -> Rep:
+def unit_insert(rep: Rep, axis: int) -> Rep:
     kinds = rep.kinds[:axis] + ("F",) + rep.kinds[axis:]
     idx = rep.idx[:axis] + (None,) + rep.idx[axis:]
     bpos = rep.bpos + (sum(1 for k in rep.kinds[:axis] if k != "P") < rep.bpos)
-    d = _dpos(kinds, bpos, axis)
+    d = dpos(kinds, bpos, axis)
     return Rep(kinds, idx, np.expand_dims(rep.data, d), bpos, rep.shape[:axis] + (1,) + rep.shape[axis:],
                np.expand_dims(rep.base, axis))
 
 
-def _unit_drop(rep: Rep, axis: int) -> Rep:
+def unit_drop(rep: Rep, axis: int) -> Rep:
     d = rep.dpos(axis)
     bpos = rep.bpos - (d < rep.bpos)
     return Rep(rep.kinds[:axis] + rep.kinds[axis + 1:], rep.idx[:axis] + rep.idx[axis + 1:],
@@ -186,7 +186,7 @@ def _unit_drop(rep: Rep, axis: int) -> Rep:
                np.squeeze(rep.base, axis))
 
 
-def _transpose(rep: Rep, axes: tuple, base) -> Rep:
+def transpose_rep(rep: Rep, axes: tuple, base) -> Rep:
     kinds = tuple(rep.kinds[a] for a in axes)
     idx = tuple(rep.idx[a] for a in axes)
     old = _labels(rep.kinds, rep.bpos)
@@ -197,7 +197,7 @@ def _transpose(rep: Rep, axes: tuple, base) -> Rep:
     return Rep(kinds, idx, data, bpos, tuple(rep.shape[a] for a in axes), base)
 
 
-def _narrowed(kind: str, idx, positions: np.ndarray, length: int):
+def narrowed(kind: str, idx, positions: np.ndarray, length: int):
     """The kind and positions of an axis once only ``positions`` (of its data) change."""
     if kind == "S":
         return "S", idx[positions]

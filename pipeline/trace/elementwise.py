@@ -9,19 +9,19 @@ import numpy as np
 
 from gradjob.trace.batched import (
     Rep,
-    _align,
-    _dense,
-    _expand,
-    _gather,
-    _per_item,
-    _result_bpos,
-    _same,
-    _unit_drop,
-    _unit_insert,
+    align,
+    dense,
+    expand,
+    gather,
+    per_item,
+    result_bpos,
+    same_positions,
+    unit_drop,
+    unit_insert,
 )
 
 
-class _Elementwise:
+class ElementwiseRules:
     """``Replay``'s rules for elementwise operations, reshapes and indexing."""
 
     def _elementwise(self, node, i, reps, function, kwargs, B, reusable=None):
@@ -31,7 +31,7 @@ class _Elementwise:
         first = changed[0]
         if len(changed) == 1 and first.shape == shape:  # the common case: nothing to reconcile
             kinds, idx, bpos = first.kinds, first.idx, first.bpos
-            self._split_by_size(B, _per_item(kinds, idx, shape) * self.dtypes[i].itemsize)
+            self._split_by_size(B, per_item(kinds, idx, shape) * self.dtypes[i].itemsize)
         else:
             kinds, idx = [], []
             for a in range(nd):
@@ -43,25 +43,25 @@ class _Elementwise:
                         break
                     if kind is None:
                         kind, ix = r.kinds[pa], r.idx[pa]
-                    elif kind != r.kinds[pa] or not _same(ix, r.idx[pa]):
+                    elif kind != r.kinds[pa] or not same_positions(ix, r.idx[pa]):
                         kind = "F"
                         break
                 kinds.append(kind or "F")
                 idx.append(ix if kind in ("S", "P") else None)
             kinds, idx = tuple(kinds), tuple(idx)
-            self._split_by_size(B, _per_item(kinds, idx, shape) * self.dtypes[i].itemsize)
+            self._split_by_size(B, per_item(kinds, idx, shape) * self.dtypes[i].itemsize)
             for n, r in enumerate(reps):
                 if r is not None:
                     pad = nd - len(r.shape)
                     for pa, k in enumerate(r.kinds):
                         if k != "F" and kinds[pa + pad] == "F":
-                            r = _expand(r, pa)
+                            r = expand(r, pa)
                     reps[n] = r
-            bpos = _result_bpos(max((r for r in reps if r is not None), key=lambda r: r.data.size), kinds)
-        args = [_align(r, kinds, bpos) if r is not None else _gather(self._operand_value(o), kinds, idx, bpos)
+            bpos = result_bpos(max((r for r in reps if r is not None), key=lambda r: r.data.size), kinds)
+        args = [align(r, kinds, bpos) if r is not None else gather(self._operand_value(o), kinds, idx, bpos)
                 for r, o in zip(reps, node.operands)]
         if self._recording:  # before the call: its output may overwrite an operand's block
-            bases = [a if r is None else _gather(self.base[o.id], kinds, idx, bpos)
+            bases = [a if r is None else gather(self.base[o.id], kinds, idx, bpos)
                      for a, r, o in zip(args, reps, node.operands)]
             self._switched(_flipped(function, args, bases, self.dtypes[i], bpos, B))
         shape_out = np.broadcast_shapes(*(np.shape(a) for a in args if a is not None))
@@ -88,18 +88,18 @@ class _Elementwise:
         if [s for s in rep.shape if s != 1] == [s for s in shape if s != 1]:
             for a in range(len(rep.shape) - 1, -1, -1):  # only axes of length 1 come or go
                 if rep.shape[a] == 1:
-                    rep = _unit_drop(rep, a)
+                    rep = unit_drop(rep, a)
             for a, s in enumerate(shape):
                 if s == 1:
-                    rep = _unit_insert(rep, a)
+                    rep = unit_insert(rep, a)
             return Rep(rep.kinds, rep.idx, rep.data, rep.bpos, rep.shape, base)
         self._split_by_size(B, int(np.prod(rep.shape)) * base.dtype.itemsize)
-        d = np.moveaxis(_dense(rep).data, rep.bpos, 0)
+        d = np.moveaxis(dense(rep).data, rep.bpos, 0)
         return Rep("F" * len(shape), (None,) * len(shape), d.reshape((B,) + tuple(shape)), 0, shape, base)
 
     def _index(self, rep: Rep, key: tuple, base, B: int) -> Rep:
         self._split_by_size(B, int(np.prod(rep.shape)) * base.dtype.itemsize)
-        d = np.moveaxis(_dense(rep).data, rep.bpos, -1)  # batch last: indexing leaves it last
+        d = np.moveaxis(dense(rep).data, rep.bpos, -1)  # batch last: indexing leaves it last
         used = sum(p.ndim if isinstance(p, np.ndarray) and p.dtype == bool else (p is not None and p is not Ellipsis)
                    for p in key)
         full = []
@@ -111,7 +111,7 @@ class _Elementwise:
         return Rep("F" * base.ndim, (None,) * base.ndim, out, base.ndim, base.shape, base)
 
 
-def _astype(a, out):
+def astype_into(a, out):
     np.copyto(out, a, casting="unsafe")
 
 
@@ -147,7 +147,7 @@ def _branches(function, args, dtype) -> list:
         return [np.not_equal(args[0], 0)]
     if function is np.clip:
         return [_order(args[0], bound) for bound in args[1:] if bound is not None]
-    if function is _astype and dtype.kind in "biu":
+    if function is astype_into and dtype.kind in "biu":
         return [np.asarray(args[0]).astype(dtype)]
     return []
 

@@ -11,12 +11,9 @@ import contextvars
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from gradjob.trace.casts import _Profile
 
 _NUMPY_DIR = os.path.dirname(np.__file__) + os.sep
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -31,7 +28,7 @@ class Untraceable(Exception):
         self.reason, self.where = reason, where
 
 
-def _is_user(filename: str) -> bool:
+def is_user(filename: str) -> bool:
     """Code of the user's, not NumPy's, gradjob's or the interpreter's own."""
     return not (filename.startswith(_NUMPY_DIR) or filename.startswith(_OWN_DIR) or filename.startswith("<frozen"))
 
@@ -40,25 +37,25 @@ def user_line() -> str:
     """``file.py:LINE`` of the innermost frame outside NumPy and gradjob, or ""."""
     frame = sys._getframe(1)
     while frame is not None:
-        if _is_user(frame.f_code.co_filename):
+        if is_user(frame.f_code.co_filename):
             return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
         frame = frame.f_back
     return ""
 
 
-def _traceback_line(tb) -> str:
+def traceback_line(tb) -> str:
     """``file.py:LINE`` of the innermost user frame of a traceback, or ""."""
     where = ""
     while tb is not None:
-        if _is_user(tb.tb_frame.f_code.co_filename):
+        if is_user(tb.tb_frame.f_code.co_filename):
             where = f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
         tb = tb.tb_next
     return where
 
 
-def _refuse(reason: str):
+def refuse(reason: str):
     exc = Untraceable(reason, user_line())
-    tape = _current.get()
+    tape = current_tape.get()
     if tape is not None and tape.refused is None:
         tape.refused = exc  # raised again after the forward, even if the forward caught it
     raise exc
@@ -91,12 +88,13 @@ class Ref:
 
 @dataclass
 class Node:
-    """``op`` applied to ``operands`` (``Ref`` or constants) with ``attrs``; ``value`` is its
-    value at θ, computed by NumPy during the trace."""
+    """``op`` (a name in ``ops.OPS``) applied to ``operands`` (``Ref`` or constants) with
+    ``attrs`` (its op's dataclass, see ``attrs``); ``value`` is its value at θ, computed by NumPy
+    during the trace."""
 
     op: str
     operands: tuple
-    attrs: dict
+    attrs: Any
     value: Any
 
     @property
@@ -111,15 +109,26 @@ class Graph:
     cost: int = -1
 
 
-class _Tape:
-    """The graph being recorded, and the constants it has snapshotted (by identity)."""
+class TracedValue:
+    """What the stand-in array (``array.Traced``) is to the modules below it, which test for it
+    and make new ones through their tape (``Tape.make``) without importing it."""
 
-    def __init__(self):
+    __slots__ = ()
+    is_lanes = False  # lanes.Lanes: x[mask] with a traced mask, usable only elementwise
+
+
+class Tape:
+    """The graph being recorded, and the constants it has snapshotted (by identity); ``make`` is
+    the class of the traced values it records (``array.Traced``), ``select`` makes ``x[mask]``
+    with a traced mask (``lanes.select``): both given by ``record``, which imports them."""
+
+    def __init__(self, make=None, select=None):
+        self.make, self.select = make, select
         self.graph = Graph()
         self.open = True
         self.refused: Untraceable | None = None
         self.pending: tuple | None = None  # (refusal, key) of a store whose traced key NumPy converts: see writes
-        self.profile: _Profile | None = None
+        self.profile = None  # the casts module's Profile while the forward runs
         self.poisoned: dict[int, Untraceable] = {}  # nodes the replay cannot compute, and why
         self.casts: list = []  # weak references to every _Cast, given their values back at the end
         self.numbers: list = []  # (number, traced value, why not) of each float()/.item(): see Traced._number
@@ -139,7 +148,7 @@ class _Tape:
             np.copyto(array, traced._value, casting="unsafe")
         self.written = {}
 
-    def add(self, op: str, operands: tuple, attrs: dict, value, refused: Untraceable | None = None) -> int:
+    def add(self, op: str, operands: tuple, attrs, value, refused: Untraceable | None = None) -> int:
         if isinstance(value, np.ndarray):
             value.flags.writeable = False  # a forward that writes into a recorded value fails
         self.graph.nodes.append(Node(op, operands, attrs, value))
@@ -166,11 +175,23 @@ class _Tape:
             return copy
         return self.constant(np.asarray(value))
 
+    def substitute(self, value):
+        """A plain operand that was written while traced -> its stand-in (see ``writes``); one that
+        shares memory with such an array (a view of it, or its base) is refused: it holds a sentinel."""
+        if isinstance(value, np.ndarray) and self.written:
+            kept = self.written.get(id(value))
+            if kept is not None and kept[0] is value:
+                return kept[1]
+            if any(np.may_share_memory(value, array) for array, *_ in self.written.values()):
+                refuse("reading an array written while traced through another that shares its memory (a view "
+                       "taken before the write, or its base) is not supported")
+        return value
 
-_current: contextvars.ContextVar[_Tape | None] = contextvars.ContextVar("gradjob_trace_tape", default=None)
+
+current_tape: contextvars.ContextVar[Tape | None] = contextvars.ContextVar("gradjob_trace_tape", default=None)
 
 
-def _pruned(graph: Graph, poisoned: dict) -> Graph:
+def pruned(graph: Graph, poisoned: dict) -> Graph:
     """Only the nodes the cost depends on (and the parameters), renumbered in the same order.
     Raises the refusal of the first refused node the cost depends on."""
     needed = {graph.cost, *graph.params.values()}

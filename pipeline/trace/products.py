@@ -7,26 +7,21 @@ block split.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from gradjob.trace.batched import (
     Rep,
-    _dense,
-    _dpos,
-    _expand,
-    _gather,
-    _narrowed,
-    _per_item,
-    _Split,
-    _unit_drop,
-    _unit_insert,
+    dense,
+    dpos,
+    expand,
+    gather,
+    narrowed,
+    per_item,
+    Split,
+    unit_drop,
+    unit_insert,
 )
 from gradjob.trace.graph import Ref
-
-if TYPE_CHECKING:
-    from gradjob.trace.replay import _Plan
 
 # Python work per node and block, in element operations, when deciding whether splitting a
 # batch by pinned row (fewer changed columns each) pays.
@@ -40,10 +35,10 @@ ROW_TILE = 8
 NARROW = 32
 
 
-class _Products:
+class ProductRules:
     """``Replay``'s rules for matrix products."""
 
-    def _bias(self, plan: _Plan, i: int):
+    def _bias(self, plan, i: int):
         """The node j = i + c (or c + i, i - c) when it is i's only use and c does not change
         under these perturbations: a rank-one update of i can then be added to j's value."""
         users = plan.consumers.get(i, [])
@@ -51,10 +46,10 @@ class _Products:
             return None
         j = users[0]
         node = self.graph.nodes[j]
-        if node.op != "elementwise" or node.attrs["kwargs"] or len(node.operands) != 2:
+        if node.op != "elementwise" or node.attrs.kwargs or len(node.operands) != 2:
             return None
         a, b = node.operands
-        function = node.attrs["function"]
+        function = node.attrs.function
         if function is np.add:
             other = b if isinstance(a, Ref) and a.id == i else a
         elif function is np.subtract and isinstance(a, Ref) and a.id == i:
@@ -67,11 +62,12 @@ class _Products:
             return None
         return j
 
-    def _transposed(self, i: int) -> np.ndarray:
-        """base[i].T, contiguous (a rank-one update of W @ A is laid out rows innermost)."""
+    def _transposed(self, i: int, base: np.ndarray) -> np.ndarray:
+        """``base`` (node i's value at θ as a matrix: a vector-matrix product's as one row).T,
+        contiguous (a rank-one update of W @ A is laid out rows innermost)."""
         value = self._transposes.get(i)
         if value is None:
-            value = self._transposes[i] = np.ascontiguousarray(self.base[i].T)
+            value = self._transposes[i] = np.ascontiguousarray(base.T)
         return value
 
     def _is_finite(self, i: int) -> bool:
@@ -86,10 +82,10 @@ class _Products:
         vector_a, vector_b = va.ndim == 1, vb.ndim == 1
         if vector_a:
             va = va[None, :]
-            ra = _unit_insert(ra, 0) if ra is not None else None
+            ra = unit_insert(ra, 0) if ra is not None else None
         if vector_b:
             vb = vb[:, None]
-            rb = _unit_insert(rb, 1) if rb is not None else None
+            rb = unit_insert(rb, 1) if rb is not None else None
         base = self.base[i].reshape(va.shape[0], vb.shape[1])
         # the update of a product (rank one, or one row) needs finite values to subtract
         exact = all(self._is_finite(o.id) for o in (oa, ob) if isinstance(o, Ref)) and self._is_finite(i)
@@ -103,15 +99,15 @@ class _Products:
         if rep is None:
             return None, fused
         if vector_b:
-            rep = _unit_drop(rep, 1)
+            rep = unit_drop(rep, 1)
         if vector_a:
-            rep = _unit_drop(rep, 0)
+            rep = unit_drop(rep, 0)
         return rep, fused
 
     def _matmul_both(self, ra, rb, base, B):
         self._split_by_size(B, (base.size + ra.base.size + rb.base.size) * base.dtype.itemsize)
-        a = np.moveaxis(_dense(ra).data, ra.bpos, 0)
-        b = np.moveaxis(_dense(rb).data, rb.bpos, 0)
+        a = np.moveaxis(dense(ra).data, ra.bpos, 0)
+        b = np.moveaxis(dense(rb).data, rb.bpos, 0)
         return Rep("FF", (None, None), np.matmul(a, b), 0, base.shape, base)
 
     def _matmul_left(self, i, r, C, base, B, exact, remaining, bias):
@@ -119,14 +115,14 @@ class _Products:
         k0, k1 = r.kinds
         k, m = C.shape
         if (k1 != "F" and not exact) or k1 == "S":
-            r, k1 = _expand(r, 1), "F"
+            r, k1 = expand(r, 1), "F"
         if k1 == "F":
             if k0 == "P":  # rows: one GEMM
                 self._split_by_size(B, m * base.dtype.itemsize)
                 d = np.moveaxis(r.data, r.bpos, 0)
                 return Rep("PF", (r.idx[0], None), _dot(d, C, self._buffer(i, (B, m), base.dtype)), 0,
                            base.shape, base, owned=True), None
-            self._split_by_size(B, _per_item(r.kinds, r.idx, r.shape) // k * m * base.dtype.itemsize)
+            self._split_by_size(B, per_item(r.kinds, r.idx, r.shape) // k * m * base.dtype.itemsize)
             return self._product(i, r, 1, C, base), None
         # the contracted axis is pinned: one column of r moved per perturbation
         pins = r.idx[1]
@@ -135,13 +131,13 @@ class _Products:
             self._split_by_size(B, m * base.dtype.itemsize)
             out = self._buffer(i, (B, m), base.dtype)
             np.multiply(delta.reshape(B, 1), C[pins, :], out=out)
-            out += _gather(base, "PF", (r.idx[0], None), 0)
+            out += gather(base, "PF", (r.idx[0], None), 0)
             return Rep("PF", (r.idx[0], None), out, 0, base.shape, base, owned=True), None
         D = np.moveaxis(delta, r.bpos, 1)  # (rows, B)
         rows = self._rank_one_support(D.T, pins, m, remaining)
         if rows is None:
             return None, None
-        kind, positions = _narrowed(k0, r.idx[0], rows, base.shape[0])
+        kind, positions = narrowed(k0, r.idx[0], rows, base.shape[0])
         self._split_by_size(B, rows.size * m * base.dtype.itemsize)
         if bias is not None:
             base, i = self.base[bias], bias
@@ -157,14 +153,14 @@ class _Products:
         k0, k1 = r.kinds
         n, k = C.shape
         if (k0 != "F" and not exact) or k0 == "S":
-            r, k0 = _expand(r, 0), "F"
+            r, k0 = expand(r, 0), "F"
         if k0 == "F":
             if k1 == "P":  # columns: one GEMM
                 self._split_by_size(B, n * base.dtype.itemsize)
                 d = np.moveaxis(r.data, r.bpos, 1)  # (k, B)
                 return Rep("FP", (None, r.idx[1]), _dot(d.T, C.T, self._buffer(i, (n, B), base.dtype).T).T, 1,
                            base.shape, base, owned=True), None
-            self._split_by_size(B, _per_item(r.kinds, r.idx, r.shape) // k * n * base.dtype.itemsize)
+            self._split_by_size(B, per_item(r.kinds, r.idx, r.shape) // k * n * base.dtype.itemsize)
             return self._product(i, r, 0, C.T, base), None
         pins = r.idx[0]
         delta = _delta(r, C)
@@ -172,19 +168,19 @@ class _Products:
             self._split_by_size(B, n * base.dtype.itemsize)
             out = self._buffer(i, (n, B), base.dtype)
             np.multiply(C[:, pins], delta.reshape(1, B), out=out)
-            out += _gather(base, "FP", (None, r.idx[1]), 1)
+            out += gather(base, "FP", (None, r.idx[1]), 1)
             return Rep("FP", (None, r.idx[1]), out, 1, base.shape, base, owned=True), None
         D = np.moveaxis(delta, r.bpos, 0)  # (B, columns)
         columns = self._rank_one_support(D, pins, n, remaining)
         if columns is None:
             return None, None
-        kind, positions = _narrowed(k1, r.idx[1], columns, base.shape[1])
+        kind, positions = narrowed(k1, r.idx[1], columns, base.shape[1])
         self._split_by_size(B, columns.size * n * base.dtype.itemsize)
         if bias is not None:
             base, i = self.base[bias], bias
         out = self._buffer(i, (B, columns.size, n), base.dtype)  # rows innermost: see _product
         np.multiply(C.T[pins][:, None, :], D[:, columns][:, :, None], out=out)
-        transposed = self._transposed(i)
+        transposed = self._transposed(i, base)
         out += transposed[None] if kind == "F" else \
             np.take(transposed, positions, axis=0, out=self._buffer((i, "base"), (columns.size, n), base.dtype))[None]
         return Rep(("F", kind), (None, positions), out.transpose(2, 0, 1), 1, base.shape, base, owned=True,
@@ -196,7 +192,7 @@ class _Products:
         next product wants it. Computed as (rest, k) @ (k, width) even for W @ A: OpenBLAS is up
         to twice as fast with the wide operand first when W has few rows."""
         d = r.data
-        dk = _dpos(r.kinds, r.bpos, axis)
+        dk = dpos(r.kinds, r.bpos, axis)
         rest = np.moveaxis(d, dk, -1)
         flat = rest.reshape(-1, M.shape[0])  # a view when k is innermost in memory
         out = self._buffer(i, (flat.shape[0], M.shape[1]), base.dtype)
@@ -207,7 +203,7 @@ class _Products:
             data = np.moveaxis(turned.reshape((M.shape[1],) + rest.shape[:-1]), 0, dk)
         else:
             data = np.moveaxis(out.reshape(rest.shape[:-1] + (M.shape[1],)), -1, dk)
-        same = _settle(data, d, dk, r, base)
+        same = settle(data, d, dk, r, base)
         return Rep(r.kinds, r.idx, data, r.bpos, base.shape, base, owned=True, same=same)
 
     def _rank_one_support(self, D: np.ndarray, pins: np.ndarray, width: int, remaining: int):
@@ -227,14 +223,14 @@ class _Products:
             grouped = int((sizes * np.count_nonzero(per, axis=1)).sum()) * width \
                 + len(starts) * remaining * NODE_OVERHEAD_ELEMENTS
             if grouped < D.shape[0] * count * width:
-                raise _Split(np.split(order, starts[1:]))
+                raise Split(np.split(order, starts[1:]))
         return np.flatnonzero(changed)
 
 
 def _delta(r, C) -> np.ndarray:
     """How far the perturbed operand moved from θ, in the product's dtype."""
     dtype = np.result_type(r.data, C)
-    return r.data.astype(dtype) - np.asarray(_gather(r.base, r.kinds, r.idx, r.bpos)).astype(dtype)
+    return r.data.astype(dtype) - np.asarray(gather(r.base, r.kinds, r.idx, r.bpos)).astype(dtype)
 
 
 def _dot(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -254,7 +250,7 @@ def _dot(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _settle(data: np.ndarray, d: np.ndarray, axes, r: Rep, base) -> np.ndarray:
+def settle(data: np.ndarray, d: np.ndarray, axes, r: Rep, base) -> np.ndarray:
     """Where a perturbation left every input of an output unchanged (all of ``d`` along ``axes`` is
     θ's: known from ``r.same``, else compared), its output is θ's, as where the batch had no change
     at all: which positions are recomputed depends on the whole batch, and a recomputed value may
@@ -265,7 +261,7 @@ def _settle(data: np.ndarray, d: np.ndarray, axes, r: Rep, base) -> np.ndarray:
         reduce = tuple(a for a in axes if same.shape[a] != 1)
         same = np.all(same, axis=reduce, keepdims=True) if reduce else same
     else:
-        same = np.all(d == np.asarray(_gather(r.base, r.kinds, r.idx, r.bpos)), axis=axes, keepdims=True)
+        same = np.all(d == np.asarray(gather(r.base, r.kinds, r.idx, r.bpos)), axis=axes, keepdims=True)
     if same.any():
-        np.copyto(data, np.asarray(_gather(base, r.kinds, r.idx, r.bpos)), where=same)
+        np.copyto(data, np.asarray(gather(base, r.kinds, r.idx, r.bpos)), where=same)
     return same

@@ -7,46 +7,24 @@ from the parameters stay plain arrays: constants of the graph (copied when recor
 derived from parameters are never frozen: a mask such as ``Z > 0`` is a node of the graph,
 recomputed under every perturbation.
 
-Supported on parameters and on values computed from them (this list is the README's):
-
-- ``np.dot``, ``@``/``np.matmul``, ``.dot`` (operands of 1 or 2 dimensions; ``np.dot`` with a
-  scalar), including ``X.dot(W)`` with X a plain array;
-- every elementwise NumPy ufunc, called or through an operator, with broadcasting, with Python
-  scalars or constant arrays on either side: ``+ - * / // % **``, unary ``-``, ``abs()``,
-  ``np.add``/``subtract``/``multiply``/``divide``/``power``/``negative``,
-  ``np.maximum``/``minimum``, ``np.exp``/``log``/``log1p``/``tanh``/``sqrt``/``abs``/``square``
-  and the rest; comparisons (``A > 0``) and ``& | ^`` on masks; ``np.where(cond, a, b)``,
-  ``np.clip``/``.clip``;
-- ``np.sum``/``mean``/``max``/``min``/``amax``/``amin``/``nansum``/``nanmax``/``nanmin`` and the
-  methods ``.sum``/``.mean``/``.max``/``.min``, with ``axis``, ``keepdims`` and ``dtype``;
-  ``np.var``/``np.std``/``.var``/``.std`` (with ``ddof``); ``np.linalg.norm(x)`` (the default
-  norm, over all elements);
-- ``.T``, ``np.transpose``/``.transpose``, ``np.reshape``/``.reshape``, ``np.squeeze``/``.squeeze``,
-  ``np.expand_dims``, ``np.ravel``/``.ravel``/``.flatten``, ``np.copy``/``.copy``,
-  ``.astype``/``np.astype``, and NumPy's scalar types as casts (``np.int64(A > 0)``);
-- indexing with constants: integers, slices, ``None``, ``...``, integer and boolean arrays
-  (``scores[np.arange(N), y]``);
-- ``len()``, ``.shape``, ``.ndim``, ``.size``, ``.dtype``, iterating over the first axis,
-  ``np.zeros_like``/``ones_like``/``full_like`` (constants);
-- augmented assignment: ``loss += reg`` on scalars; ``scores -= scores.max(axis=1, keepdims=True)``
-  on arrays that share memory with no other (no views);
-- writes (see ``writes``), each the array's next version: ``A[key] = v``, ``A[key] += v``, ``A += v``,
-  ``np.op(..., out=A)`` and ``np.add.at(A, key, v)`` with A a plain array (``out = np.zeros(...)``)
-  or a traced one that is no parameter; ``A[mask] = scalar`` with a traced mask of A's shape, and
-  ``z[mask] = f(x[mask])`` with ``f`` elementwise (``lanes``: cs231n's stable sigmoid).
+Supported on parameters and on values computed from them: the operations declared in ``ops``
+(README's list is made from it, the writes among them), and augmented assignment: ``loss += reg``
+on scalars; ``scores -= scores.max(axis=1, keepdims=True)`` on arrays that share memory with no
+other (no views).
 
 Values keep the dtypes the real forward gives them (a forward computing in float32 is replayed
 in float32). Anything else raises ``Untraceable`` naming the operation and the user's line
 (``file.py:LINE``, the innermost frame outside NumPy and gradjob):
 
-- NumPy functions outside the list (``np.linalg.svd``, ``np.concatenate``, ``np.einsum``, ...),
+- NumPy functions outside the list (``np.linalg.svd``, ``np.cumsum``, ...),
   ufunc methods (``np.add.reduce``), ufuncs with more than one output;
 - ``where=`` arguments; ``out=`` into a plain view not stored back (``V = A[1:]; V += B``);
 - writing into a parameter or a view of one (``W[0] = 0``, ``W += 1``), and a plain array written
   with a traced value read through a view taken before, or by plain NumPy (its memory holds a
   sentinel while traced: the cost then is not the forward's);
 - Python control flow or conversion on a traced value: ``if``/``while``/``and``/``assert``,
-  ``float()`` and ``.item()`` (but on the cost the forward returns: ``return float(cost), cache``),
+  ``float()`` and ``.item()`` (but on the cost the forward returns: ``return float(cost), cache``
+  or ``np.float64(cost)``),
   ``int()``, ``.tolist()``, ``np.asarray``/``np.array`` (with ``dtype=`` too), storing it into a plain
   array but as ``A[key] = v`` (A and key made of names, numbers, slices, arithmetic); a traced
   value as text (``print``, ``str``, f-strings: it could come back as a constant); indexing
@@ -60,17 +38,21 @@ A forward that raises while traced is refused with its error. Tracing leaves the
 as a real forward would: a traced value the forward kept (a running mean in a dict) acts as its
 value at θ once the trace is over.
 
-The trace, module by module; each imports only those listed before it, but for the lazy imports
-its docstring names:
+The trace, module by module; each imports only those listed before it (no cycles, no private
+names between them: tests/trace/test_ops.py checks both):
 
+- ``attrs``: the typed attributes of the graph's nodes;
 - ``graph``: the graph (``Ref``, ``Node``, ``Graph``), the tape that records it, ``Untraceable``;
-- ``traced_casts``: where NumPy converts instead of dispatching (``np.int64(A > 0)``, ``X.dot(W)``);
-- ``writes``: writes into arrays, recorded as new versions, and their replay rule;
-- ``lanes``: ``x[mask]`` with a traced mask (imported by ``traced_numpy`` when called);
-- ``traced_numpy``: the supported NumPy functions, each recorded as a node, and their table;
-- ``after_trace``: a traced value the forward kept, once the trace is over;
-- ``traced_array``: ``Traced``, the stand-in array;
-- here: ``record``, and ``Replay`` (from ``replay``, which imports this module).
+- ``casts``: where NumPy converts instead of dispatching (``np.int64(A > 0)``, ``X.dot(W)``);
+- ``functions``: the record rules, each recording a node (``recorded_call``: any function, generically);
+- ``batched``, ``elementwise``, ``products``, ``reductions``, ``generic``: the replay rules;
+- ``writes``: writes into arrays, recorded as new versions (``A[key] = v``, ``A += v``, ``np.add.at``),
+  and their replay rule;
+- ``ops``: the registry, each operation declared once (name, doc line, attributes, record and replay rules);
+- ``after``: a traced value the forward kept, once the trace is over;
+- ``array``: ``Traced``, the stand-in array;
+- ``lanes``: ``x[mask]`` with a traced mask (``Lanes``, a ``Traced``; the tape's ``select``);
+- here: ``record``; then ``replay``, which evaluates the graph through ``ops``.
 """
 
 from __future__ import annotations
@@ -81,24 +63,26 @@ import sys
 import numpy as np
 
 from gradjob.trace.array import Traced
-from gradjob.trace.casts import _Profile, _untangle
-from gradjob.trace.functions import _Alias
-from gradjob.trace.graph import Graph, Untraceable, _current, _pruned, _Tape, _traceback_line
+from gradjob.trace.attrs import Param
+from gradjob.trace.casts import Profile, untangle
+from gradjob.trace.functions import Alias
+from gradjob.trace.graph import Graph, Untraceable, current_tape, pruned, Tape, traceback_line
+from gradjob.trace.lanes import select
 
 
 def record(forward, X, Y, layout, theta) -> Graph:
     """Run the forward once on traced parameters; the graph of the cost, pruned to what it
     depends on. Raises ``Untraceable``."""
-    tape = _Tape()
+    tape = Tape(Traced, select)
     params = {}
     for t in layout.tensors:
         value = np.array(theta[t.offset:t.stop]).reshape(t.shape)  # a copy: θ may change after (read-only once added)
-        tape.graph.params[t.name] = tape.add("param", (), {"name": t.name}, value)
+        tape.graph.params[t.name] = tape.add("param", (), Param(t.name), value)
         params[t.name] = Traced(tape, tape.graph.params[t.name], value)
-        _Alias(parameter=True).add(params[t.name])  # a view of θ
-    token = _current.set(tape)
+        Alias(parameter=True).add(params[t.name])  # a view of θ
+    token = current_tape.set(tape)
     previous = sys.getprofile()
-    tape.profile = _Profile(previous)
+    tape.profile = Profile(previous)
     sys.setprofile(tape.profile)
     try:
         result = forward(X, Y, params)
@@ -107,18 +91,18 @@ def record(forward, X, Y, layout, theta) -> Graph:
     except Exception as exc:
         if tape.refused is not None:  # refused where NumPy turned the refusal into its own error
             raise tape.refused from exc
-        where = _traceback_line(exc.__traceback__)
+        where = traceback_line(exc.__traceback__)
         raise Untraceable(f"the forward raised {type(exc).__name__} while traced: {exc}", where) from exc
     finally:
         sys.setprofile(previous)
-        _current.reset(token)
+        current_tape.reset(token)
         wrote = [where for _, _, where in tape.written.values()]  # the plain arrays written into, where first
         tape.close()
     if tape.refused is not None:
         raise tape.refused
-    cost = _untangle(result[0] if isinstance(result, tuple) else result)
+    returned = cost = untangle(result[0] if isinstance(result, tuple) else result)
     for number, traced, refused in tape.numbers:  # float(cost) returned is the cost; any other, refused
-        if number is not cost:
+        if not _returned_as(returned, number, traced):
             raise refused
         cost = traced
     code = getattr(forward, "__code__", None)
@@ -135,4 +119,15 @@ def record(forward, X, Y, layout, theta) -> Graph:
     graph, poisoned = tape.graph, tape.poisoned
     tape.graph, tape.poisoned, tape.casts, tape.numbers = Graph(), {}, [], []  # values left in user objects keep only themselves
     graph.cost = cost._id
-    return _pruned(graph, poisoned)
+    return pruned(graph, poisoned)
+
+
+def _returned_as(returned, number, traced) -> bool:
+    """Whether the returned cost is ``number``, the plain number made of ``traced``: that very
+    object (``return float(cost)``), or a NumPy scalar holding exactly its value in its own dtype
+    (``return np.float64(cost)``, which calls float() and wraps the result). A conversion that
+    changes the value (``np.float32`` of a float64 cost) is not the cost, so stays refused."""
+    if returned is number:
+        return True
+    return (isinstance(returned, np.floating) and returned.dtype == traced.dtype
+            and returned.tobytes() == np.asarray(traced._value, dtype=traced.dtype).reshape(()).tobytes())

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradjob.trace.products import _settle
-from gradjob.trace.batched import Rep, _dense, _dpos, _expand, _full_batch, _gather, _per_item, _unit_drop, _unpinned
+from gradjob.trace.products import settle
+from gradjob.trace.batched import Rep, dense, dpos, expand, full_batch, gather, per_item, unit_drop, unpinned
 
 _REDUCERS = {"sum": (np.add, np.sum), "mean": (np.add, np.sum), "max": (np.maximum, np.max),
              "min": (np.minimum, np.min), "nansum": (np.add, np.nansum), "nanmax": (np.fmax, np.nanmax),
@@ -21,8 +21,8 @@ _EXTREMES = ("max", "min", "nanmax", "nanmin")
 def _extreme_moved(rep: Rep, base: np.ndarray, axes: tuple, kind: str, B: int) -> np.ndarray:
     """Per perturbation, in how many slots a max/min reduction's extreme moved to another position
     than at θ, or a tie formed or broke (the switch of max-pooling: its argmax)."""
-    dense = _dense(rep)
-    data = np.moveaxis(_full_batch(np.asarray(dense.data), dense.bpos, B), dense.bpos, 0)
+    held = dense(rep)
+    data = np.moveaxis(full_batch(np.asarray(held.data), held.bpos, B), held.bpos, 0)
 
     def winners(values, lead):
         moved = np.moveaxis(values, [lead + a for a in axes], list(range(-len(axes), 0)))
@@ -38,7 +38,7 @@ def _extreme_moved(rep: Rep, base: np.ndarray, axes: tuple, kind: str, B: int) -
     return np.count_nonzero(differ.reshape(B, -1), axis=1)
 
 
-class _Reductions:
+class ReductionRules:
     """``Replay``'s rules for reductions."""
 
     def _partial(self, source: int, kind: str, done: tuple, dtype):
@@ -53,9 +53,9 @@ class _Reductions:
         return value
 
     def _reduce(self, node, i, rep: Rep, source: int, B: int):
-        kind, axes, keepdims = node.attrs["kind"], node.attrs["axes"], node.attrs["keepdims"]
+        kind, axes, keepdims = node.attrs.kind, node.attrs.axes, node.attrs.keepdims
         combine, reducer = _REDUCERS[kind]
-        dtype = node.attrs["dtype"]
+        dtype = node.attrs.dtype
         if kind == "mean" and dtype is None:  # as np.mean accumulates
             given = rep.base.dtype
             dtype = np.dtype(np.float64) if given.kind in "biu" else (np.dtype(np.float32) if given == np.float16 else None)
@@ -65,25 +65,25 @@ class _Reductions:
             self._switched(_extreme_moved(rep, self.base[source], axes, kind, B))
         selected = [a for a in axes if rep.kinds[a] == "S"]
         if selected:  # held in full: which positions changed depends on the batch, the order of a sum must not
-            self._split_by_size(B, _per_item(["F" if a in selected else k for a, k in enumerate(rep.kinds)],
+            self._split_by_size(B, per_item(["F" if a in selected else k for a, k in enumerate(rep.kinds)],
                                              rep.idx, rep.shape) * rep.data.dtype.itemsize)
             for a in selected:
-                rep = _expand(rep, a)
+                rep = expand(rep, a)
         kinds, idx, data, bpos = list(rep.kinds), list(rep.idx), rep.data, rep.bpos
         shape = list(rep.shape)
         done: tuple = ()
         full = [a for a in axes if kinds[a] == "F"]
         if full:
-            reduced = tuple(_dpos(kinds, bpos, a) for a in full)
+            reduced = tuple(dpos(kinds, bpos, a) for a in full)
             data = _each(reducer, rep.data, reduced, bpos, kwargs)
-            _settle(data, rep.data, reduced, rep, self._partial(source, kind, tuple(full), dtype))
+            settle(data, rep.data, reduced, rep, self._partial(source, kind, tuple(full), dtype))
             for a in full:
                 shape[a] = 1
             done = tuple(full)
         for a in [x for x in axes if kinds[x] == "P"]:  # the changed position, plus all others
             base = self._partial(source, kind, done, dtype)
             rest = self._excluding_pins(base, (source, kind, done, dtype), kinds, idx, bpos, a, kind, B, kwargs)
-            new_kinds, new_idx, bpos, d = _unpinned(kinds, idx, bpos, a)
+            new_kinds, new_idx, bpos, d = unpinned(kinds, idx, bpos, a)
             kinds, idx = list(new_kinds), list(new_idx)
             data = combine(np.expand_dims(data, d), rest)
             shape[a] = 1
@@ -95,7 +95,7 @@ class _Reductions:
             out.data = np.true_divide(out.data, np.intp(count)).astype(self.dtypes[i], copy=False)
         if not keepdims:
             for a in sorted(axes, reverse=True):
-                out = _unit_drop(out, a)
+                out = unit_drop(out, a)
         out.base = self.base[i]  # as the forward shaped it
         return out
 
@@ -104,15 +104,15 @@ class _Reductions:
         laid out like the result's data with ``a`` held as a full axis of length 1."""
         reducer = _REDUCERS[kind][1]
         other_pins = any(k == "P" and base.shape[x] > 1 for x, k in enumerate(kinds) if x != a)
-        unpinned, loose, new_bpos, d = _unpinned(kinds, idx, bpos, a)
+        free, loose, new_bpos, d = unpinned(kinds, idx, bpos, a)
         if other_pins:  # each perturbation's own slice, with its pinned position left out
             results = []
-            for part in self._blocks(B, _per_item(unpinned, loose, base.shape) * base.dtype.itemsize):
-                part_idx = [i[part] if k == "P" else i for k, i in zip(unpinned, loose)]
-                block = _full_batch(np.asarray(_gather(base, unpinned, part_idx, new_bpos)), new_bpos,
+            for part in self._blocks(B, per_item(free, loose, base.shape) * base.dtype.itemsize):
+                part_idx = [i[part] if k == "P" else i for k, i in zip(free, loose)]
+                block = full_batch(np.asarray(gather(base, free, part_idx, new_bpos)), new_bpos,
                                     part.stop - part.start)
                 moved = np.moveaxis(block, new_bpos, 0)
-                da = _dpos(unpinned, 0, a)
+                da = dpos(free, 0, a)
                 at = (np.arange(part.stop - part.start),) + (slice(None),) * (da - 1)
                 pins = idx[a][part]
                 if kind in ("sum", "mean", "nansum"):
@@ -130,7 +130,7 @@ class _Reductions:
                                                                keepdims=True, **kwargs)
             parts.append(value)
         table = np.concatenate(parts, axis=a)  # along a: one entry per position left out
-        gathered = _gather(table, kinds, idx[:a] + [inverse.reshape(-1)] + idx[a + 1:], bpos)
+        gathered = gather(table, kinds, idx[:a] + [inverse.reshape(-1)] + idx[a + 1:], bpos)
         return np.expand_dims(gathered, d)
 
 

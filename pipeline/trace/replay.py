@@ -18,12 +18,13 @@ real forward gives it, and the results equal the real forward's to round-off.
 
 ``Replay.costs`` may be called from several threads: buffers are per thread.
 
-Here: ``Replay`` runs the graph node by node, splits batches and keeps the buffers. The
-incremental rule of each operation is mixed into it from a module of its own
-(``replay_elementwise``: ufuncs, ``np.where``, ``np.clip``, casts, reshapes, indexing;
-``replay_products``: matrix products; ``replay_reductions``), and reaches the buffers and the
-block size through ``self`` (``self._buffer``, ``self._split_by_size``): this module imports
-those, not they this one.
+Here: ``Replay`` runs the graph node by node, splits batches and keeps the buffers; each node is
+evaluated by its operation's replay rule, looked up in ``ops.OPS``. The incremental rules are
+mixed into ``Replay`` from modules of their own (``elementwise``: ufuncs, ``np.where``,
+``np.clip``, casts, reshapes, indexing; ``products``: matrix products; ``reductions``), and reach
+the buffers and the block size through ``self`` (``self._buffer``, ``self._split_by_size``); every
+other operation is recomputed per perturbation (``generic``). This module imports those, not they
+this one.
 
 About 290 lines because ``Replay``'s own part is one piece of control flow, read together: the
 loop over nodes, the batch splits it catches (``_run``, ``_hoist``), the buffers, the dispatch.
@@ -37,13 +38,13 @@ import numpy as np
 
 from gradjob.model.layout import Layout
 from gradjob.numerics.evaluate import PerturbationFailure
-from gradjob.trace.batched import Rep, _Split, _transpose
-from gradjob.trace.elementwise import _astype, _Elementwise
+from gradjob.trace.batched import Rep, Split
+from gradjob.trace.elementwise import ElementwiseRules
 from gradjob.trace.graph import Graph, Ref, Untraceable
-from gradjob.trace.products import _Products
+from gradjob.trace.ops import OPS
+from gradjob.trace.products import ProductRules
 from gradjob.trace.record import record
-from gradjob.trace.reductions import _Reductions
-from gradjob.trace.writes import WRITE_OPS, replay_write
+from gradjob.trace.reductions import ReductionRules
 
 # The largest batched intermediate of a block. Measured on 784-512-256-1 (ReLU) and 784-512-256-10
 # (tanh, softmax) networks, one thread: 0.5, 1, 2, 4, 8 and 16 MiB took 156, 95, 66, 54, 48, 62 µs
@@ -62,10 +63,10 @@ def _blocks(B: int, per_item_bytes: int) -> list[slice]:
 def _split_by_size(B: int, per_item_bytes: int):
     if B <= 1 or B * per_item_bytes <= BLOCK_BYTES:
         return
-    raise _Split(_blocks(B, per_item_bytes))
+    raise Split(_blocks(B, per_item_bytes))
 
 
-class _Plan:
+class Plan:
     """The nodes that depend on one tensor, in order, and when each value is last needed."""
 
     def __init__(self, graph: Graph, leaf: int):
@@ -94,7 +95,7 @@ class _Plan:
         self.reaches_cost = graph.cost in depends
 
 
-class Replay(_Elementwise, _Products, _Reductions):
+class Replay(ElementwiseRules, ProductRules, ReductionRules):
     """The costs of single-element perturbations of θ, from one traced run of the forward."""
 
     _split_by_size = staticmethod(_split_by_size)  # for the rules mixed in: BLOCK_BYTES is read here
@@ -107,7 +108,7 @@ class Replay(_Elementwise, _Products, _Reductions):
         self._finite: dict[int, bool] = {}
         self._cost = graph.nodes[graph.cost].value
         self._complex = np.iscomplexobj(self._cost)
-        self._plans: dict[str, _Plan] = {}
+        self._plans: dict[str, Plan] = {}
         self._partials: dict = {}   # (node, kind, axes reduced, dtype) -> that reduction at θ
         self._excluding: dict = {}  # (partial, axis, position) -> the reduction without that position
         self._transposes: dict = {}
@@ -194,7 +195,7 @@ class Replay(_Elementwise, _Products, _Reductions):
         leaf = self.graph.params[tensor.name]
         plan = self._plans.get(tensor.name)
         if plan is None:
-            plan = self._plans[tensor.name] = _Plan(self.graph, leaf)
+            plan = self._plans[tensor.name] = Plan(self.graph, leaf)
         if not plan.reaches_cost:
             return np.full(len(local), self._cost)
         base = self.base[leaf]
@@ -208,7 +209,7 @@ class Replay(_Elementwise, _Products, _Reductions):
         env = {leaf: Rep(kinds, idx, data, 0, shape, base)}
         return self._run(plan, 1, env, len(local))
 
-    def _run(self, plan: _Plan, pos: int, env: dict, B: int, skip: frozenset = frozenset()) -> np.ndarray:
+    def _run(self, plan: Plan, pos: int, env: dict, B: int, skip: frozenset = frozenset()) -> np.ndarray:
         """Costs from the node at ``pos`` on; ``env`` holds the perturbed values so far, ``skip``
         the later nodes already evaluated (fused into a product, or hoisted before a split)."""
         nodes = self.graph.nodes
@@ -217,7 +218,7 @@ class Replay(_Elementwise, _Products, _Reductions):
             if i not in skip:
                 try:
                     rep, stands_for = self._evaluate(nodes[i], i, env, B, plan, pos, plan.dead[pos])
-                except _Split as split:
+                except Split as split:
                     skip = self._hoist(plan, pos, env, B, skip)
                     out = np.empty(B, dtype=np.complex128 if self._complex else np.float64)
                     flags = self._local.flags
@@ -244,7 +245,7 @@ class Replay(_Elementwise, _Products, _Reductions):
             return np.full(B, self._cost)
         return np.moveaxis(rep.data, rep.bpos, 0).reshape(B)
 
-    def _hoist(self, plan: _Plan, pos: int, env: dict, B: int, skip: frozenset) -> frozenset:
+    def _hoist(self, plan: Plan, pos: int, env: dict, B: int, skip: frozenset) -> frozenset:
         """Before splitting the batch at ``pos``: evaluate, once for the whole batch, the later
         nodes that do not depend on the node there (e.g. a regularisation term)."""
         nodes = self.graph.nodes
@@ -258,7 +259,7 @@ class Replay(_Elementwise, _Products, _Reductions):
                 continue
             try:
                 rep, stands_for = self._evaluate(nodes[i], i, env, B, plan, plan.position[i])
-            except _Split:
+            except Split:
                 after.add(i)
                 continue
             skip.add(i)
@@ -294,42 +295,13 @@ class Replay(_Elementwise, _Products, _Reductions):
         return buf[:n].reshape(shape)
 
     # -- one node
-    def _evaluate(self, node, i: int, env: dict, B: int, plan: _Plan, pos: int, dying=()):
+    def _evaluate(self, node, i: int, env: dict, B: int, plan: Plan, pos: int, dying=()):
         """(the node's Rep or None if no perturbation changes it, the id of the node the Rep
         stands for when it is a later one's: a product fused with the bias added to it)."""
         reps = [env.get(a.id) if isinstance(a, Ref) else None for a in node.operands]
         if all(r is None for r in reps):
             return None, None
-        op = node.op
-        if op == "matmul":
-            return self._matmul(node, i, reps, B, plan, len(plan.order) - pos)
-        if op == "elementwise":
-            function = node.attrs["function"]
-            reusable = None
-            if isinstance(function, np.ufunc):  # write over an operand's block if this is its last use
-                reusable = next((r for r, o in zip(reps, node.operands)
-                                 if r is not None and r.owned and o.id in dying), None)
-            rep = self._elementwise(node, i, reps, function, node.attrs["kwargs"], B, reusable)
-        elif op == "astype":
-            rep = self._elementwise(node, i, reps, _astype, {}, B)
-        elif op in ("copy", "transpose", "reshape"):  # may share the operand's data
-            reps[0].owned = False
-            if op == "copy":
-                rep = Rep(reps[0].kinds, reps[0].idx, reps[0].data, reps[0].bpos, reps[0].shape, reps[0].base)
-            elif op == "transpose":
-                rep = _transpose(reps[0], node.attrs["axes"], self.base[i])
-            else:
-                rep = self._reshape(reps[0], node.attrs["shape"], self.base[i], B)
-        elif op == "reduce":
-            rep = self._reduce(node, i, reps[0], node.operands[0].id, B)
-        elif op == "index":
-            reps[0].owned = False  # basic indexing gives a view of the operand's data
-            rep = self._index(reps[0], node.attrs["key"], self.base[i], B)
-        elif op in WRITE_OPS:
-            rep = replay_write(self, node, i, reps, B, dying)
-        else:
-            raise AssertionError(f"unknown node {op}")
-        return rep, None
+        return OPS[node.op].replay(self, node, i, reps, B, plan, pos, dying)
 
     def _operand_value(self, operand):
         return self.base[operand.id] if isinstance(operand, Ref) else operand

@@ -6,7 +6,7 @@ A plain array written with a traced value (``out = np.zeros(...)``; ``out[n, f, 
 ``dW += dW_t``) gets one stand-in ``Traced`` for the rest of the trace: the local names bound to
 it in the writing frame are rebound to the stand-in, and a plain array that other objects still
 hold is looked up by identity (``tape.written``) when it is next an operand of a traced
-operation. Its own memory is filled with a sentinel, as a ``_Cast``'s is: a pure-NumPy read of it
+operation. Its own memory is filled with a sentinel, as a ``Cast``'s is: a pure-NumPy read of it
 the trace cannot see makes the traced cost differ from the real one at θ, which the caller's
 comparison reports. The values at θ are written back when the trace closes.
 
@@ -16,7 +16,11 @@ instruction under way, and the pure loads before it that give them: its bytecode
 with the function where its source may not), else refuses.
 
 Replay: a write is a batched recompute of the node (the array held in full per perturbation),
-written in place when the previous version dies there (a chain of scalar stores).
+written in place when the previous version dies there (a chain of scalar stores): ``replay_write``,
+the rule ``ops`` declares for ``setitem`` and ``ufunc_at`` (attributes ``attrs.Write``); a plain
+array's version before its first write is a ``constant`` node, never replayed. ``Traced`` reaches
+these rules from ``__setitem__``, ``__array__``, ``__index__`` and ``__array_ufunc__``; this module
+knows it as ``TracedValue`` and makes stand-ins through the tape (``Tape.make``).
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ import sys
 
 import numpy as np
 
-from gradjob.trace.batched import Rep, _dense
-from gradjob.trace.casts import _poison, _untangle
-from gradjob.trace.graph import Untraceable, _is_user, _refuse, user_line
+from gradjob.trace.attrs import NoAttrs, Write
+from gradjob.trace.batched import Rep, dense
+from gradjob.trace.casts import poison, untangle
+from gradjob.trace.functions import LANES_REFUSED, operands_of, plain
+from gradjob.trace.graph import TracedValue, Untraceable, is_user, refuse, user_line
 
 _STORE_SUBSCR = dis.opmap["STORE_SUBSCR"]
 _PASS_OVER = {"CACHE", "SWAP", "COPY", "NOP", "EXTENDED_ARG", "ROT_TWO", "ROT_THREE"}
@@ -40,25 +46,19 @@ _LOADS = {"LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_NAME", "LOAD_GLOBAL",
 _BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "//": operator.floordiv, "/": operator.truediv,
            "%": operator.mod, "**": operator.pow, "<": operator.lt, "<=": operator.le, ">": operator.gt,
            ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "&": operator.and_, "|": operator.or_}
-WRITE_OPS = ("setitem", "ufunc_at")
-LANES_REFUSED = ("x[mask] with a mask computed from the parameters is supported in elementwise operations with "
-                 "scalars, stored back with the same mask (z[mask] = f(x[mask]))")  # see lanes
 
 
 def masked(target, key, value):
     """``A[mask] = scalar`` with a traced boolean mask of A's shape (``dhidden[hidden <= 0] = 0``), or
     ``A[mask] = f(x[mask])`` (see ``lanes``): ``np.where(mask, ..., A)``, an elementwise node; None
     for any other write."""
-    from gradjob.trace.array import Traced  # lazy: array imports this module
-    from gradjob.trace.functions import _plain
-
-    if not (isinstance(key, Traced) and key.dtype == bool and key.shape == target.shape):
+    if not (isinstance(key, TracedValue) and key.dtype == bool and key.shape == target.shape):
         return None
-    if hasattr(type(value), "_mask_id"):  # z[mask] = f(x[mask]): see lanes
+    if isinstance(value, TracedValue) and value.is_lanes:  # z[mask] = f(x[mask]): see lanes
         if value._mask_id != key._id:
-            _refuse(LANES_REFUSED)
+            refuse(LANES_REFUSED)
         value = value.whole()
-    elif np.ndim(_plain(value)) != 0:
+    elif np.ndim(plain(value)) != 0:
         return None
     result = np.where(key, value, target)
     if result.dtype != target.dtype:
@@ -71,12 +71,10 @@ def masked(target, key, value):
 
 def _key(key):
     """The index parts of a write, as constants: traced indices are refused."""
-    from gradjob.trace.array import Traced  # lazy: array imports this module
-
-    key = _untangle(key)
+    key = untangle(key)
     parts = key if isinstance(key, tuple) else (key,)
-    if any(isinstance(p, Traced) for p in parts):
-        _refuse("indexing with a traced array (an index computed from the parameters) is not supported")
+    if any(isinstance(p, TracedValue) for p in parts):
+        refuse("indexing with a traced array (an index computed from the parameters) is not supported")
     return tuple(p if isinstance(p, (int, np.integer, slice)) or p is None or p is Ellipsis else np.asarray(p)
                  for p in parts)
 
@@ -94,59 +92,41 @@ def _batched(shape, key) -> bool:
 def write(target, key, value, function=None):
     """``target[key] = value`` (or ``function.at(target, key, value)``) recorded as ``target``'s next
     version. ``target`` is a Traced that is no parameter, whose ``_id`` and ``_value`` move on."""
-    from gradjob.trace.array import Traced  # lazy: array imports this module
-    from gradjob.trace.functions import _operands, _plain
-
-    value = _untangle(value)
+    value = untangle(value)
     parts = _key(key)
     new = np.array(target._value)
     if function is None:
-        new[parts if isinstance(key, tuple) else parts[0]] = _plain(value)  # NumPy's own errors
+        new[parts if isinstance(key, tuple) else parts[0]] = plain(value)  # NumPy's own errors
     else:
-        function.at(new, parts if isinstance(key, tuple) else parts[0], _plain(value))
-    if isinstance(value, Traced) and value.dtype.kind in "fc" and new.dtype.kind not in "fc":
-        _refuse("writing a floating-point traced value into an integer or boolean array is not supported")
+        function.at(new, parts if isinstance(key, tuple) else parts[0], plain(value))
+    if isinstance(value, TracedValue) and value.dtype.kind in "fc" and new.dtype.kind not in "fc":
+        refuse("writing a floating-point traced value into an integer or boolean array is not supported")
     if any(isinstance(p, np.ndarray) for p in parts) and not _batched(new.shape, parts):
-        _refuse("a write with array indices separated by a slice is not supported")
-    tape, operands, _ = _operands([target, value])
+        refuse("a write with array indices separated by a slice is not supported")
+    tape, operands, _ = operands_of([target, value])
     frozen = tuple(tape.constant(p) if isinstance(p, np.ndarray) else p for p in parts)
-    attrs = {"key": frozen, "function": function}
+    attrs = Write(frozen, function)
     target._id, target._value = tape.add("setitem" if function is None else "ufunc_at", operands, attrs, new), new
     return target
 
 
 def stand_in(tape, array: np.ndarray):
     """The one Traced that stands for a plain array written while traced (made at its first write)."""
-    from gradjob.trace.array import Traced  # lazy: array imports this module
-
     kept = tape.written.get(id(array))
     if kept is not None and kept[0] is array:
         return kept[1]
     if any(np.may_share_memory(array, other) for other, *_ in tape.written.values()):
-        _refuse("writing into an array that shares memory with another written while traced (a view) is "
+        refuse("writing into an array that shares memory with another written while traced (a view) is "
                 "not supported")
     value = np.array(array)
-    traced = Traced(tape, tape.add("constant", (tape.constant(array),), {}, value), value)
+    traced = tape.make(tape, tape.add("constant", (tape.constant(array),), NoAttrs(), value), value)
     tape.written[id(array)] = (array, traced, user_line())  # kept alive until the trace closes: ids stay unique
     return traced
 
 
-def substitute(tape, value):
-    """A plain operand that was written while traced → its stand-in; one that shares memory with
-    such an array (a view of it, or its base) is refused: its values are the sentinel's."""
-    if isinstance(value, np.ndarray) and tape.written:
-        kept = tape.written.get(id(value))
-        if kept is not None and kept[0] is value:
-            return kept[1]
-        if any(np.may_share_memory(value, array) for array, *_ in tape.written.values()):
-            _refuse("reading an array written while traced through another that shares its memory (a view "
-                    "taken before the write, or its base) is not supported")
-    return value
-
-
 def _written(tape, frame, array: np.ndarray, traced) -> None:
     """``array`` now stands for ``traced``: poison its memory, rebind the frame's names of it."""
-    _poison(array, traced._value)
+    poison(array, traced._value)
     names = [name for name, v in frame.f_locals.items() if v is array]
     if names:
         for name in names:
@@ -157,7 +137,7 @@ def _written(tape, frame, array: np.ndarray, traced) -> None:
 
 def user_frame(frame):
     """The innermost frame of the user's code from ``frame`` outwards, or None."""
-    while frame is not None and not _is_user(frame.f_code.co_filename):
+    while frame is not None and not is_user(frame.f_code.co_filename):
         frame = frame.f_back
     return frame
 
@@ -177,7 +157,7 @@ def stored(traced, frame, dtype):
     """When ``traced`` is being converted for ``A[key] = traced`` with A a plain array (``frame``
     the user's, at that statement): record the write, and the sentinel NumPy should store; else
     None."""
-    if frame is None or not _is_user(frame.f_code.co_filename) or frame.f_lasti < 0 \
+    if frame is None or not is_user(frame.f_code.co_filename) or frame.f_lasti < 0 \
             or frame.f_code.co_code[frame.f_lasti] != _STORE_SUBSCR:
         return None
     target, key = _target(frame)
@@ -194,7 +174,7 @@ def stored(traced, frame, dtype):
         write(version, key, traced)
     _written(tape, frame, target, version)
     out = np.empty(traced.shape, dtype=dtype if dtype is not None else traced.dtype)
-    _poison(out, np.asarray(traced._value, dtype=out.dtype))
+    poison(out, np.asarray(traced._value, dtype=out.dtype))
     return out
 
 
@@ -231,12 +211,10 @@ def _key_code(code, offset: int):
 def store_key(traced, frame) -> bool:
     """Whether ``traced`` is the key of the ``A[key] = ...`` under way in ``frame`` (A plain): then
     refused unless the value NumPy converts next is traced too (see ``stored``)."""
-    if frame is None or not _is_user(frame.f_code.co_filename) or frame.f_lasti < 0 \
+    if frame is None or not is_user(frame.f_code.co_filename) or frame.f_lasti < 0 \
             or frame.f_code.co_code[frame.f_lasti] != _STORE_SUBSCR:
         return False
-    from gradjob.trace.array import Traced  # lazy: array imports this module
-
-    if not isinstance(_target(frame)[1], Traced):
+    if not isinstance(_target(frame)[1], TracedValue):
         return False
     tape = traced._tape
     tape.pending = (Untraceable("storing into a plain array with a mask computed from the parameters is supported "
@@ -252,13 +230,13 @@ def _target(frame):
     refused = ("storing a traced value into a plain array is supported as `A[key] = value` with A and key made of "
                "names, numbers, slices and arithmetic")
     if segment is None:
-        _refuse(refused)
+        refuse(refused)
     try:
         target, key = _loaded(frame, segment)
     except Exception:  # e.g. a name bound only later: the statement is not what its bytecode seemed
-        _refuse(refused)
+        refuse(refused)
     if type(target) is not np.ndarray:
-        _refuse(f"storing a traced value into a {type(target).__name__} is not supported")
+        refuse(f"storing a traced value into a {type(target).__name__} is not supported")
     return target, key
 
 
@@ -294,56 +272,51 @@ def inplace_out(ufunc, inputs, kwargs, record):
     """``A op= traced`` or ``np.op(..., out=A)`` with A a plain or traced (not parameter) array: A's
     next version. With A a plain view, only when the statement then stores it back (``A[key] +=
     traced``)."""
-    from gradjob.trace.array import Traced  # lazy: array imports this module
-    from gradjob.trace.functions import _plain
-
     out = kwargs.pop("out")
     out = out[0] if isinstance(out, tuple) and len(out) == 1 else out
     name = f"np.{ufunc.__name__}"
-    out = _untangle(out)
-    if isinstance(out, Traced) and out._alias is not None:
-        _refuse(f"{name} with out= a parameter or an array that shares memory with another is not supported")
-    if type(out) is not np.ndarray and not isinstance(out, Traced):
-        _refuse(f"{name} with out= other than one array is not supported")
-    probe = np.array(_plain(out))
-    ufunc(*[_plain(v) for v in inputs], out=probe, **kwargs)  # NumPy's own shape and casting rules, and errors
+    out = untangle(out)
+    if isinstance(out, TracedValue) and out._alias is not None:
+        refuse(f"{name} with out= a parameter or an array that shares memory with another is not supported")
+    if type(out) is not np.ndarray and not isinstance(out, TracedValue):
+        refuse(f"{name} with out= other than one array is not supported")
+    probe = np.array(plain(out))
+    ufunc(*[plain(v) for v in inputs], out=probe, **kwargs)  # NumPy's own shape and casting rules, and errors
     result = record(ufunc, "__call__", inputs, kwargs)
-    if not isinstance(result, Traced):
+    if not isinstance(result, TracedValue):
         return result
     if result.dtype != probe.dtype:
         result = result.astype(probe.dtype)
-    if isinstance(out, Traced):  # np.exp(Z, out=Z): Z's next version
+    if isinstance(out, TracedValue):  # np.exp(Z, out=Z): Z's next version
         out._id, out._value = result._id, result._value
         return out
     frame = user_frame(sys._getframe(1))
     if frame is not None and next_op(frame) == "STORE_SUBSCR":
         return result  # A[key] += traced: the store that follows records it
     if out.base is not None:
-        _refuse(f"{name} into a view of a plain array (out= or an in-place operator) is not supported")
+        refuse(f"{name} into a view of a plain array (out= or an in-place operator) is not supported")
     tape = result._tape
     version = stand_in(tape, out)
     version._id, version._value = result._id, result._value
     if frame is not None:
         _written(tape, frame, out, version)
     else:
-        _poison(out, version._value)
+        poison(out, version._value)
     return version
 
 
 def ufunc_at(ufunc, a, key, value):
     """``np.add.at(A, key, value)`` with a traced value or A written before: A's next version."""
-    from gradjob.trace.array import Traced  # lazy: array imports this module
-
-    a = _untangle(a)
-    if isinstance(a, Traced):
+    a = untangle(a)
+    if isinstance(a, TracedValue):
         if a._alias is not None and a._alias.parameter:
-            _refuse(f"np.{ufunc.__name__}.at into a parameter or a view of one is not supported")
+            refuse(f"np.{ufunc.__name__}.at into a parameter or a view of one is not supported")
         if a._alias is not None:
-            _refuse(f"np.{ufunc.__name__}.at into a traced array that shares memory with another is not supported")
+            refuse(f"np.{ufunc.__name__}.at into a traced array that shares memory with another is not supported")
         return write(a, key, value, ufunc)
     if type(a) is not np.ndarray or a.base is not None:
-        _refuse(f"np.{ufunc.__name__}.at into anything but a plain array that owns its memory is not supported")
-    tape = _untangle(value)._tape if isinstance(_untangle(value), Traced) else None
+        refuse(f"np.{ufunc.__name__}.at into anything but a plain array that owns its memory is not supported")
+    tape = untangle(value)._tape if isinstance(untangle(value), TracedValue) else None
     if tape is None:
         return ufunc.at(a, key, value)
     version = write(stand_in(tape, a), key, value, ufunc)
@@ -353,8 +326,9 @@ def ufunc_at(ufunc, a, key, value):
 
 # --- replay -------------------------------------------------------------------------------------
 
-def replay_write(replay, node, i: int, reps, B: int, dying=()) -> Rep:
-    """A write under a batch: the array in full per perturbation, the value written into each."""
+def replay_write(replay, node, i: int, reps, B: int, plan, pos: int, dying=()):
+    """A write under a batch: the array in full per perturbation, the value written into each;
+    ``(Rep, None)`` as every replay rule returns (see ``ops``)."""
     base = replay.base[i]
     shape, dtype = base.shape, base.dtype
     replay._split_by_size(B, max(1, base.size) * dtype.itemsize)
@@ -363,24 +337,24 @@ def replay_write(replay, node, i: int, reps, B: int, dying=()) -> Rep:
     if target is None:
         data = np.array(np.broadcast_to(replay._operand_value(operand), (B,) + shape), dtype=dtype)
     else:
-        full = _dense(target)
+        full = dense(target)
         data = np.moveaxis(full.data, full.bpos, 0)
         if not (target.owned and full is target and target.bpos == 0 and operand.id in dying):
             data = np.array(data, dtype=dtype)  # else: the previous version dies here, written over
-    key = (slice(None),) + node.attrs["key"]
+    key = (slice(None),) + node.attrs.key
     if value is None:
         v = replay._operand_value(node.operands[1])
     else:
-        full = _dense(value)
+        full = dense(value)
         v = np.moveaxis(full.data, full.bpos, 0)
-        region = np.ndim(base[node.attrs["key"]])
+        region = np.ndim(base[node.attrs.key])
         if v.ndim - 1 > region:
             v = v.reshape((B,) + v.shape[v.ndim - region:])
         elif v.ndim - 1 < region:
             v = v.reshape((B,) + (1,) * (region - v.ndim + 1) + v.shape[1:])
-    function = node.attrs["function"]
+    function = node.attrs.function
     if function is None:
         data[key] = v
     else:
         function.at(data, key, v)
-    return Rep(("F",) * len(shape), (None,) * len(shape), data, 0, shape, base, owned=True)
+    return Rep(("F",) * len(shape), (None,) * len(shape), data, 0, shape, base, owned=True), None

@@ -1,6 +1,7 @@
 """Issue 17, points 5 and 9: the traced path is never trusted where it was found wrong, never leaks a
 value at θ as a constant, and gives an element the same numbers in any batch, so in any chunking."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import zarr
 
 from gradjob.executors.serial import SerialExecutor
 from gradjob.run import job, preflight
-from gradjob.trace import Replay
+from gradjob.trace import Replay, ops
 from gradjob.types import Request
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "pipeline" / "examples"
@@ -230,10 +231,18 @@ def case():
 """
 
 
-def test_an_exception_inside_the_replay_falls_back_to_the_forward_with_a_note(gradjob, write_model):
+def failing_rule(replay, node, *args):
+    raise ValueError(f"no rule for {node.op} here")
+
+
+def test_an_exception_inside_the_replay_falls_back_to_the_forward_with_a_note(gradjob, write_model, monkeypatch):
+    """A replay rule that raises (here the matmul's, replaced: the vector-matrix product whose bug
+    this test first caught is fixed) is a disagreement; the forward decides."""
+    monkeypatch.setitem(ops.OPS, "matmul", dataclasses.replace(ops.OPS["matmul"], replay=failing_rule))
     path = write_model(VECTOR_AT_MATRIX)
     run = gradjob("submit", "--model", str(path), "--forward", "forward", "--backward", "backward",
                   "--case", f"{path}:case", "--workers", "1")
     assert run.exit_code == 0, run.stdout + run.stderr
     assert "Traceback" not in run.stderr
-    assert "note: the traced fast path is off for this model: the replay raised ValueError: " in run.stderr
+    assert ("note: the traced fast path is off for this model: the replay raised ValueError: no rule for matmul "
+            "here; each evaluation calls the forward") in run.stderr, run.stderr
