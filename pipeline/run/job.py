@@ -19,6 +19,7 @@ import numpy as np
 
 from gradjob.errors import InputError
 from gradjob.executors import limits
+from gradjob.executors.protocol import Executor
 from gradjob.executors.serial import SerialExecutor
 from gradjob.model.cases import Case
 from gradjob.model.spec import ModelSpec
@@ -191,7 +192,7 @@ def create(prepared: preflight.Prepared, seconds: dict) -> tuple[StoreMeta, Plan
     return meta, plan
 
 
-def evaluate(prepared: preflight.Prepared, meta: StoreMeta, plan: Plan, executor, progress: Progress,
+def evaluate(prepared: preflight.Prepared, meta: StoreMeta, plan: Plan, executor: Executor, progress: Progress,
              tracker: "_Tracker", seconds: dict, per_evaluation: float) -> dict:
     """The chunks still to do, then the re-verification of suspects, on ``executor``, each task
     within the time limit (``--task-timeout``, else from ``per_evaluation``)."""
