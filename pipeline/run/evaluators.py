@@ -98,7 +98,9 @@ def choose(spec: ModelSpec, model: Model, layout: Layout, X, Y, theta: np.ndarra
         replay_seconds = min(replay_seconds, *(replay_timing(replay.costs, layout, theta, replay_seconds)
                                                for _ in range(TIMINGS)))
     kind, note = faster(replay_seconds, forward_seconds, per_parameter, layout.n_parameters)
-    return Choice(kind, note, "traced")
+    # said only when the forward wins: a kept replay is what "evaluator traced" already says, and a
+    # note of this run's timings on every run would make every log differ
+    return Choice(kind, note if kind == "forward" else None, "traced")
 
 
 def faster(replay: float, forward: float, per_parameter: int, n_parameters: int) -> tuple[str, str]:
