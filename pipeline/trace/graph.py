@@ -175,16 +175,25 @@ class Tape:
             return copy
         return self.constant(np.asarray(value))
 
+    def written_version(self, array: np.ndarray, refusal: str):
+        """The stand-in of a plain array written while traced (see ``writes``), or None; an array
+        that shares memory with such an array (a view of it, or its base) is refused with
+        ``refusal``: it holds a sentinel."""
+        kept = self.written.get(id(array))
+        if kept is not None and kept[0] is array:
+            return kept[1]
+        if any(np.may_share_memory(array, other) for other, *_ in self.written.values()):
+            refuse(refusal)
+        return None
+
     def substitute(self, value):
-        """A plain operand that was written while traced -> its stand-in (see ``writes``); one that
-        shares memory with such an array (a view of it, or its base) is refused: it holds a sentinel."""
+        """A plain operand that was written while traced -> its stand-in."""
         if isinstance(value, np.ndarray) and self.written:
-            kept = self.written.get(id(value))
-            if kept is not None and kept[0] is value:
-                return kept[1]
-            if any(np.may_share_memory(value, array) for array, *_ in self.written.values()):
-                refuse("reading an array written while traced through another that shares its memory (a view "
-                       "taken before the write, or its base) is not supported")
+            found = self.written_version(value, "reading an array written while traced through another that "
+                                                "shares its memory (a view taken before the write, or its base) "
+                                                "is not supported")
+            if found is not None:
+                return found
         return value
 
 

@@ -112,12 +112,10 @@ def write(target, key, value, function=None):
 
 def stand_in(tape, array: np.ndarray):
     """The one Traced that stands for a plain array written while traced (made at its first write)."""
-    kept = tape.written.get(id(array))
-    if kept is not None and kept[0] is array:
-        return kept[1]
-    if any(np.may_share_memory(array, other) for other, *_ in tape.written.values()):
-        refuse("writing into an array that shares memory with another written while traced (a view) is "
-                "not supported")
+    kept = tape.written_version(array, "writing into an array that shares memory with another written while "
+                                       "traced (a view) is not supported")
+    if kept is not None:
+        return kept
     value = np.array(array)
     traced = tape.make(tape, tape.add("constant", (tape.constant(array),), NoAttrs(), value), value)
     tape.written[id(array)] = (array, traced, user_line())  # kept alive until the trace closes: ids stay unique
