@@ -115,14 +115,20 @@ def _worker_forward_seconds(spec, case: Case) -> float:
     return forward_seconds(load_model(spec), case)
 
 
+GENERIC_BUDGET_SECONDS = 1.0  # bare forward calls per timing of the generic path's overhead, at most
+
+
 def generic_overhead(model: Model, case: Case, calls: int = 2000, repeats: int = 7) -> dict:
     """Time of the generic path over the same number of bare forward calls; each side best of
-    ``repeats`` after a warm-up, interleaved so that both see the same drift."""
+    ``repeats`` after a warm-up, interleaved so that both see the same drift. At most ``calls``
+    calls, and as many as take about ``GENERIC_BUDGET_SECONDS`` (a naive conv's forward takes 40 ms:
+    2,000 calls 14 times would take 20 minutes)."""
     layout = Layout.of(case.parameters)
     theta = layout.flatten(case.parameters)
     parameters = layout.views(theta)
     costs = in_place_costs(cost_function(model, case.X, case.Y, parameters), theta)
-    count = min(calls // 2, theta.size)
+    affordable = int(GENERIC_BUDGET_SECONDS / (2 * forward_seconds(model, case, repeats=1)))
+    count = max(1, min(calls // 2, theta.size, affordable))
     steps, noise = np.full(count, 1e-6), np.zeros(count)
 
     def bare_calls():

@@ -18,6 +18,7 @@ from gradjob.trace.batched import (
     narrowed,
     per_item,
     Split,
+    transpose_rep,
     unit_drop,
     unit_insert,
 )
@@ -105,10 +106,40 @@ class ProductRules:
         return rep, fused
 
     def _matmul_both(self, ra, rb, base, B):
+        """Both operands perturbed. When one of them moved at one position per perturbation (a
+        parameter, or a row or column of it: W at step t of a recurrence ``h @ W``), the product is
+        the other's perturbed values times that operand at θ (one GEMM) plus the moved part's
+        contribution; else one batched product of the full values."""
         self._split_by_size(B, (base.size + ra.base.size + rb.base.size) * base.dtype.itemsize)
+        if _moved_at_pins(rb):
+            return self._dense_times_pinned(dense(ra), rb, base, B)
+        if _moved_at_pins(ra):  # (A' B')ᵀ = B'ᵀ A'ᵀ
+            rep = self._dense_times_pinned(transpose_rep(dense(rb), (1, 0), rb.base.T),
+                                           transpose_rep(ra, (1, 0), ra.base.T), base.T, B)
+            return Rep("FF", (None, None), rep.data.transpose(0, 2, 1), 0, base.shape, base)
         a = np.moveaxis(dense(ra).data, ra.bpos, 0)
         b = np.moveaxis(dense(rb).data, rb.bpos, 0)
         return Rep("FF", (None, None), np.matmul(a, b), 0, base.shape, base)
+
+    def _dense_times_pinned(self, ra: Rep, rb: Rep, base, B) -> Rep:
+        """A' (B, n, k) held in full times B' = b + Δb, Δb one element, row or column per
+        perturbation (``_moved_at_pins``): A' b in one GEMM, then A' Δb added where it lands."""
+        a = np.moveaxis(ra.data, ra.bpos, 0)
+        n, k = a.shape[1:]
+        b = rb.base
+        dtype = np.result_type(a, b)
+        out = np.empty((B * n, b.shape[1]), dtype)
+        _dot(np.ascontiguousarray(a, dtype=dtype).reshape(B * n, k), b.astype(dtype, copy=False), out)
+        out = out.reshape(B, n, b.shape[1])
+        delta = np.moveaxis(_delta(rb, a), rb.bpos, 0)  # (B,), (B, m) or (B, k)
+        p = np.arange(B)
+        if rb.kinds == ("P", "P"):
+            out[p, :, rb.idx[1]] += a[p, :, rb.idx[0]] * delta[:, None]
+        elif rb.kinds == ("P", "F"):
+            out += a[p, :, rb.idx[0]][:, :, None] * delta[:, None, :]
+        else:  # ("F", "P")
+            out[p, :, rb.idx[1]] += np.einsum("pnk,pk->pn", a, delta)
+        return Rep("FF", (None, None), out.astype(base.dtype, copy=False), 0, base.shape, base)
 
     def _matmul_left(self, i, r, C, base, B, exact, remaining, bias):
         """r (n, k) perturbed, C (k, m) constant."""
@@ -225,6 +256,13 @@ class ProductRules:
             if grouped < D.shape[0] * count * width:
                 raise Split(np.split(order, starts[1:]))
         return np.flatnonzero(changed)
+
+
+def _moved_at_pins(r: Rep) -> bool:
+    """Whether a perturbed matrix moved at one element, row or column per perturbation, by finite
+    amounts (so that its value is its value at θ plus that move)."""
+    return r.kinds in (("P", "P"), ("P", "F"), ("F", "P")) and bool(np.all(np.isfinite(r.data))) \
+        and bool(np.all(np.isfinite(gather(r.base, r.kinds, r.idx, r.bpos))))
 
 
 def _delta(r, C) -> np.ndarray:

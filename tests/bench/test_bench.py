@@ -172,3 +172,20 @@ def test_baseline_subset_is_fixed_and_spread_over_the_tensors():
 def test_bench_bad_options_are_refused_in_one_line(gradjob, args, message):
     run = gradjob("bench", *args)
     assert (run.exit_code, run.stdout, run.stderr) == (2, "", f"gradjob: error: {message}\n")
+
+
+def test_the_generic_paths_overhead_is_timed_on_as_many_calls_as_its_budget_affords():
+    """A forward of 0.1 s (a naive conv's is 40 ms) is timed over at most 2 × 5 calls a side, not 2,000
+    calls 14 times: the bench of a slow model finishes."""
+    import time
+
+    from gradjob.model.cases import random_case
+    from gradjob.model.spec import Model
+
+    def slow_forward(X, Y, parameters):
+        time.sleep(0.1)
+        return network_forward(X, Y, parameters)
+
+    case = random_case([3, 2, 1], 4, 0)
+    figures = baselines.generic_overhead(Model(slow_forward, None), case, repeats=1)
+    assert 2 <= figures["forward_calls"] <= 2 * int(baselines.GENERIC_BUDGET_SECONDS / 0.2)

@@ -603,3 +603,21 @@ def test_random_programs_replay_as_the_real_forward(monkeypatch, block):
             return _random_program(X, p, instructions)
 
         check(forward, X, None, parameters, scales=(1e-6, 0.3), seed=int(rng.integers(100)), rtol=1e-11)
+
+
+def recurrence(X, Y, p):
+    """Both operands of a product moved by one perturbation: the state and the weights it is
+    multiplied by (at one element, row or column of them), in both orders."""
+    h, g = np.tanh(np.vstack([X, X[:2]])[:, :4]), np.tanh(X)
+    rows = p["W"] @ np.cos(X[:, :3])      # W[j, k] moves row j
+    columns = np.sin(np.outer(X[0, :4], X[1, :4])) @ p["W"]  # and column k
+    for _ in range(3):
+        u = np.tanh(h @ p["W"]) + 0.5 * (h @ rows) - 0.3 * (h @ columns)
+        h = np.tanh(u @ p["V"])
+        g = np.tanh(p["V"] @ np.tanh(p["W"] @ g + rows @ g))
+    return np.sum(h ** 2) + np.sum(g * Y)
+
+
+def test_products_of_two_moved_operands_replay_as_the_forward():
+    X, Y, params = small_case()
+    check(recurrence, X, Y, params)
