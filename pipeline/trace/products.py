@@ -46,6 +46,8 @@ class ProductRules:
         if len(users) != 1:
             return None
         j = users[0]
+        if j in plan.deferred:  # evaluated at a gather of its elements
+            return None
         node = self.graph.nodes[j]
         if node.op != "elementwise" or node.attrs.kwargs or len(node.operands) != 2:
             return None
@@ -110,13 +112,15 @@ class ProductRules:
         parameter, or a row or column of it: W at step t of a recurrence ``h @ W``), the product is
         the other's perturbed values times that operand at θ (one GEMM) plus the moved part's
         contribution; else one batched product of the full values."""
-        self._split_by_size(B, (base.size + ra.base.size + rb.base.size) * base.dtype.itemsize)
         if _moved_at_pins(rb):
+            self._split_by_size(B, (base.size + ra.base.size) * base.dtype.itemsize)
             return self._dense_times_pinned(dense(ra), rb, base, B)
         if _moved_at_pins(ra):  # (A' B')ᵀ = B'ᵀ A'ᵀ
+            self._split_by_size(B, (base.size + rb.base.size) * base.dtype.itemsize)
             rep = self._dense_times_pinned(transpose_rep(dense(rb), (1, 0), rb.base.T),
                                            transpose_rep(ra, (1, 0), ra.base.T), base.T, B)
             return Rep("FF", (None, None), rep.data.transpose(0, 2, 1), 0, base.shape, base)
+        self._split_by_size(B, (base.size + ra.base.size + rb.base.size) * base.dtype.itemsize)
         a = np.moveaxis(dense(ra).data, ra.bpos, 0)
         b = np.moveaxis(dense(rb).data, rb.bpos, 0)
         return Rep("FF", (None, None), np.matmul(a, b), 0, base.shape, base)

@@ -39,7 +39,7 @@ import numpy as np
 from gradjob.model.layout import Layout
 from gradjob.numerics.evaluate import PerturbationFailure
 from gradjob.trace.batched import Rep, Split
-from gradjob.trace.elementwise import ElementwiseRules
+from gradjob.trace.elementwise import ElementwiseRules, deferrable
 from gradjob.trace.graph import Graph, Ref, Untraceable
 from gradjob.trace.ops import OPS
 from gradjob.trace.products import ProductRules
@@ -83,11 +83,16 @@ class Plan:
         for i in order:
             for j in nodes[i].inputs:
                 self.consumers.setdefault(j, []).append(i)
+        # a smooth elementwise node used only by a gather of its elements is evaluated there, on those
+        # elements alone (``gather_through``): gather id -> the deferred node's id
+        self.gathers = {g: e for e in order if e != graph.cost and (g := deferrable(e, nodes, self.consumers)) is not None}
+        self.deferred = frozenset(self.gathers.values())
         last = {}
         for pos, i in enumerate(order):
             for j in nodes[i].inputs:
-                if j in depends:
-                    last[j] = pos
+                for k in (nodes[j].inputs if j in self.deferred else (j,)):  # read where the gather is
+                    if k in depends:
+                        last[k] = pos
         self.dead = [[] for _ in order]
         for j, pos in last.items():
             if j != graph.cost:
@@ -215,7 +220,7 @@ class Replay(ElementwiseRules, ProductRules, ReductionRules):
         nodes = self.graph.nodes
         while pos < len(plan.order):
             i = plan.order[pos]
-            if i not in skip:
+            if i not in skip and i not in plan.deferred:
                 try:
                     rep, stands_for = self._evaluate(nodes[i], i, env, B, plan, pos, plan.dead[pos])
                 except Split as split:
@@ -256,6 +261,8 @@ class Replay(ElementwiseRules, ProductRules, ReductionRules):
                 continue
             if any(j in after for j in nodes[i].inputs):
                 after.add(i)
+                continue
+            if i in plan.deferred:  # evaluated at its gather
                 continue
             try:
                 rep, stands_for = self._evaluate(nodes[i], i, env, B, plan, plan.position[i])
@@ -298,6 +305,8 @@ class Replay(ElementwiseRules, ProductRules, ReductionRules):
     def _evaluate(self, node, i: int, env: dict, B: int, plan: Plan, pos: int, dying=()):
         """(the node's Rep or None if no perturbation changes it, the id of the node the Rep
         stands for when it is a later one's: a product fused with the bias added to it)."""
+        if i in plan.gathers:
+            return self._gather_through(self.graph.nodes[plan.gathers[i]], node, i, env, B), None
         reps = [env.get(a.id) if isinstance(a, Ref) else None for a in node.operands]
         if all(r is None for r in reps):
             return None, None

@@ -1,0 +1,85 @@
+"""Replay rules that keep a perturbation's change where it is: a reshape that leaves an axis alone,
+a max that no perturbation of the batch moves, a gather of single elements (``probs[np.arange(N),
+y]``) and the smooth elementwise node before it evaluated at those elements alone. Each is checked
+against the real forward and shown to take its path."""
+
+import numpy as np
+from test_trace import check
+
+from gradjob.model.layout import Layout
+from gradjob.trace import Replay
+from gradjob.trace.replay import Plan
+
+N, T, V = 2, 4, 5
+
+
+def softmax_rows(X, Y, p):
+    """cs231n's temporal softmax: scores (N*T, V) reshaped to (N, T, V) and back, a stable softmax,
+    the probabilities of the labels gathered; and the rows' maxima themselves."""
+    scores = (X.T @ p["W"].T).reshape(N, T, V) + p["b"].reshape(V)
+    flat = scores.reshape(N * T, V)
+    top = np.max(flat, axis=1, keepdims=True)
+    probs = np.exp(flat - top)
+    probs /= np.sum(probs, axis=1, keepdims=True)
+    return -np.sum(np.log(probs[np.arange(N * T), Y])) / N + 0.3 * np.sum(top ** 2)
+
+
+def log_softmax(X, Y, p):
+    """cs231n's softmax_loss: log-probabilities, the labels' gathered."""
+    scores = X.T @ p["W"].T + p["b"].T
+    shifted = scores - np.max(scores, axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
+    return -np.sum(log_probs[np.arange(N * T), Y]) / N
+
+
+def case():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((3, N * T))
+    Y = rng.integers(0, V, N * T)
+    return X, Y, {"W": rng.standard_normal((V, 3)), "b": 0.1 * rng.standard_normal((V, 1))}
+
+
+def forward_costs(forward, X, Y, layout, theta, indices, values):
+    costs = []
+    for i, v in zip(indices, values):
+        moved = theta.copy()
+        moved[i] = v
+        costs.append(forward(X, Y, layout.views(moved)))
+    return np.array(costs)
+
+
+def test_softmax_losses_replay_as_the_forward_and_divide_only_at_the_labels():
+    X, Y, params = case()
+    for forward, deferred in ((softmax_rows, np.divide), (log_softmax, np.subtract)):
+        replay = check(forward, X, Y, params)
+        plan = Plan(replay.graph, replay.graph.params["W"])
+        assert [replay.graph.nodes[e].attrs.function for e in plan.deferred] == [deferred]
+
+
+def test_moves_of_a_column_that_is_no_rows_max_stay_in_that_column_up_to_the_gather():
+    """Class c is nowhere the largest score: moving W[c, :] and b[c] a little leaves every max alone,
+    so the scores' moved column goes through the reshapes, the max and the exponential as one column
+    (kinds P), and is gathered from there."""
+    X, Y, params = case()
+    scores = X.T @ params["W"].T + params["b"].T
+    c = int(np.setdiff1d(np.arange(V), scores.argmax(axis=1))[0])
+    layout = Layout.of(params)
+    theta = layout.flatten(params)
+    replay = Replay.of(softmax_rows, X, Y, layout, theta)
+    indices = np.array([3 * c, 3 * c + 1, 3 * c + 2, 3 * V + c])
+    for step in (1e-9, -1e-7):
+        values = theta[indices] + step
+        np.testing.assert_allclose(replay.costs(indices, values),
+                                   forward_costs(softmax_rows, X, Y, layout, theta, indices, values), rtol=1e-13)
+
+
+def test_moves_that_leave_the_max_alone_and_moves_that_do_not_give_the_forwards_costs_in_one_batch():
+    """The batch is split by whether the max moved: W[0, 0] moved by 1e-9 leaves it, by 5 it does not."""
+    X, Y, params = case()
+    layout = Layout.of(params)
+    theta = layout.flatten(params)
+    replay = Replay.of(softmax_rows, X, Y, layout, theta)
+    indices = np.array([0, 0, 0, 1, 1, 5, 3 * V])
+    values = theta[indices] + np.array([1e-9, 5.0, -1e-9, 1e-9, -5.0, 1e-9, 4.0])
+    np.testing.assert_allclose(replay.costs(indices, values),
+                               forward_costs(softmax_rows, X, Y, layout, theta, indices, values), rtol=1e-13)
