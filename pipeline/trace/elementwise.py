@@ -1,4 +1,4 @@
-"""Elementwise operations (every ufunc, ``np.where``, ``np.clip``, casts), reshapes and indexing,
+"""Elementwise operations (every ufunc, ``np.where``, ``np.clip``, casts) and reshapes,
 replayed under a batch of perturbations: a part of ``Replay`` (``replay``), mixed into it, that
 uses its values at θ (``self.base``, ``self.dtypes``), its per-thread buffers and its block split.
 """
@@ -19,7 +19,6 @@ from gradjob.trace.batched import (
     unit_drop,
     unit_insert,
 )
-from gradjob.trace.graph import Ref
 
 
 class ElementwiseRules:
@@ -114,102 +113,6 @@ class ElementwiseRules:
         d = np.moveaxis(rep.data, rep.bpos, 0)
         sizes = [s if k == "F" else len(ix) for s, k, ix in zip(shape, kinds, idx) if k != "P"]
         return Rep(kinds, idx, d.reshape([d.shape[0]] + sizes), 0, shape, base)
-
-    def _index(self, rep: Rep, key: tuple, base, B: int) -> Rep:
-        if elements_key(key, len(rep.shape)):
-            return self._gather_elements(rep, key, base, B)
-        self._split_by_size(B, int(np.prod(rep.shape)) * base.dtype.itemsize)
-        d = np.moveaxis(dense(rep).data, rep.bpos, -1)  # batch last: indexing leaves it last
-        used = sum(p.ndim if isinstance(p, np.ndarray) and p.dtype == bool else (p is not None and p is not Ellipsis)
-                   for p in key)
-        full = []
-        for p in key:
-            full.extend([slice(None)] * (len(rep.shape) - used) if p is Ellipsis else [p])
-        if not any(p is Ellipsis for p in key):
-            full.extend([slice(None)] * (len(rep.shape) - used))
-        out = d[tuple(full) + (slice(None),)]
-        return Rep("F" * base.ndim, (None,) * base.ndim, out, base.ndim, base.shape, base)
-
-
-    def _gather_elements(self, rep: Rep, key: tuple, base, B: int) -> Rep:
-        """``x[rows, columns]`` (an integer array per axis: ``probs[np.arange(N), y]``): each element
-        taken from where the Rep holds it, θ's value where a perturbation left it alone; the Rep is not
-        expanded (a score column moved by one weight stays a column up to here)."""
-        arrays = np.broadcast_arrays(*key)
-        flat = [np.where(k < 0, k + s, k).reshape(-1) for k, s in zip(arrays, rep.shape)]
-        self._split_by_size(B, max(1, flat[0].size) * (base.dtype.itemsize + 1))
-        out = np.empty((B, flat[0].size), dtype=base.dtype)
-        out[...] = np.asarray(base).reshape(-1)
-        hit = np.ones((B, flat[0].size), dtype=bool)
-        coords, sizes = [], []
-        for k, ix, s, positions in zip(rep.kinds, rep.idx, rep.shape, flat):
-            if k == "P":
-                hit &= positions[None, :] == np.asarray(ix).reshape(-1, 1)
-                continue
-            if k == "S":
-                inverse = np.full(s, -1, dtype=np.int64)
-                inverse[ix] = np.arange(len(ix))
-                positions = inverse[positions]
-                hit &= positions[None, :] >= 0
-            coords.append(positions)
-            sizes.append(s if k == "F" else len(ix))
-        p, j = np.nonzero(hit)
-        data = np.broadcast_to(np.moveaxis(rep.data, rep.bpos, 0), (B, *sizes))
-        out[p, j] = data[(p,) + tuple(c[j] for c in coords)]
-        shape = arrays[0].shape
-        return Rep("F" * len(shape), (None,) * len(shape), out.reshape((B, *shape)), 0, shape, base, owned=True)
-
-    def _gather_through(self, node, index, i: int, env: dict, B: int):
-        """``f(a, b)[key]`` for an elementwise ``f`` used only there, computed as ``f(a[key], b[key])``
-        on the elements taken (a softmax's ``(exp / sum)[np.arange(N), y]``: N divisions, not N×C);
-        ``key`` as ``_gather_elements``'s, adapted to each operand's broadcast shape. ``Plan`` defers
-        the elementwise node to here (see ``deferrable``)."""
-        key = index.attrs.key
-        shape = np.broadcast_shapes(*(np.shape(self._operand_value(o)) for o in node.operands))
-        reps, operands = [], []
-        for o in node.operands:
-            value = self._operand_value(o)
-            if np.ndim(value) == 0:
-                reps.append(env.get(o.id) if isinstance(o, Ref) else None)
-                operands.append(value)
-                continue
-            pad = len(shape) - np.ndim(value)
-            own = tuple(np.zeros_like(k) if np.shape(value)[a - pad] == 1 else k
-                        for a, k in enumerate(key) if a >= pad)
-            taken = np.asarray(value)[own]
-            rep = env.get(o.id) if isinstance(o, Ref) else None
-            reps.append(None if rep is None else self._gather_elements(rep, own, taken, B))
-            operands.append(taken)
-        if all(r is None for r in reps):
-            return None
-        return self._elementwise(_Node(operands), i, reps, node.attrs.function, node.attrs.kwargs, B)
-
-
-class _Node:
-    """The operands of an elementwise node taken at a gather's elements (``_gather_through``)."""
-
-    def __init__(self, operands):
-        self.operands = operands
-
-
-# ufuncs whose value is smooth (no switch to count, see ``_branches``): an elementwise node of one of
-# these, used only by a gather, is evaluated at the gathered elements alone
-SMOOTH = {np.add, np.subtract, np.multiply, np.divide, np.negative, np.exp, np.log, np.log1p, np.expm1,
-          np.tanh, np.sqrt, np.square, np.reciprocal, np.power}
-
-
-def elements_key(key: tuple, ndim: int) -> bool:
-    """Whether ``key`` takes single elements: one integer array per axis."""
-    return len(key) == ndim and ndim > 0 and all(isinstance(k, np.ndarray) and k.dtype.kind in "iu" for k in key)
-
-
-def deferrable(e: int, nodes, consumers: dict) -> int | None:
-    """The gather that is the one use of node ``e``, a smooth elementwise ufunc, else None."""
-    node, users = nodes[e], consumers.get(e, [])
-    if node.op != "elementwise" or node.attrs.function not in SMOOTH or node.attrs.kwargs or len(users) != 1:
-        return None
-    use = nodes[users[0]]
-    return users[0] if use.op == "index" and elements_key(use.attrs.key, np.ndim(node.value)) else None
 
 
 def _groups(old: tuple, new: tuple):

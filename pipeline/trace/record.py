@@ -45,7 +45,7 @@ names between them: tests/trace/test_ops.py checks both):
 - ``graph``: the graph (``Ref``, ``Node``, ``Graph``), the tape that records it, ``Untraceable``;
 - ``casts``: where NumPy converts instead of dispatching (``np.int64(A > 0)``, ``X.dot(W)``);
 - ``functions``: the record rules, each recording a node (``recorded_call``: any function, generically);
-- ``batched``, ``elementwise``, ``products``, ``reductions``, ``generic``: the replay rules;
+- ``batched``, ``elementwise``, ``indexing``, ``products``, ``reductions``, ``generic``: the replay rules;
 - ``writes``: writes into arrays, recorded as new versions (``A[key] = v``, ``A += v``, ``np.add.at``),
   and their replay rule;
 - ``ops``: the registry, each operation declared once (name, doc line, attributes, record and replay rules);

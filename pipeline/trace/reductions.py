@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradjob.trace.products import settle
-from gradjob.trace.batched import Rep, Split, dense, dpos, expand, full_batch, gather, per_item, unit_drop, unpinned
+from gradjob.trace.batched import Rep, dense, dpos, expand, full_batch, gather, per_item, unit_drop, unpinned
 
 _REDUCERS = {"sum": (np.add, np.sum), "mean": (np.add, np.sum), "max": (np.maximum, np.max),
              "min": (np.minimum, np.min), "nansum": (np.add, np.nansum), "nanmax": (np.fmax, np.nanmax),
@@ -91,10 +91,8 @@ class ReductionRules:
         out = Rep(kinds, idx, data, bpos, shape, self.base[i].reshape(shape))  # every axis reduced: node i at θ
         if kind in _EXTREMES:
             unchanged = _unchanged(out, B)
-            if unchanged.all():  # the usual case (a softmax's max): what follows sees θ's value
+            if unchanged.all():  # often so (a softmax's max): what follows sees θ's value
                 return None
-            if B > 1 and 2 * np.count_nonzero(unchanged) >= B and not self._recording:  # switches counted once
-                raise Split([np.flatnonzero(unchanged), np.flatnonzero(~unchanged)])
         if kind == "mean":
             count = int(np.prod([rep.shape[a] for a in axes], dtype=np.int64))
             # as np.mean: divided by an intp count (a float32 sum in float64), then in the mean's dtype

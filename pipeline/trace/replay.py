@@ -21,7 +21,7 @@ real forward gives it, and the results equal the real forward's to round-off.
 Here: ``Replay`` runs the graph node by node, splits batches and keeps the buffers; each node is
 evaluated by its operation's replay rule, looked up in ``ops.OPS``. The incremental rules are
 mixed into ``Replay`` from modules of their own (``elementwise``: ufuncs, ``np.where``,
-``np.clip``, casts, reshapes, indexing; ``products``: matrix products; ``reductions``), and reach
+``np.clip``, casts, reshapes; ``indexing``; ``products``: matrix products; ``reductions``), and reach
 the buffers and the block size through ``self`` (``self._buffer``, ``self._split_by_size``); every
 other operation is recomputed per perturbation (``generic``). This module imports those, not they
 this one.
@@ -39,7 +39,8 @@ import numpy as np
 from gradjob.model.layout import Layout
 from gradjob.numerics.evaluate import PerturbationFailure
 from gradjob.trace.batched import Rep, Split
-from gradjob.trace.elementwise import ElementwiseRules, deferrable
+from gradjob.trace.elementwise import ElementwiseRules
+from gradjob.trace.indexing import IndexRules, deferrable
 from gradjob.trace.graph import Graph, Ref, Untraceable
 from gradjob.trace.ops import OPS
 from gradjob.trace.products import ProductRules
@@ -100,7 +101,7 @@ class Plan:
         self.reaches_cost = graph.cost in depends
 
 
-class Replay(ElementwiseRules, ProductRules, ReductionRules):
+class Replay(ElementwiseRules, IndexRules, ProductRules, ReductionRules):
     """The costs of single-element perturbations of θ, from one traced run of the forward."""
 
     _split_by_size = staticmethod(_split_by_size)  # for the rules mixed in: BLOCK_BYTES is read here

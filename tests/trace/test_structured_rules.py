@@ -83,3 +83,22 @@ def test_moves_that_leave_the_max_alone_and_moves_that_do_not_give_the_forwards_
     values = theta[indices] + np.array([1e-9, 5.0, -1e-9, 1e-9, -5.0, 1e-9, 4.0])
     np.testing.assert_allclose(replay.costs(indices, values),
                                forward_costs(softmax_rows, X, Y, layout, theta, indices, values), rtol=1e-13)
+
+
+def naive_conv(X, Y, p):
+    """cs231n's conv_forward_naive: a filter taken by an integer (``w[f]``) and a window by slices, per
+    output element; then b[f] by an integer. A filter moved stays one element of that filter: the
+    other filters' outputs keep θ's values."""
+    out = np.zeros((2, 3, 3))
+    for f in range(2):
+        for i in range(3):
+            for j in range(3):
+                out[f, i, j] = np.sum(X[:, i:i + 2, j:j + 2] * p["w"][f, :, ::-1][:, 1:]) + p["b"][f]
+    return np.sum(np.tanh(out) ** 2) + np.sum(p["w"][None, -1, ..., 0] ** 3)
+
+
+def test_a_moved_filter_indexed_by_integers_and_slices_replays_as_the_forward():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((2, 4, 4))
+    params = {"w": rng.standard_normal((2, 2, 3)), "b": rng.standard_normal(2)}
+    check(naive_conv, X, None, params)
