@@ -16,7 +16,7 @@ kept within [√η, 4·η^(1/3)]·max(1, |θᵢ|), η = ε_f/|J|: the upper end 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, Generator
 
 import numpy as np
 
@@ -32,6 +32,9 @@ COMPLEX_STEP = 1e-20
 
 Line = Callable[[np.ndarray], np.ndarray]
 """``line(offsets)``: J at θ + offset·d for each offset, along one fixed direction d."""
+Steps = Generator[np.ndarray, np.ndarray, Any]
+"""A measurement along one line, as a generator: it yields offsets, is sent J there (``along``,
+``in_step``), and returns its result; pure numerics, whoever evaluates J."""
 
 
 def ecnoise(values: np.ndarray) -> tuple[float, int]:
@@ -59,17 +62,23 @@ def ecnoise(values: np.ndarray) -> tuple[float, int]:
 
 
 def measure_noise(line: Line, spacing: float) -> tuple[float | None, int]:
-    """ε_f along ``line`` (None if ECnoise never settles), and the evaluations spent.
+    """ε_f along ``line`` (None if ECnoise never settles), and the evaluations spent (``noise_steps``
+    on one line)."""
+    return along(noise_steps(spacing), line)
+
+
+def noise_steps(spacing: float) -> Steps:
+    """``measure_noise`` as steps: each offsets yielded is sent back J there.
 
     A kink inside the sampled span looks like noise to a difference table, but its level shrinks
     with the spacing while round-off does not: while the level keeps shrinking as the spacing
     does (100× per step), the spacing goes on down, and the last level is kept."""
-    level, spent = _settled_level(line, spacing)
+    level, spent = yield from _settled_level(spacing)
     for _ in range(SPACINGS):
         if level is None:
             break
         spacing /= 100
-        finer, more = _settled_level(line, spacing, grow=False)
+        finer, more = yield from _settled_level(spacing, grow=False)
         spent += more
         if finer is None or finer > level / 10:
             level = level if finer is None else min(level, finer)
@@ -78,11 +87,11 @@ def measure_noise(line: Line, spacing: float) -> tuple[float | None, int]:
     return level, spent
 
 
-def _settled_level(line: Line, spacing: float, grow: bool = True) -> tuple[float | None, int]:
+def _settled_level(spacing: float, grow: bool = True) -> Steps:
     offsets = (np.arange(POINTS) - POINTS // 2).astype(np.float64)
     spent = 0
     for _ in range(ATTEMPTS if grow else 1):
-        level, inform = ecnoise(line(offsets * spacing))
+        level, inform = ecnoise((yield offsets * spacing))
         spent += POINTS
         if inform == 1:
             return level, spent
@@ -92,16 +101,64 @@ def _settled_level(line: Line, spacing: float, grow: bool = True) -> tuple[float
 
 def central_step(line: Line, noise: float, cost: float, scale: float) -> tuple[float, float, int]:
     """The central-difference step along ``line`` for an element of magnitude ``scale``, the third
-    derivative it is balanced against, and the evaluations spent."""
+    derivative it is balanced against, and the evaluations spent (``central_steps`` on one line)."""
+    return along(central_steps(noise, cost, scale), line)
+
+
+def central_steps(noise: float, cost: float, scale: float) -> Steps:
+    """``central_step`` as steps (see ``noise_steps``)."""
     eta = max(noise / max(abs(cost), 1e-300), np.finfo(np.float64).eps)
     lowest, highest = math.sqrt(eta) * scale, 4 * eta ** (1 / 3) * scale
     h = eta ** (1 / 5) * scale  # balances a third difference's noise against its truncation
-    j = line(np.array([2 * h, h, -h, -2 * h]))
+    j = yield np.array([2 * h, h, -h, -2 * h])
     third = abs(j[0] - 2 * j[1] + 2 * j[2] - j[3])
     if third < 30 * noise:      # μ₃ below detection: this bound on it gives a step of about 0.6h
         third = 30 * noise
     mu3 = third / (2 * h ** 3)
     return float(np.clip((3 * noise / mu3) ** (1 / 3), lowest, highest)), float(mu3), 4
+
+
+def along(steps: Steps, line: Line):
+    """What ``steps`` returns, each offsets it yields evaluated on ``line``."""
+    try:
+        offsets = next(steps)
+        while True:
+            offsets = steps.send(line(offsets))
+    except StopIteration as done:
+        return done.value
+
+
+def in_step(costs, starts: dict[int, tuple[Steps, float]], dtype) -> dict:
+    """Steps along several coordinates driven together, each round's offsets of all of them
+    evaluated in one call of ``costs`` (a replay walks its graph once per call, so a naive conv's
+    calibration costs one walk per round, not one per element): ``starts`` maps an index i of θ to
+    its steps and θᵢ; returns what each returned. An element whose evaluation fails is left out
+    (the chunk holding it will fail there and say so)."""
+    steps = {i: s for i, (s, _) in starts.items()}
+    bases = {i: b for i, (_, b) in starts.items()}
+    pending = {i: next(s) for i, s in steps.items()}
+    results = {}
+    while pending:
+        values = {i: (bases[i] + offsets).astype(dtype) for i, offsets in pending.items()}
+        try:
+            out = costs(np.concatenate([np.full(v.size, i) for i, v in values.items()]),
+                        np.concatenate(list(values.values())), "~")
+            sizes = np.cumsum([v.size for v in values.values()])[:-1]
+            answers = dict(zip(values, np.split(out, sizes)))
+        except PerturbationFailure:  # which: each on its own
+            answers = {}
+            for i, v in values.items():
+                try:
+                    answers[i] = costs(np.full(v.size, i), v, "~")
+                except PerturbationFailure:
+                    steps[i].close()
+        pending = {}
+        for i, answer in answers.items():
+            try:
+                pending[i] = steps[i].send(answer)
+            except StopIteration as done:
+                results[i] = done.value
+    return results
 
 
 def noise_along(costs, i: int, value, cost: float, flips=None, first_step: float | None = None) -> float:
@@ -139,7 +196,7 @@ def noise_along(costs, i: int, value, cost: float, flips=None, first_step: float
         if inform == 1:
             levels.append(level)
     if not levels:
-        levels = [level for level in [_settled_level(line, fine)[0]] if level is not None]
+        levels = [level for level in [along(_settled_level(fine), line)[0]] if level is not None]
     return max(max(levels), floor) if levels else math.nan
 
 
@@ -156,27 +213,19 @@ def calibrate(costs, layout: Layout, theta: np.ndarray, cost: float, method: str
     for position, tensor in enumerate(layout.tensors):
         rng = np.random.default_rng(position)
         picks = np.sort(rng.choice(tensor.size, size=min(SAMPLES, tensor.size), replace=False)) + tensor.offset
+        starts = {int(i): (_element(spacing0, method, floor, cost, max(1.0, abs(float(theta[i])))), float(theta[i]))
+                  for i in picks}
+        measured = in_step(costs, starts, theta.dtype)
         levels, steps, curvatures = [], [], []
-        for i in picks:
-            base, scale = float(theta[i]), max(1.0, abs(float(theta[i])))
-
-            def line(offsets, i=i, base=base):
-                values = (base + offsets).astype(theta.dtype)
-                return costs(np.full(offsets.size, i), values, "~")
-
-            try:
-                level, spent = measure_noise(line, spacing0 * scale)
-                evaluations += spent
-                if level is None:
-                    continue
-                levels.append(level)
-                if method == "central":
-                    h, mu3, spent = central_step(line, max(level, floor), cost, scale)
-                    evaluations += spent
-                    steps.append(h / scale)
-                    curvatures.append(mu3)
-            except PerturbationFailure:
-                continue  # the chunk holding this element will fail there and say so
+        for i in sorted(measured):
+            level, h, mu3, spent = measured[i]
+            evaluations += spent
+            if level is None:
+                continue
+            levels.append(level)
+            if h is not None:
+                steps.append(h)
+                curvatures.append(mu3)
         noise = max(float(np.median(levels)), floor) if levels else floor
         eta = max(noise / max(abs(cost), 1e-300), eps)
         if method == "central":
@@ -188,6 +237,16 @@ def calibrate(costs, layout: Layout, theta: np.ndarray, cost: float, method: str
         curvature = float(np.median(curvatures)) if curvatures else 0.0
         tensors.append(TensorNoise(tensor.name, noise, step_scale, len(levels), curvature))
     return Calibration(tuple(tensors), evaluations)
+
+
+def _element(spacing0: float, method: str, floor: float, cost: float, scale: float) -> Steps:
+    """One sampled element's calibration as steps: its noise level, and for central differences its
+    step (relative to ``scale``) and third derivative; with the evaluations spent."""
+    level, spent = yield from noise_steps(spacing0 * scale)
+    if level is None or method != "central":
+        return level, None, None, spent
+    h, mu3, more = yield from central_steps(max(level, floor), cost, scale)
+    return level, h / scale, mu3, spent + more
 
 
 def fixed_calibration(layout: Layout, noise: float, step_scale: float) -> Calibration:
