@@ -21,7 +21,9 @@ class IndexRules:
         if elements_key(key, len(rep.shape)):
             return self._gather_elements(rep, key, base, B)
         if "P" in rep.kinds and "S" not in rep.kinds and _basic(key):
-            return _index_pinned(rep, key, base, B)
+            indexed = _index_pinned(rep, key, base, B)
+            if indexed is not None:
+                return indexed
         self._split_by_size(B, int(np.prod(rep.shape)) * base.dtype.itemsize)
         d = np.moveaxis(dense(rep).data, rep.bpos, -1)  # batch last: indexing leaves it last
         used = sum(p.ndim if isinstance(p, np.ndarray) and p.dtype == bool else (p is not None and p is not Ellipsis)
@@ -117,7 +119,8 @@ def deferrable(e: int, nodes, consumers: dict) -> int | None:
 
 
 def _basic(key: tuple) -> bool:
-    return all(isinstance(k, (int, np.integer, slice)) or k is None or k is Ellipsis for k in key)
+    return all((isinstance(k, (int, np.integer, slice)) and not isinstance(k, (bool, np.bool_))) or k is None
+               or k is Ellipsis for k in key)
 
 
 def _index_pinned(rep: Rep, key: tuple, base, B: int) -> Rep:
@@ -147,6 +150,8 @@ def _index_pinned(rep: Rep, key: tuple, base, B: int) -> Rep:
         if not isinstance(part, slice):
             elsewhere |= np.asarray(pins) != positions
             continue
+        if positions.size <= 1:  # a pinned axis is longer than 1 (see ``batched.gather``): held in full
+            return None
         renumbered = np.full(size, -1, dtype=np.int64)
         renumbered[positions] = np.arange(positions.size)
         moved = renumbered[pins]

@@ -112,10 +112,10 @@ class ProductRules:
         parameter, or a row or column of it: W at step t of a recurrence ``h @ W``), the product is
         the other's perturbed values times that operand at θ (one GEMM) plus the moved part's
         contribution; else one batched product of the full values."""
-        if _moved_at_pins(rb):
+        if _moved_at_pins(rb) and _finite(ra):
             self._split_by_size(B, (base.size + ra.base.size) * base.dtype.itemsize)
             return self._dense_times_pinned(dense(ra), rb, base, B)
-        if _moved_at_pins(ra):  # (A' B')ᵀ = B'ᵀ A'ᵀ
+        if _moved_at_pins(ra) and _finite(rb):  # (A' B')ᵀ = B'ᵀ A'ᵀ
             self._split_by_size(B, (base.size + rb.base.size) * base.dtype.itemsize)
             rep = self._dense_times_pinned(transpose_rep(dense(rb), (1, 0), rb.base.T),
                                            transpose_rep(ra, (1, 0), ra.base.T), base.T, B)
@@ -267,6 +267,12 @@ def _moved_at_pins(r: Rep) -> bool:
     amounts (so that its value is its value at θ plus that move)."""
     return r.kinds in (("P", "P"), ("P", "F"), ("F", "P")) and bool(np.all(np.isfinite(r.data))) \
         and bool(np.all(np.isfinite(gather(r.base, r.kinds, r.idx, r.bpos))))
+
+
+def _finite(r: Rep) -> bool:
+    """Whether a perturbed operand is finite everywhere (an inf times θ's operand plus an inf times
+    the moved part is NaN where the forward's one product is not)."""
+    return bool(np.all(np.isfinite(r.data))) and bool(np.all(np.isfinite(r.base)))
 
 
 def _delta(r, C) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradjob.trace.products import settle
-from gradjob.trace.batched import Rep, dense, dpos, expand, full_batch, gather, per_item, unit_drop, unpinned
+from gradjob.trace.batched import Rep, Split, dense, dpos, expand, full_batch, gather, per_item, unit_drop, unpinned
 
 _REDUCERS = {"sum": (np.add, np.sum), "mean": (np.add, np.sum), "max": (np.maximum, np.max),
              "min": (np.minimum, np.min), "nansum": (np.add, np.nansum), "nanmax": (np.fmax, np.nanmax),
@@ -60,6 +60,9 @@ class ReductionRules:
             given = rep.base.dtype
             dtype = np.dtype(np.float64) if given.kind in "biu" else (np.dtype(np.float32) if given == np.float16 else None)
         kwargs = {"dtype": dtype} if dtype is not None else {}
+        # a max over an axis moved at one position per perturbation (a softmax's over a score column):
+        # unmoved for most perturbations; not while counting switches (split batches would count twice)
+        localized = kind in _EXTREMES and not self._recording and any(rep.kinds[a] == "P" for a in axes)
         if self._recording and kind in _EXTREMES:
             self._split_by_size(B, int(np.prod(rep.shape)) * rep.base.dtype.itemsize)
             self._switched(_extreme_moved(rep, self.base[source], axes, kind, B))
@@ -89,10 +92,12 @@ class ReductionRules:
             shape[a] = 1
             done = tuple(sorted(done + (a,)))
         out = Rep(kinds, idx, data, bpos, shape, self.base[i].reshape(shape))  # every axis reduced: node i at θ
-        if kind in _EXTREMES:
+        if localized:  # each perturbation by itself: θ's max where it left it, the moved one elsewhere
             unchanged = _unchanged(out, B)
-            if unchanged.all():  # often so (a softmax's max): what follows sees θ's value
+            if unchanged.all():  # often so (a softmax's max over a column one weight moved)
                 return None
+            if unchanged.any():  # whatever the rest of its batch, an element's cost takes one path
+                raise Split([np.flatnonzero(unchanged), np.flatnonzero(~unchanged)])
         if kind == "mean":
             count = int(np.prod([rep.shape[a] for a in axes], dtype=np.int64))
             # as np.mean: divided by an intp count (a float32 sum in float64), then in the mean's dtype

@@ -4,7 +4,8 @@ y]``) and the smooth elementwise node before it evaluated at those elements alon
 against the real forward and shown to take its path."""
 
 import numpy as np
-from test_trace import check
+import pytest
+from test_trace import check, small_case
 
 from gradjob.model.layout import Layout
 from gradjob.trace import Replay
@@ -102,3 +103,68 @@ def test_a_moved_filter_indexed_by_integers_and_slices_replays_as_the_forward():
     X = rng.standard_normal((2, 4, 4))
     params = {"w": rng.standard_normal((2, 2, 3)), "b": rng.standard_normal(2)}
     check(naive_conv, X, None, params)
+
+
+def wide_softmax(X, Y, p):
+    """A softmax over 40 classes, its max kept, and a plain max term: sums over long rows, whose
+    order differs between a row held in full and one changed at a single column."""
+    flat = X.T @ p["W"].T + p["b"].T
+    top = np.max(flat, axis=1, keepdims=True)
+    probs = np.exp(flat - top)
+    probs /= np.sum(probs, axis=1, keepdims=True)
+    return -np.sum(np.log(probs[np.arange(flat.shape[0]), Y])) + np.sum(np.sin(top))
+
+
+def test_each_elements_cost_is_the_same_to_the_last_bit_alone_and_in_any_batch():
+    """Whether a perturbation moves a row's max decides its path (θ's max kept, or the moved one), per
+    perturbation, never by the rest of its batch: chunks of any size give bit-identical numbers."""
+    rng = np.random.default_rng(7)
+    X, Y = rng.standard_normal((6, 9)), rng.integers(0, 40, 9)
+    params = {"W": rng.standard_normal((40, 6)), "b": rng.standard_normal((40, 1))}
+    layout = Layout.of(params)
+    theta = layout.flatten(params)
+    replay = Replay.of(wide_softmax, X, Y, layout, theta)
+    indices = np.arange(theta.size)
+    for scale in (1e-6, 0.3, 3.0):
+        values = theta + scale * rng.standard_normal(theta.size)
+        together = replay.costs(indices, values)
+        alone = np.array([replay.costs(indices[k:k + 1], values[k:k + 1])[0] for k in indices])
+        assert np.count_nonzero(together != alone) == 0, scale
+
+
+SLICED_TO_ONE = {  # a moved axis sliced to one position or none (found in review: a wrong max, crashes)
+    "max over a one-row slice": lambda X, Y, p: np.sum(np.max(p["W"][0:1], axis=0) * np.array([1.0, 2.0, 3.0])),
+    "max of a one-element slice": lambda X, Y, p: np.max(p["v"][1:2]) + np.sum(p["v"] ** 2),
+    "min over a reversed one-row slice": lambda X, Y, p: np.sum(np.min(p["W"][-1:-2:-1], axis=0) ** 3),
+    "nanmin over a one-column slice": lambda X, Y, p: np.sum(np.nanmin(p["W"][:, 1:2], axis=1) * X[0, :4]),
+    "one row reshaped": lambda X, Y, p: np.sum(np.tanh(p["W"][0:1].reshape(3)) * X[:, 0]),
+    "one column raveled": lambda X, Y, p: np.sum(np.ravel(p["W"][:, 1:2]) ** 3),
+    "an empty slice": lambda X, Y, p: np.sum(p["W"][4:]) + np.sum(p["W"] ** 2),
+    "a boolean key": lambda X, Y, p: np.sum(np.tanh(p["W"][True]) * 2.0),
+}
+
+
+@pytest.mark.parametrize("name", list(SLICED_TO_ONE))
+def test_a_moved_axis_sliced_to_one_position_replays_as_the_forward(name):
+    X, Y, params = small_case()
+    check(SLICED_TO_ONE[name], X, Y, params)
+
+
+def test_a_product_of_a_moved_weight_and_an_infinite_operand_is_the_forwards():
+    """exp(1000 x) overflows to inf; times W with W[0, 2] moved across zero the forward gives -inf
+    where θ's product plus the moved element's share would give inf - inf = NaN."""
+    rng = np.random.default_rng(1)
+    X = np.abs(rng.standard_normal((3, 5))) + 1
+    W = -0.01 * np.abs(rng.standard_normal((4, 3)))
+    W[0] = [1.0, 1.0, 1e-3]
+    layout = Layout.of({"W": W})
+    theta = layout.flatten({"W": W})
+
+    def forward(X, Y, p):
+        return np.sum(np.exp(np.minimum(np.exp(1000 * (X.T @ p["W"].T)) @ p["W"], 0)))
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        replay = Replay.of(forward, X, None, layout, theta)
+        moved = theta.copy()
+        moved[2] = -1e-3
+        assert replay.costs(np.array([2]), np.array([-1e-3]))[0] == forward(X, None, layout.views(moved)) == 10.0
