@@ -129,6 +129,7 @@ class ProductRules:
         """A' (B, n, k) held in full times B' = b + Δb, Δb one element, row or column per
         perturbation (``_moved_at_pins``): A' b in one GEMM, then A' Δb added where it lands."""
         a = np.moveaxis(ra.data, ra.bpos, 0)
+        a = np.broadcast_to(a, (B,) + a.shape[1:])
         n, k = a.shape[1:]
         b = rb.base
         dtype = np.result_type(a, b)
