@@ -147,7 +147,9 @@ def _unchanged(rep: Rep, B: int) -> np.ndarray:
     """Per perturbation, whether every value of ``rep`` is its value at θ, to the last bit (-0.0 is
     not 0.0: 1/max would tell them apart)."""
     then = np.asarray(gather(rep.base, rep.kinds, rep.idx, rep.bpos))
-    equal = np.equal(rep.data, then) & (np.signbit(rep.data) == np.signbit(then))
+    equal = np.equal(rep.data, then)
+    if rep.data.dtype.kind == "f":
+        equal &= np.signbit(rep.data) == np.signbit(then)
     return np.broadcast_to(np.moveaxis(equal, rep.bpos, 0), (B,) + equal.shape[:rep.bpos] + equal.shape[rep.bpos + 1:]) \
         .reshape(B, -1).all(axis=1)
 
