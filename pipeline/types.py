@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Callable, ClassVar, Literal, get_args
 
 from gradjob.model.layout import Layout
 
@@ -222,8 +222,10 @@ class Outcome:
                 f"parameters in {len(r.tensors)} tensors; {self.model}>")
         return "\n".join([head, *(f"  wrong: {t.name}: {t.diagnosis}" for t in r.tensors if not t.passed)])
 
-    def _repr_html_(self) -> str:
-        """What a notebook shows: the verdict, the tensor table and the worst elements."""
-        from gradjob.report import html, model  # the report stage, which imports this one
+    # The report stage imports this module, so it sets this (``gradjob.report``), not the reverse.
+    html_view: ClassVar[Callable[[Outcome], str] | None] = None
 
-        return html.summary(model.of(self))
+    def _repr_html_(self) -> str | None:
+        """What a notebook shows: the report's summary, the verdict, the tensor table and the worst
+        elements (None, the prompt's lines, if the report stage is not loaded)."""
+        return None if Outcome.html_view is None else Outcome.html_view(self)

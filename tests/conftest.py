@@ -9,6 +9,10 @@
 - ``private_tmp``: gradjob's temporary stores under the test's own folder (to see them removed);
   ``seed_arrays()``: the seed's X, Y and parameters for the Python API.
 - ``family(name)``: a model family of tests/families/ as a module (not a fixture: used at collection).
+
+BLAS runs one thread here and in the processes tests start, as in every Dask worker (the nanny's
+``pre-spawn-environ``): in-process checks of small matrices ran up to 4× slower on two threads
+sharing 2 cores with the cluster's workers (a float32 ReLU check of 41,409 parameters: 40 s → 10 s).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import os
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from distributed import LocalCluster
+from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
 from gradjob.cli.app import app
@@ -31,6 +37,10 @@ from gradjob.model import cases
 FAMILIES = Path(__file__).with_name("families")
 SEED_BUGGY_DIFFERENCE = 0.2850931567761623
 SEED_CORRECT_DIFFERENCE = 1.1890913024229996e-07
+
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")  # processes the tests start (numpy is loaded here already)
+threadpool_limits(limits=1, user_api="blas")
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import weakref
 import numpy as np
 
 from gradjob.trace.attrs import NoAttrs
-from gradjob.trace.graph import Ref, TracedValue, Untraceable, current_tape, np_name, refuse
+from gradjob.trace.graph import Ref, TracedValue, Untraceable, current_tape, refuse
 
 
 class Cast(np.ndarray):

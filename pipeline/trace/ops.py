@@ -147,7 +147,3 @@ FUNCTIONS: dict = {function: rule for op in _DECLARED for function, rule in op.f
 def supported() -> str:
     """README's list of supported operations, one line per operation (between its markers)."""
     return "\n".join(f"- {op.doc}" for op in _DECLARED if op.name not in ("param", "constant", "assigned"))
-
-
-if __name__ == "__main__":  # python -m gradjob.trace.ops: the list to paste into README
-    print(supported())

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import zarr
 from distributed import Client, LocalCluster
+from typer.testing import CliRunner
 
+from gradjob.cli.app import app
 from gradjob.numerics.verify import RUNGS
 from gradjob.run import job
 
@@ -108,12 +110,30 @@ def suspects(stderr):
     return [int(k) for k in note.group(1).split(", ")] if note else []
 
 
-def assert_finished_chunks_as_without_the_crash(store, finished, tmp_path, write_model, gradjob):
+def submit_in(folder, *args):
+    """``gradjob submit`` in-process, in ``folder``: for the module's fixtures (conftest's ``gradjob``
+    is per test)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        run = CliRunner().invoke(app, ["submit", *map(str, args)], catch_exceptions=False)
+    assert run.exit_code == 0, run.stderr
+    return run
+
+
+@pytest.fixture(scope="module")
+def without_the_crash(tmp_path_factory, cluster_address):
+    """gradapprox of the crashing model with its crash taken out, run once for the module's tests."""
+    folder = tmp_path_factory.mktemp("without-the-crash")
+    model = folder / "fine.py"
+    model.write_text(CRASHING_MODEL.replace("os.kill(os.getpid(), signal.SIGKILL)", "pass"))
+    submit_in(folder, "--json", "--store", folder / "ref.zarr", "--scheduler", cluster_address,
+              *model_args(model, "crash_forward"))
+    return gradapprox(folder / "ref.zarr")
+
+
+def assert_finished_chunks_as_without_the_crash(store, finished, expected):
     """Every chunk done in ``store`` is byte-identical to a run of the crashing model that does not crash."""
-    reference = gradjob("submit", "--json", "--store", tmp_path / "ref.zarr", "--workers", "1",
-                        *model_args(write_model(CRASHING_MODEL.replace("os.kill(os.getpid(), signal.SIGKILL)", "pass"), "fine.py"), "crash_forward"))
-    assert reference.exit_code == 0
-    kept, expected = gradapprox(store), gradapprox(tmp_path / "ref.zarr")
+    kept = gradapprox(store)
     for k in np.flatnonzero(finished):
         assert kept[3 * k: 3 * k + 3].tobytes() == expected[3 * k: 3 * k + 3].tobytes()
 
@@ -149,14 +169,15 @@ def done_count(store):
         return 0
 
 
-@pytest.fixture
-def clean_run(tmp_path, write_model, gradjob, cluster_address):
-    """The uninterrupted run every fault is compared with, on the shared cluster."""
-    model = write_model(COUNTING_MODEL)
-    run = gradjob("submit", "--json", "--store", tmp_path / "clean.zarr", "--scheduler", cluster_address,
-                  *model_args(model))
-    assert run.exit_code == 0, run.stderr
-    return model, json.loads(run.stdout), gradapprox(tmp_path / "clean.zarr")
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, cluster_address):
+    """The uninterrupted run every fault is compared with, on the shared cluster (once: tests only read it)."""
+    folder = tmp_path_factory.mktemp("clean")
+    model = folder / "model.py"
+    model.write_text(COUNTING_MODEL)
+    run = submit_in(folder, "--json", "--store", folder / "clean.zarr", "--scheduler", cluster_address,
+                    *model_args(model))
+    return model, json.loads(run.stdout), gradapprox(folder / "clean.zarr")
 
 
 @pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -233,7 +254,7 @@ def test_worker_killed_mid_job_gives_the_identical_result(tmp_path, clean_run):
     assert json.loads(stdout)["difference"] == clean["difference"]
 
 
-def test_chunk_that_kills_its_workers_is_named_and_finished_chunks_stay(tmp_path, write_model, gradjob):
+def test_chunk_that_kills_its_workers_is_named_and_finished_chunks_stay(tmp_path, write_model, gradjob, without_the_crash):
     model = write_model(CRASHING_MODEL, "crashing.py")
     store = tmp_path / "crash.zarr"
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
@@ -243,10 +264,10 @@ def test_chunk_that_kills_its_workers_is_named_and_finished_chunks_stay(tmp_path
     assert 10 in suspects(run.stderr)
     finished = done(store)
     assert not finished[10]
-    assert_finished_chunks_as_without_the_crash(store, finished, tmp_path, write_model, gradjob)
+    assert_finished_chunks_as_without_the_crash(store, finished, without_the_crash)
 
 
-def test_chunks_running_beside_a_crash_are_not_blamed_for_it(tmp_path, write_model, gradjob):
+def test_chunks_running_beside_a_crash_are_not_blamed_for_it(tmp_path, write_model, gradjob, without_the_crash):
     """One worker with two threads: a chunk running or queued beside chunk 10 dies with it, and
     Dask often gives up on both (before the fix, 2 of 6 runs named chunk 11). Re-run alone, only
     chunk 10 crashes; the other is kept."""
@@ -267,7 +288,7 @@ def test_chunks_running_beside_a_crash_are_not_blamed_for_it(tmp_path, write_mod
     assert 10 in suspects(run.stderr)
     finished = done(store)
     assert not finished[10] and finished.sum() >= 1
-    assert_finished_chunks_as_without_the_crash(store, finished, tmp_path, write_model, gradjob)
+    assert_finished_chunks_as_without_the_crash(store, finished, without_the_crash)
 
 
 @pytest.mark.parametrize("forward, message", [
@@ -340,7 +361,7 @@ def test_a_lock_from_another_host_needs_break_lock(tmp_path, gradjob, cluster_ad
 
 
 @pytest.mark.parametrize("where", [[], ["--workers", "1"]], ids=["in-process", "embedded-cluster"])
-def test_a_forward_that_hangs_ends_the_job_named_and_finished_chunks_stay(tmp_path, write_model, gradjob, where):
+def test_a_forward_that_hangs_ends_the_job_named_and_finished_chunks_stay(tmp_path, write_model, gradjob, where, without_the_crash):
     """Issue 19: a hang at one perturbation used to hang the job forever; the time limit ends it, naming
     the chunk, on the serial executor and on the cluster alike."""
     model = write_model(CRASHING_MODEL, "crashing.py")
@@ -351,7 +372,7 @@ def test_a_forward_that_hangs_ends_the_job_named_and_finished_chunks_stay(tmp_pa
     finished = done(store)
     assert finished[:10].all() and not finished[10]  # in order in-process; on the cluster later chunks may be done too
     assert not (tmp_path / "s.zarr.lock").exists()
-    assert_finished_chunks_as_without_the_crash(store, finished, tmp_path, write_model, gradjob)
+    assert_finished_chunks_as_without_the_crash(store, finished, without_the_crash)
 
 
 STOPPED_JOB = '''

@@ -102,6 +102,9 @@ def test_identical_results_for_chunk_sizes_and_worker_counts(tmp_path, cluster_a
         assert outcome.reduction.difference == reference.reduction.difference
         assert [t.difference for t in outcome.reduction.tensors] == [t.difference for t in reference.reduction.tensors]
     assert math.isclose(reference.reduction.difference, 0.2850931567761623, rel_tol=1e-9)
+    # a cluster asked for runs there, even for this small check; unasked, the serial executor runs it
+    (one_worker, _), (in_process, _) = runs[3], runs[5]
+    assert one_worker.peak_worker_rss_bytes > 0 and in_process.peak_worker_rss_bytes is None
 
 
 SCALED_MODEL = '''
@@ -149,7 +152,4 @@ def test_a_small_check_runs_in_this_process_unless_a_cluster_is_asked_for(gradjo
     assert not IN_PROCESS.search(forced.stderr)
     assert zarr.open_group(tmp_path / "a.zarr")["gradapprox"][:].tobytes() == \
         zarr.open_group(tmp_path / "b.zarr")["gradapprox"][:].tobytes()
-    outcome = job.run(Request(epsilon=1e-7, store=str(tmp_path / "c.zarr")))
-    assert outcome.peak_worker_rss_bytes is None  # no worker process: the serial executor ran it
-    big = job.run(Request(epsilon=1e-7, store=str(tmp_path / "d.zarr"), workers=1, cluster=True))
-    assert big.peak_worker_rss_bytes > 0
+    # job.run's choice of executor (serial unless asked): test_identical_results_for_chunk_sizes_and_worker_counts
