@@ -32,6 +32,7 @@ COMPLEX_STEP = 1e-20
 
 Line = Callable[[np.ndarray], np.ndarray]
 """``line(offsets)``: J at θ + offset·d for each offset, along one fixed direction d."""
+FLIPS = "flips"  # a step asking which switches its offsets flip (``Replay.flips``), not J there
 Steps = Generator[np.ndarray, np.ndarray, Any]
 """A measurement along one line, as a generator: it yields offsets, is sent J there (``along``,
 ``in_step``), and returns its result; pure numerics, whoever evaluates J."""
@@ -118,40 +119,35 @@ def central_steps(noise: float, cost: float, scale: float) -> Steps:
     return float(np.clip((3 * noise / mu3) ** (1 / 3), lowest, highest)), float(mu3), 4
 
 
-def along(steps: Steps, line: Line):
-    """What ``steps`` returns, each offsets it yields evaluated on ``line``."""
+def along(steps: Steps, line: Line, switches: Line | None = None):
+    """What ``steps`` returns, each offsets it yields evaluated on ``line`` (``(FLIPS, offsets)``: the
+    switches each flips, on ``switches``)."""
     try:
-        offsets = next(steps)
+        request = next(steps)
         while True:
-            offsets = steps.send(line(offsets))
+            request = steps.send(switches(request[1]) if isinstance(request, tuple) else line(request))
     except StopIteration as done:
         return done.value
 
 
-def in_step(costs, starts: dict[int, tuple[Steps, float]], dtype) -> dict:
+def in_step(costs, starts: dict[int, tuple[Steps, float]], dtype, flips=None, drop_failures: bool = True) -> dict:
     """Steps along several coordinates driven together, each round's offsets of all of them
-    evaluated in one call of ``costs`` (a replay walks its graph once per call, so a naive conv's
-    calibration costs one walk per round, not one per element): ``starts`` maps an index i of θ to
-    its steps and θᵢ; returns what each returned. An element whose evaluation fails is left out
-    (the chunk holding it will fail there and say so)."""
+    evaluated in one call of ``costs`` (and the switches asked, in one call of ``flips``): a replay
+    walks its graph once per call, so a naive conv's calibration costs one walk per round, not one
+    per element. ``starts`` maps an index i of θ to its steps and θᵢ; returns what each returned. An
+    element whose evaluation fails is left out (the chunk holding it will fail there and say so), or
+    with ``drop_failures`` False its ``PerturbationFailure`` raised."""
     steps = {i: s for i, (s, _) in starts.items()}
     bases = {i: b for i, (_, b) in starts.items()}
     pending = {i: next(s) for i, s in steps.items()}
     results = {}
     while pending:
-        values = {i: (bases[i] + offsets).astype(dtype) for i, offsets in pending.items()}
-        try:
-            out = costs(np.concatenate([np.full(v.size, i) for i, v in values.items()]),
-                        np.concatenate(list(values.values())), "~")
-            sizes = np.cumsum([v.size for v in values.values()])[:-1]
-            answers = dict(zip(values, np.split(out, sizes)))
-        except PerturbationFailure:  # which: each on its own
-            answers = {}
-            for i, v in values.items():
-                try:
-                    answers[i] = costs(np.full(v.size, i), v, "~")
-                except PerturbationFailure:
-                    steps[i].close()
+        answers = {}
+        for asked, evaluate in ((False, costs), (True, flips)):
+            values = {i: (bases[i] + (r[1] if asked else r)).astype(dtype) for i, r in pending.items()
+                      if isinstance(r, tuple) == asked}
+            if values:
+                answers.update(_evaluated(evaluate, values, steps, drop_failures, asked))
         pending = {}
         for i, answer in answers.items():
             try:
@@ -161,42 +157,66 @@ def in_step(costs, starts: dict[int, tuple[Steps, float]], dtype) -> dict:
     return results
 
 
+def _evaluated(evaluate, values: dict, steps: dict, drop_failures: bool, asked: bool) -> dict:
+    """``evaluate`` at every element's values in one call, split back per element; on a failure, each
+    on its own to find which."""
+    def call(indices, v):
+        return evaluate(indices, v) if asked else evaluate(indices, v, "~")
+
+    try:
+        out = call(np.concatenate([np.full(v.size, i) for i, v in values.items()]), np.concatenate(list(values.values())))
+        return dict(zip(values, np.split(out, np.cumsum([v.size for v in values.values()])[:-1])))
+    except PerturbationFailure:
+        if not drop_failures:
+            raise
+    answers = {}
+    for i, v in values.items():
+        try:
+            answers[i] = call(np.full(v.size, i), v)
+        except PerturbationFailure:
+            steps[i].close()
+    return answers
+
+
 def noise_along(costs, i: int, value, cost: float, flips=None, first_step: float | None = None) -> float:
-    """ε_f along coordinate ``i`` alone (a suspect's own, not its tensor's sample): the round-off of
+    """ε_f along coordinate ``i`` alone (``own_noise_steps`` on one line)."""
+    kind = np.asarray(value).dtype
+    return along(own_noise_steps(kind, cost, float(value), flips is not None, first_step),
+                 lambda steps: costs(np.full(steps.size, i), (float(value) + steps).astype(kind), "~"),
+                 lambda steps: flips(np.full(steps.size, i), (float(value) + steps).astype(kind)))
+
+
+def own_noise_steps(kind, cost: float, value: float, switches: bool, first_step: float | None = None) -> Steps:
+    """ε_f along one coordinate alone, as steps (a suspect's own, not its tensor's sample): the round-off of
     J differs from element to element where a saturated output or a cancelling sum is reached
     from some elements only. At least one ulp of J; NaN where ECnoise never settles.
 
-    With ``flips`` (``Replay.flips``: the traced forward's switches), kinks are kept out of the
-    difference tables exactly: ECnoise runs at the first step, a tenth of it and √eps·max(1, |θᵢ|),
-    each shrunk until none of its points flips a switch, and the largest level is kept. The
-    coarse spacings see round-off that moves in rare steps (1 − A of a saturated sigmoid changes by
-    one ulp of 1 only every so often: between its steps J looks smooth, but its slope misses that
-    term); one ECnoise estimate can also be several times low. Without, ``measure_noise`` shrinks
+    With ``switches`` (the traced forward's, ``Replay.flips``: asked by yielding ``(FLIPS, offsets)``),
+    kinks are kept out of the difference tables exactly: ECnoise runs at the first step, a tenth of it
+    and √eps·max(1, |θᵢ|), each shrunk until none of its points flips a switch, and the largest level is
+    kept. The coarse spacings see round-off that moves in rare steps (1 − A of a saturated sigmoid
+    changes by one ulp of 1 only every so often: between its steps J looks smooth, but its slope misses
+    that term); one ECnoise estimate can also be several times low. Without, ``noise_steps`` shrinks
     one spacing while the level does."""
-    kind = np.asarray(value).dtype
     eps = float(np.finfo(kind).eps)
     floor = eps * max(abs(cost), np.finfo(np.float64).tiny)
-    base, scale = float(value), max(1.0, abs(float(value)))
     offsets = (np.arange(POINTS) - POINTS // 2).astype(np.float64)
-
-    def line(steps):
-        return costs(np.full(steps.size, i), (base + steps).astype(kind), "~")
-
-    fine = math.sqrt(eps) * scale
-    if flips is None:
-        level, _ = measure_noise(line, fine)
+    fine = math.sqrt(eps) * max(1.0, abs(value))
+    if not switches:
+        level, _ = yield from noise_steps(fine)
         return math.nan if level is None else max(level, floor)
     levels = []
     for spacing in ([first_step / 2, first_step / 20] if first_step else []) + [fine]:
         for _ in range(SPACINGS + 2):
-            if not flips(np.full(POINTS, i), (base + offsets * spacing).astype(kind)).any():
+            if not (yield FLIPS, offsets * spacing).any():
                 break
             spacing /= 100
-        level, inform = ecnoise(line(offsets * spacing))
+        level, inform = ecnoise((yield offsets * spacing))
         if inform == 1:
             levels.append(level)
     if not levels:
-        levels = [level for level in [along(_settled_level(fine), line)[0]] if level is not None]
+        level, _ = yield from _settled_level(fine)
+        levels = [level] if level is not None else []
     return max(max(levels), floor) if levels else math.nan
 
 

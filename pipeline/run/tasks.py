@@ -25,7 +25,7 @@ from gradjob.model.spec import ModelSpec, load_model
 from gradjob.model.usercode import with_notes
 from gradjob.numerics import verify
 from gradjob.numerics.evaluate import PerturbationFailure, numerical_gradient, per_element, step_sizes
-from gradjob.numerics.noise import noise_along
+from gradjob.numerics.noise import in_step, own_noise_steps
 from gradjob.run import evaluators
 from gradjob.run.plan import Chunk
 from gradjob.storage import lock, store
@@ -233,8 +233,10 @@ def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps
         cost = costs(index, original, "")
         cost_plus = costs(repeated, plus.ravel(), "+").reshape(-1, rungs)
         cost_minus = costs(repeated, minus.ravel(), "-").reshape(-1, rungs)
-        noise = np.array([noise_along(costs, int(i), o, float(c), flips if ok else None, h)
-                          for i, o, c, h, ok in zip(index, original, cost, first_steps, trusted)])
+        own = in_step(costs, {int(i): (own_noise_steps(original.dtype, float(c), float(o), bool(ok), h), float(o))
+                              for i, o, c, h, ok in zip(index, original, cost, first_steps, trusted)},
+                      original.dtype, flips, drop_failures=False)  # the suspects' lines together: one call a round
+        noise = np.array([own[int(i)] for i in index])
     except PerturbationFailure as failure:
         raise with_notes(JobError(f"the forward failed at {workspace.layout.describe(failure.index)} while "
                                   f"re-verifying it on smaller steps: {failure.detail}"), failure) from None

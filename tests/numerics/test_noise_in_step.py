@@ -45,3 +45,24 @@ def test_an_element_whose_evaluation_fails_is_left_out_and_the_others_measured()
     layout = Layout.of({"w": theta})
     calibration = noise.calibrate(costs, layout, theta, float(np.sum(theta ** 4) / 4), "central", np.float64)
     assert calibration.tensors[0].measured == 2
+
+
+def test_suspects_own_noise_is_the_same_measured_together_with_their_switches_asked_once_a_round():
+    """``own_noise_steps`` of several suspects: switches (a kink at θ = 1 for element 0) and costs each
+    asked in one call per round, the levels each suspect's own."""
+    theta = np.array([1.0 + 1e-7, -1.2, 2.0])
+    costs, calls = quartic(theta)
+    asked = []
+
+    def flips(indices, values):
+        asked.append(indices.size)
+        return ((values > 1.0) != (theta[indices] > 1.0)).astype(np.int64)
+
+    cost = float(np.sum(theta ** 4) / 4)
+    alone = {i: noise.noise_along(costs, i, theta[i], cost, flips, 1e-4) for i in range(3)}
+    rounds_alone = len(asked)
+    asked.clear()
+    together = noise.in_step(costs, {i: (noise.own_noise_steps(theta.dtype, cost, float(theta[i]), True, 1e-4),
+                                         float(theta[i])) for i in range(3)}, theta.dtype, flips, drop_failures=False)
+    assert together == alone
+    assert len(asked) < rounds_alone
