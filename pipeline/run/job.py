@@ -272,12 +272,12 @@ def step_text(meta: StoreMeta) -> str:
 
 
 def versions() -> dict:
-    import dask
-    import distributed
-    import zarr
+    """The versions a store records, read from the installed packages' metadata: importing
+    ``distributed`` for its version took 0.7 s of a 2.6 s check run in this process."""
+    import importlib.metadata
 
-    return {"gradjob": __version__, "numpy": np.__version__, "dask": dask.__version__,
-            "distributed": distributed.__version__, "zarr": zarr.__version__,
+    return {"gradjob": __version__, "numpy": np.__version__,
+            **{name: importlib.metadata.version(name) for name in ("dask", "distributed", "zarr")},
             "python": platform.python_version()}
 
 
