@@ -51,4 +51,4 @@ def test_main_command_in_a_fresh_venv(tmp_path):
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "<!-- test-command -->" in ci and "README.md" in ci
-    assert readme_command("test-command").endswith("python -m pytest -q")
+    assert readme_command("test-command").endswith("python -m pytest -q -n 2 --dist loadfile")
