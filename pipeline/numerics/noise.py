@@ -143,11 +143,11 @@ def in_step(costs, starts: dict[int, tuple[Steps, float]], dtype, flips=None, dr
     results = {}
     while pending:
         answers = {}
-        for asked, evaluate in ((False, costs), (True, flips)):
+        for asked, evaluate in ((False, lambda i, v: costs(i, v, "~")), (True, flips)):
             values = {i: (bases[i] + (r[1] if asked else r)).astype(dtype) for i, r in pending.items()
                       if isinstance(r, tuple) == asked}
             if values:
-                answers.update(_evaluated(evaluate, values, steps, drop_failures, asked))
+                answers.update(_evaluated(evaluate, values, steps, drop_failures))
         pending = {}
         for i, answer in answers.items():
             try:
@@ -157,14 +157,11 @@ def in_step(costs, starts: dict[int, tuple[Steps, float]], dtype, flips=None, dr
     return results
 
 
-def _evaluated(evaluate, values: dict, steps: dict, drop_failures: bool, asked: bool) -> dict:
-    """``evaluate`` at every element's values in one call, split back per element; on a failure, each
-    on its own to find which."""
-    def call(indices, v):
-        return evaluate(indices, v) if asked else evaluate(indices, v, "~")
-
+def _evaluated(evaluate, values: dict, steps: dict, drop_failures: bool) -> dict:
+    """``evaluate(indices, values)`` at every element's values in one call, split back per element;
+    on a failure, each on its own to find which."""
     try:
-        out = call(np.concatenate([np.full(v.size, i) for i, v in values.items()]), np.concatenate(list(values.values())))
+        out = evaluate(np.concatenate([np.full(v.size, i) for i, v in values.items()]), np.concatenate(list(values.values())))
         return dict(zip(values, np.split(out, np.cumsum([v.size for v in values.values()])[:-1])))
     except PerturbationFailure:
         if not drop_failures:
@@ -172,7 +169,7 @@ def _evaluated(evaluate, values: dict, steps: dict, drop_failures: bool, asked: 
     answers = {}
     for i, v in values.items():
         try:
-            answers[i] = call(np.full(v.size, i), v)
+            answers[i] = evaluate(np.full(v.size, i), v)
         except PerturbationFailure:
             steps[i].close()
     return answers

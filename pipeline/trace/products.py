@@ -266,8 +266,7 @@ class ProductRules:
 def _moved_at_pins(r: Rep) -> bool:
     """Whether a perturbed matrix moved at one element, row or column per perturbation, by finite
     amounts (so that its value is its value at θ plus that move)."""
-    return r.kinds in (("P", "P"), ("P", "F"), ("F", "P")) and bool(np.all(np.isfinite(r.data))) \
-        and bool(np.all(np.isfinite(gather(r.base, r.kinds, r.idx, r.bpos))))
+    return r.kinds in (("P", "P"), ("P", "F"), ("F", "P")) and _finite(r)
 
 
 def _finite(r: Rep) -> bool:
