@@ -126,17 +126,32 @@ def _ms(seconds_per_evaluation: float, per_parameter: int) -> str:
 
 
 def replay_timing(costs: Costs, layout: Layout, theta: np.ndarray, seconds_each: float) -> float:
-    """The replay's seconds per evaluation on a batch as large as a chunk's, up to ``TIMING_BATCH``
-    (and ``TIMING_BUDGET_SECONDS``): its cost per call is shared by the whole batch."""
-    size = int(min(TIMING_BATCH, layout.n_parameters, max(1, TIMING_BUDGET_SECONDS // max(seconds_each, 1e-9))))
-    indices = np.random.default_rng(size).choice(layout.n_parameters, size=size, replace=False)
-    values = (theta[indices] + 1e-3 * np.maximum(1.0, np.abs(theta[indices]))).astype(theta.dtype)
-    started = time.perf_counter()
-    try:
-        costs(indices, values, "~")
-    except Exception:  # e.g. a non-finite cost 1e-3 away: the validation's own figure stands
-        return float("inf")
-    return (time.perf_counter() - started) / size
+    """The replay's seconds per evaluation as a chunk sees them: each tensor timed on a run of
+    consecutive elements (a chunk's, up to ``TIMING_BATCH``), the largest tensors first while
+    ``TIMING_BUDGET_SECONDS`` last, and their times weighted by their sizes. A replay's cost per
+    call is shared by a batch of one tensor's elements; scattered elements would charge each its
+    own call, and an unweighted sample would rate a model by its small tensors."""
+    rng = np.random.default_rng(layout.n_parameters)
+    spent = weighted = 0.0
+    timed = 0
+    for tensor in sorted(layout.tensors, key=lambda t: -t.size):
+        left = TIMING_BUDGET_SECONDS - spent
+        if left <= 0:
+            break
+        size = int(min(TIMING_BATCH, tensor.size, max(1, left // max(seconds_each, 1e-9))))
+        start = tensor.offset + int(rng.integers(0, tensor.size - size + 1))
+        indices = np.arange(start, start + size)
+        values = (theta[indices] + 1e-3 * np.maximum(1.0, np.abs(theta[indices]))).astype(theta.dtype)
+        started = time.perf_counter()
+        try:
+            costs(indices, values, "~")
+        except Exception:  # e.g. a non-finite cost 1e-3 away: the validation's own figure stands
+            return float("inf")
+        elapsed = time.perf_counter() - started
+        spent += elapsed
+        weighted += tensor.size * elapsed / size
+        timed += tensor.size
+    return weighted / timed
 
 
 def mismatch(costs: Costs, real: Costs, layout: Layout, theta: np.ndarray, computed_dtype: str,

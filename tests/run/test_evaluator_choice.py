@@ -7,8 +7,10 @@ import json
 import re
 import time
 
+import numpy as np
 import pytest
 
+from gradjob.model.layout import Layout
 from gradjob.run import evaluators
 from gradjob.trace import Replay
 
@@ -97,3 +99,49 @@ def test_the_directional_screen_measures_no_evaluator(gradjob, write_model):
     write_model(SEED_STYLE)
     result, notes = submit(gradjob, "--mode", "directional")
     assert (result["evaluator"], result["passed"], notes) == ("forward", True, [])
+
+
+class FakeReplay:
+    """Costs that advance a fake clock by a cost per call plus one per evaluation, by tensor (as a
+    replay's batch shares its call's work), recording each call's indices."""
+
+    def __init__(self, layout, per_call, per_evaluation):
+        self.layout, self.per_call, self.per_evaluation = layout, per_call, per_evaluation
+        self.now, self.calls = 0.0, []
+
+    def clock(self):
+        return self.now
+
+    def costs(self, indices, values, sign=""):
+        name = self.layout.locate(int(indices[0]))[0]
+        self.calls.append((name, indices.copy()))
+        self.now += self.per_call + self.per_evaluation[name] * len(indices)
+        return np.zeros(len(indices))
+
+
+def test_the_replay_is_timed_per_tensor_on_consecutive_elements_weighted_by_size(monkeypatch):
+    """Each tensor timed on one run of consecutive elements (one call, as a chunk's), the largest
+    first, and its time per evaluation weighted by its size: scattered elements charged each its own
+    call, and the RNN example then ran on the forward two runs in three."""
+    layout = Layout.of({"small": np.zeros(10), "large": np.zeros((30, 20)), "middle": np.zeros(100)})
+    fake = FakeReplay(layout, per_call=1e-3, per_evaluation={"small": 1e-4, "large": 2e-5, "middle": 5e-5})
+    monkeypatch.setattr(evaluators.time, "perf_counter", fake.clock)
+    seconds = evaluators.replay_timing(fake.costs, layout, np.zeros(layout.n_parameters), 1e-4)
+    assert [name for name, _ in fake.calls] == ["large", "middle", "small"]
+    for name, indices in fake.calls:
+        assert np.array_equal(indices, np.arange(indices[0], indices[0] + len(indices)))
+        assert layout.locate(int(indices[-1]))[0] == name
+    assert [len(indices) for _, indices in fake.calls] == [256, 100, 10]
+    each = {"large": 1e-3 / 256 + 2e-5, "middle": 1e-3 / 100 + 5e-5, "small": 1e-3 / 10 + 1e-4}
+    assert seconds == pytest.approx((600 * each["large"] + 100 * each["middle"] + 10 * each["small"]) / 710)
+
+
+def test_the_timing_stops_at_its_budget_after_the_largest_tensors(monkeypatch):
+    """Each run is sized from the validation's time per evaluation to what is left of the budget."""
+    layout = Layout.of({"small": np.zeros(400), "large": np.zeros(1000), "middle": np.zeros(500)})
+    fake = FakeReplay(layout, per_call=0.0, per_evaluation={"small": 2**-10, "large": 2**-10, "middle": 2**-8})
+    monkeypatch.setattr(evaluators.time, "perf_counter", fake.clock)
+    seconds = evaluators.replay_timing(fake.costs, layout, np.zeros(layout.n_parameters), 2**-9)
+    # 256 elements in 0.25 s, then 128 (what the 0.25 s left allows at the validation's 2 ms each), 0.5 s
+    assert [(name, len(indices)) for name, indices in fake.calls] == [("large", 256), ("middle", 128)]
+    assert seconds == (1000 * 2**-10 + 500 * 2**-8) / 1500
