@@ -1,7 +1,8 @@
 """Indexing replayed under a batch of perturbations: basic indexing (integers, slices, ``None``,
 ``...``) of a value moved at one position per perturbation keeps it at that position (``w[f]`` of a
 moved filter is θ's for every other filter); a gather of single elements (``probs[np.arange(N),
-y]``) takes them from where the Rep holds them; and a smooth elementwise node whose one use is such
+y]``) takes them from where the Rep holds them; a lookup of rows (``W_embed[word_ids]``) of a value
+moved in one row per perturbation is θ's for the perturbations of rows no id names; and a smooth elementwise node whose one use is such
 a gather is evaluated at the gathered elements alone (``deferrable``, which ``replay.Plan`` asks).
 Anything else is held in full and indexed. A part of ``Replay`` (``replay``), mixed into it.
 """
@@ -10,14 +11,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradjob.trace.batched import Rep, dense, gather
+from gradjob.trace.batched import Rep, Split, dense, gather
 from gradjob.trace.graph import Ref
 
 
 class IndexRules:
     """``Replay``'s rules for indexing."""
 
-    def _index(self, rep: Rep, key: tuple, base, B: int) -> Rep:
+    def _index(self, rep: Rep, key: tuple, base, B: int) -> Rep | None:
+        if _lookup(key) and rep.kinds[0] == "P":
+            used = _rows_used(rep.idx[0], key[0], rep.shape[0])
+            if not used.any():
+                return None  # no perturbation moves a row the lookup takes: the result is θ's
+            if not used.all():  # rows no id names cost nothing; the rest are looked up below
+                raise Split([np.flatnonzero(~used), np.flatnonzero(used)])
         if elements_key(key, len(rep.shape)):
             return self._gather_elements(rep, key, base, B)
         if "P" in rep.kinds and "S" not in rep.kinds and _basic(key):
@@ -116,6 +123,19 @@ def deferrable(e: int, nodes, consumers: dict) -> int | None:
         return None
     use = nodes[users[0]]
     return users[0] if use.op == "index" and elements_key(use.attrs.key, np.ndim(node.value)) else None
+
+
+def _lookup(key: tuple) -> bool:
+    """Whether ``key`` takes whole rows by an integer array (``W_embed[word_ids]``)."""
+    return len(key) == 1 and isinstance(key[0], np.ndarray) and key[0].dtype.kind in "iu"
+
+
+def _rows_used(rows: np.ndarray, ids: np.ndarray, length: int) -> np.ndarray:
+    """For each perturbation, whether the row it moves (``rows``) is among ``ids`` (negative ids
+    counted from the end, as NumPy does)."""
+    named = np.zeros(length, dtype=bool)
+    named[ids.astype(np.intp).reshape(-1)] = True
+    return named[rows]
 
 
 def _basic(key: tuple) -> bool:
