@@ -2,9 +2,10 @@
 ``...``) of a value moved at one position per perturbation keeps it at that position (``w[f]`` of a
 moved filter is θ's for every other filter); a gather of single elements (``probs[np.arange(N),
 y]``) takes them from where the Rep holds them; a lookup of rows (``W_embed[word_ids]``) of a value
-moved in one row per perturbation is θ's for the perturbations of rows no id names; and a smooth elementwise node whose one use is such
-a gather is evaluated at the gathered elements alone (``deferrable``, which ``replay.Plan`` asks).
-Anything else is held in full and indexed. A part of ``Replay`` (``replay``), mixed into it.
+moved in one row per perturbation is θ's for the perturbations of rows no id names; and a smooth
+elementwise node whose one use is such a gather is evaluated at the gathered elements alone
+(``deferrable``, which ``replay.Plan`` asks). Anything else is held in full and indexed. A part of
+``Replay`` (``replay``), mixed into it.
 """
 
 from __future__ import annotations
