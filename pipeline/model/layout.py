@@ -81,8 +81,8 @@ class Layout:
 
     def gradient_keys(self, gradients: Mapping) -> list[str]:
         """The key of each parameter's gradient: ``d<name>`` (the seed's convention) or, when the
-        dict holds no ``d<name>`` key at all, ``<name>`` (cs231n's ``grads['W1']``)."""
-        if not any(f"d{t.name}" in gradients for t in self.tensors) and all(t.name in gradients for t in self.tensors):
+        dict holds no ``d<name>`` key at all but some ``<name>``, ``<name>`` (cs231n's ``grads['W1']``)."""
+        if not any(f"d{t.name}" in gradients for t in self.tensors) and any(t.name in gradients for t in self.tensors):
             return [t.name for t in self.tensors]
         return [f"d{t.name}" for t in self.tensors]
 
@@ -95,6 +95,11 @@ class Layout:
             )
         keys = self.gradient_keys(gradients)
         missing = [key for key in keys if key not in gradients]
+        if missing and keys[0] == self.tensors[0].name:  # keyed by parameter name, cs231n's way: name what is there
+            present = ", ".join(repr(k) for k in gradients if k in self.names)
+            raise InputError(f"backward's gradients have no key {', '.join(repr(k) for k in missing)} (they have "
+                             f"{present}); add the gradient of each parameter under its name, e.g. "
+                             f"grads[{missing[0]!r}]")
         if missing:
             raise InputError(f"backward returned no gradient for {', '.join(missing)}; add them to its dict")
         grad = np.empty(self.n_parameters, dtype=self.dtype)

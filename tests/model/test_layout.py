@@ -53,6 +53,10 @@ def test_gradients_flatten_by_d_prefix_and_ignore_other_keys():
 
 @pytest.mark.parametrize("gradients, message", [
     ({"dW": np.ones((2, 2))}, "backward returned no gradient for db; add them to its dict"),
+    ({"W": np.ones((2, 2))}, "backward's gradients have no key 'b' (they have 'W'); add the gradient of each "
+                             "parameter under its name, e.g. grads['b']"),
+    ({"W": np.ones((2, 2)), "dZ": np.ones(2)}, "backward's gradients have no key 'b' (they have 'W'); add"),
+    ({"dZ": np.ones(2)}, "backward returned no gradient for dW, db; add them to its dict"),
     ({"dW": np.ones((2, 3)), "db": np.ones(2)}, "gradient 'dW' has shape (2, 3) but parameter 'W' has shape (2, 2)"),
     ({"dW": np.array([["a", "b"], ["c", "d"]]), "db": np.ones(2)}, "gradient 'dW' is not a numeric array (dtype <U1)"),
     ([1, 2], "backward returned list; it must return a dict"),
