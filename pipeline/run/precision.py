@@ -134,14 +134,32 @@ def relative_noise(model: Model, case: Case, layout: Layout, theta: np.ndarray, 
     return None if level is None else level / max(abs(cost), 1e-300)
 
 
+def unchanged(layout: Layout, theta: np.ndarray, given: np.ndarray, role: str) -> None:
+    """Refuse a forward or backward that wrote into the parameter arrays it was given (``W1 -= …``,
+    ``W[0] = …``, ``params['W1'] *= 2``, ``out=W1``): every evaluation would then be at parameters
+    other than the ones asked for, and the analytic gradient at yet others."""
+    bits = f"u{theta.dtype.itemsize}"
+    changed = np.flatnonzero(theta.view(bits) != given.view(bits))
+    if changed.size:
+        i = int(changed[0])
+        tensors = sorted({layout.locate(int(j))[0] for j in changed}, key=layout.names.index)
+        raise InputError(
+            f"the {role} writes into the parameter arrays it is given ({', '.join(tensors)} changed: "
+            f"{layout.describe(i)} from {given[i]:.6g} to {theta[i]:.6g}), so a check of it would mean nothing; "
+            "compute new arrays instead (W1 = W1 - …, not W1 -= …, W1[i] = … or out=W1)")
+
+
 def analytic_gradient(model: Model, case: Case, layout: Layout,
                       theta: np.ndarray) -> tuple[float, np.ndarray, str, Layout]:
     """J(θ), the backward's gradient at θ, the narrowest dtype either was computed in, and the
     layout noting gradients shaped unlike their parameters; refuses a nondeterministic forward."""
     views = layout.views(theta)
+    given = theta.copy()
     try:  # each call gets its own dict of θ's views, whatever the last one did to its dict
         first = model.forward(case.X, case.Y, dict(views))
+        unchanged(layout, theta, given, "forward")
         second = model.forward(case.X, case.Y, dict(views))
+        unchanged(layout, theta, given, "forward")
     except InputError:
         raise
     except Exception as exc:
@@ -165,6 +183,7 @@ def analytic_gradient(model: Model, case: Case, layout: Layout,
         raise
     except Exception as exc:
         raise with_frames(InputError(f"the backward raised: {type(exc).__name__}: {exc}"), exc) from None
+    unchanged(layout, theta, given, "backward")
     grad = layout.flatten_gradients(gradients)
     if not np.all(np.isfinite(grad)):
         raise InputError(f"the backward returned non-finite gradient values (first at {layout.describe(int(np.flatnonzero(~np.isfinite(grad))[0]))})")

@@ -1,0 +1,113 @@
+"""Models whose check would mislead, written as users write them: each is refused in one line
+rather than given a verdict.
+
+- a forward or backward that writes into the parameter arrays it was given (``np.clip(W1, …,
+  out=W1)``, ``W[0] = 0``, ``update_parameters`` folded into the backward, cs231n's
+  ``self.params['W1'] *= …``): exit 2, the tensors it changed named, nothing stored.
+"""
+
+import numpy as np
+import pytest
+from conftest import family
+
+import gradjob
+from gradjob.errors import InputError
+
+# A DL-Specialization-style two-layer network (parameters dict, cache tuple), and the ways it is
+# written that change the arrays it is given.
+WRITES = '''
+import numpy as np
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def forward_propagation(X, Y, parameters):
+    W1, b1, W2, b2 = parameters["W1"], parameters["b1"], parameters["W2"], parameters["b2"]
+    Z1 = np.dot(W1, X) + b1
+    A1 = np.maximum(0, Z1)
+    Z2 = np.dot(W2, A1) + b2
+    A2 = sigmoid(Z2)
+    m = X.shape[1]
+    cost = -np.sum(Y * np.log(A2) + (1 - Y) * np.log(1 - A2)) / m
+    return cost, (X, Y, Z1, A1, W1, b1, Z2, A2, W2, b2)
+
+
+def forward_clips(X, Y, parameters):  # keeps the weights small, in place
+    np.clip(parameters["W1"], -0.3, 0.3, out=parameters["W1"])
+    return forward_propagation(X, Y, parameters)
+
+
+def forward_zeroes(X, Y, parameters):
+    W = parameters["W1"]
+    W[0] = 0.0
+    return forward_propagation(X, Y, parameters)
+
+
+def backward_propagation(X, Y, cache):
+    X, Y, Z1, A1, W1, b1, Z2, A2, W2, b2 = cache
+    m = X.shape[1]
+    dZ2 = A2 - Y
+    dW2 = dZ2 @ A1.T / m
+    db2 = dZ2.sum(axis=1, keepdims=True) / m
+    dZ1 = (W2.T @ dZ2) * (Z1 > 0)
+    dW1 = dZ1 @ X.T / m
+    db1 = dZ1.sum(axis=1, keepdims=True) / m
+    return {"dW1": dW1, "db1": db1, "dW2": dW2, "db2": db2}
+
+
+def backward_updates(X, Y, cache):  # update_parameters folded into backprop
+    grads = backward_propagation(X, Y, cache)
+    W1, W2 = cache[4], cache[8]
+    W1 -= 1.2 * grads["dW1"]
+    W2 -= 1.2 * grads["dW2"]
+    return grads
+
+
+def case():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((3, 8))
+    Y = (rng.random((1, 8)) > 0.5).astype(float)
+    return X, Y, {"W1": 0.5 * rng.standard_normal((4, 3)), "b1": 0.1 * rng.standard_normal((4, 1)),
+                  "W2": 0.5 * rng.standard_normal((1, 4)), "b2": np.zeros((1, 1))}
+'''
+
+WRITE_ADVICE = ("so a check of it would mean nothing; compute new arrays instead (W1 = W1 - …, not W1 -= …, "
+                "W1[i] = … or out=W1)")
+
+
+@pytest.mark.parametrize("forward, backward, said", [
+    ("forward_clips", "backward_propagation", "the forward writes into the parameter arrays it is given (W1 changed: "
+                                              "W1[0, 1] from 0.441269 to 0.3), "),
+    ("forward_zeroes", "backward_propagation", "the forward writes into the parameter arrays it is given (W1 changed: "
+                                               "W1[0, 0] from -0.14586 to 0), "),
+    ("forward_propagation", "backward_updates", "the backward writes into the parameter arrays it is given (W1, W2 "
+                                                "changed: W1[0, 0] from -0.14586 to -0.21317), "),
+])
+def test_a_model_writing_into_its_parameters_is_refused(gradjob, write_model, tmp_path, forward, backward, said):
+    model = write_model(WRITES)
+    assert gradjob("submit", model, "--forward", "forward_propagation", "--backward", "backward_propagation",
+                   "--case", f"{model}:case", "--store", "fine.zarr").exit_code == 0  # written as it should be
+    run = gradjob("submit", model, "--forward", forward, "--backward", backward, "--case", f"{model}:case",
+                  "--store", "s.zarr")
+    assert (run.exit_code, run.stdout, run.stderr) == (2, "", f"gradjob: error: {said}{WRITE_ADVICE}\n")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_check_loss_whose_loss_scales_its_params_in_place_is_refused(private_tmp):
+    cs = family("cs231n_style")
+    X, y, _ = cs.case_bn_dropout()
+    model = cs.make_model(seed=231)  # float32: refused in float64 and again in float32
+    own = {k: v.copy() for k, v in model.params.items()}
+
+    def loss(X, y=None):
+        model.params["W2"] *= np.float32(1.001)  # a "learning rate warm-up" left in the loss
+        return model.loss(X, y)
+
+    with pytest.raises(InputError) as raised:
+        gradjob.check_loss(loss, model.params, X, y)
+    assert str(raised.value).startswith("the forward writes into the parameter arrays it is given (W2 changed: W2[0, 0] "
+                                        "from ")
+    assert str(raised.value).endswith(WRITE_ADVICE)
+    assert all(np.array_equal(model.params[k], v) for k, v in own.items())  # the caller's arrays as they were
