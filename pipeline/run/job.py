@@ -255,7 +255,7 @@ def reduce_store(path: str, threshold: float | None = None, verdicts: dict | Non
     threshold = verdict.asked_threshold(threshold, meta.threshold)
     with reverify.intact(path, meta):
         reduction = reduce_gradients(meta.layout, lambda a, b: store.iter_blocks(group, a, b), threshold, meta.cost,
-                                     meta.calibration, verdicts, float(np.finfo(meta.layout.dtype).eps),
+                                     meta.calibration, verdicts, meta.layout.gradient_eps,
                                      replace=meta.epsilon is None)
     return Outcome(reduction, meta, path, meta.method, step_text(meta), meta.model, meta.case, meta.precision,
                    meta.evaluator)

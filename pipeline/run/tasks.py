@@ -179,7 +179,7 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
                 if workspace.flips is not None and not fixed and context.method == "central":
                     verify.off_kinks(workspace.costs, workspace.flips, original, chunk.start, result, noise, curvature,
                                      store.read_range(workspace.group, "grad", chunk.start, chunk.stop),
-                                     float(np.finfo(layout.dtype).eps))
+                                     layout.gradient_eps)
             except Exception as exc:  # the replay, not the model, failed: the forward decides
                 detail = exc.detail if isinstance(exc, PerturbationFailure) else f"{type(exc).__name__}: {exc}"
                 note = f"chunk {chunk.index}: the traced fast path failed ({detail}); evaluated by the forward"
@@ -197,7 +197,7 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
     with lock.fenced(context.store, context.run):
         store.write_chunk(workspace.group, chunk, asdict(result), by_forward)
     grad = store.read_range(workspace.group, "grad", chunk.start, chunk.stop)
-    beyond = np.abs(grad - result.gradapprox) > verify.tolerance(grad, result.noise, float(np.finfo(layout.dtype).eps))
+    beyond = np.abs(grad - result.gradapprox) > verify.tolerance(grad, result.noise, layout.gradient_eps)
     return ChunkReport(time.perf_counter() - started, note, int(np.count_nonzero(beyond)))
 
 

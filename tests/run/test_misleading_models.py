@@ -4,6 +4,9 @@ rather than given a verdict.
 - a forward or backward that writes into the parameter arrays it was given (``np.clip(W1, …,
   out=W1)``, ``W[0] = 0``, ``update_parameters`` folded into the backward, cs231n's
   ``self.params['W1'] *= …``): exit 2, the tensors it changed named, nothing stored.
+- a float64 forward whose backward returns float32 arrays: still checked in float64 at float64's
+  threshold (a 0.2 % error in dW2 passed when the gradients' dtype set the check's), the
+  gradients' own rounding allowed for element by element, so a correct one passes.
 """
 
 import numpy as np
@@ -111,3 +114,63 @@ def test_check_loss_whose_loss_scales_its_params_in_place_is_refused(private_tmp
                                         "from ")
     assert str(raised.value).endswith(WRITE_ADVICE)
     assert all(np.array_equal(model.params[k], v) for k, v in own.items())  # the caller's arrays as they were
+
+
+# A float64 forward whose backward hands float32 arrays to its optimiser; ``backward`` has dW2 0.2 % off.
+FLOAT32_GRADIENTS = '''
+import numpy as np
+
+
+def forward(X, Y, parameters):
+    W1, b1, W2, b2 = parameters["W1"], parameters["b1"], parameters["W2"], parameters["b2"]
+    A1 = np.tanh(W1 @ X + b1)
+    A2 = 1 / (1 + np.exp(-(W2 @ A1 + b2)))
+    m = X.shape[1]
+    cost = -np.sum(Y * np.log(A2) + (1 - Y) * np.log(1 - A2)) / m
+    return cost, (X, Y, A1, W2, A2)
+
+
+def backward(X, Y, cache, scale=1.002):
+    X, Y, A1, W2, A2 = cache
+    m = X.shape[1]
+    dZ2 = A2 - Y
+    dW2 = scale * (dZ2 @ A1.T) / m
+    db2 = dZ2.sum(axis=1, keepdims=True) / m
+    dZ1 = (W2.T @ dZ2) * (1 - A1 ** 2)
+    dW1 = dZ1 @ X.T / m
+    db1 = dZ1.sum(axis=1, keepdims=True) / m
+    return {k: v.astype(np.float32) for k, v in {"dW1": dW1, "db1": db1, "dW2": dW2, "db2": db2}.items()}
+
+
+def backward_ok(X, Y, cache):
+    return backward(X, Y, cache, scale=1.0)
+
+
+def case():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((3, 10))
+    Y = (rng.random((1, 10)) > 0.5).astype(float)
+    return X, Y, {"W1": rng.standard_normal((4, 3)), "b1": 0.1 * rng.standard_normal((4, 1)),
+                  "W2": rng.standard_normal((1, 4)), "b2": np.zeros((1, 1))}
+
+
+def case32():
+    X, Y, p = case()
+    return X.astype(np.float32), Y.astype(np.float32), {k: v.astype(np.float32) for k, v in p.items()}
+'''
+
+
+@pytest.mark.parametrize("step", [[], ["--epsilon", "1e-7"]], ids=["automatic", "epsilon"])
+@pytest.mark.parametrize("case, precision", [("case", "checked in float64"),
+                                             ("case32", "checked in float64; parameters are float32")])
+def test_float32_gradients_of_a_float64_forward_are_judged_in_float64(gradjob, write_model, case, precision, step):
+    model = write_model(FLOAT32_GRADIENTS)
+    common = ["--forward", "forward", "--case", f"{model}:{case}", *step]
+    wrong = gradjob("submit", model, "--backward", "backward", *common, "--store", "wrong.zarr")
+    assert wrong.exit_code == 1, wrong.stdout  # passed as "checked in float32", threshold 1e-3
+    assert wrong.stdout.startswith("FAIL  backprop disagrees with the numerical gradient: difference 6.87")
+    assert wrong.stdout.split("\n")[0].endswith("; wrong: W2")
+    assert f"  precision {precision}\n" in wrong.stdout and "dW2 is 1.002× the numerical gradient" in wrong.stdout
+    right = gradjob("submit", model, "--backward", "backward_ok", *common, "--store", "right.zarr")
+    assert right.exit_code == 0, right.stdout  # its float32 rounding is not an error
+    assert right.stdout.startswith("PASS  ") and f"  precision {precision}\n" in right.stdout
