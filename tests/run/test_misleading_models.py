@@ -7,6 +7,9 @@ rather than given a verdict.
 - a float64 forward whose backward returns float32 arrays: still checked in float64 at float64's
   threshold (a 0.2 % error in dW2 passed when the gradients' dtype set the check's), the
   gradients' own rounding allowed for element by element, so a correct one passes.
+- a forward whose repeated calls at the same θ give different costs once it has run a while (a
+  dropout mask redrawn every N calls): J(θ) is asked again after calibrating, after each chunk and
+  after each batch of ladders; a change ends the job, exit 3, one line saying when.
 """
 
 import numpy as np
@@ -174,3 +177,82 @@ def test_float32_gradients_of_a_float64_forward_are_judged_in_float64(gradjob, w
     right = gradjob("submit", model, "--backward", "backward_ok", *common, "--store", "right.zarr")
     assert right.exit_code == 0, right.stdout  # its float32 rounding is not an error
     assert right.stdout.startswith("PASS  ") and f"  precision {precision}\n" in right.stdout
+
+
+# A forward redrawing its dropout mask every `every` calls (an "epoch"): deterministic for its first
+# calls, so the two at θ before the job agree. --no-fast --chunk-size 5 on 21 parameters: calibrating
+# makes about 250 calls, the chunks about 50 more and the ladders of a wrong dW2 about 140 more.
+COUNTER = '''
+import numpy as np
+
+KEEP = 0.8
+_rng = np.random.default_rng(0)
+_calls = {}
+
+
+def _forward(X, Y, parameters, every):
+    W1, b1, W2, b2 = parameters["W1"], parameters["b1"], parameters["W2"], parameters["b2"]
+    calls, mask = _calls.get(every, (0, None))
+    if calls % every == 0:  # a fresh dropout mask every `every` iterations
+        mask = (_rng.random((4, X.shape[1])) < KEEP) / KEEP
+    _calls[every] = calls + 1, mask
+    A1 = np.tanh(W1 @ X + b1) * mask
+    A2 = 1 / (1 + np.exp(-(W2 @ A1 + b2)))
+    m = X.shape[1]
+    cost = -np.sum(Y * np.log(A2) + (1 - Y) * np.log(1 - A2)) / m
+    return cost, (X, Y, A1, W2, A2, mask)
+
+
+def forward_100(X, Y, parameters):
+    return _forward(X, Y, parameters, 100)
+
+
+def forward_270(X, Y, parameters):
+    return _forward(X, Y, parameters, 270)
+
+
+def forward_350(X, Y, parameters):
+    return _forward(X, Y, parameters, 350)
+
+
+def backward(X, Y, cache):
+    X, Y, A1, W2, A2, mask = cache
+    m = X.shape[1]
+    dZ2 = A2 - Y
+    T = A1 / np.where(mask == 0, 1, mask)
+    dZ1 = (W2.T @ dZ2) * mask * (1 - T ** 2)
+    return {"dW1": dZ1 @ X.T / m, "db1": dZ1.sum(axis=1, keepdims=True) / m, "dW2": dZ2 @ A1.T / m,
+            "db2": dZ2.sum(axis=1, keepdims=True) / m}
+
+
+def backward_dW2_doubled(X, Y, cache):
+    grads = backward(X, Y, cache)
+    grads["dW2"] = 2 * grads["dW2"]
+    return grads
+
+
+def case():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((3, 10))
+    Y = (rng.random((1, 10)) > 0.5).astype(float)
+    return X, Y, {"W1": rng.standard_normal((4, 3)), "b1": 0.1 * rng.standard_normal((4, 1)),
+                  "W2": rng.standard_normal((1, 4)), "b2": np.zeros((1, 1))}
+'''
+
+COST_CHANGED = ("gradjob: error: the forward's cost changed between calls at the same parameters: J(θ) was "
+                "1.085634629644326 and is {now} after {after}; a forward with hidden state (a call counter, a cache, "
+                "a dropout mask redrawn, randomness without a fixed seed) gives no verdict: make it depend only on its "
+                "arguments")
+
+
+@pytest.mark.parametrize("forward, backward, now, after", [  # before: PASS (all "at kinks"), FAIL of a right
+    ("forward_100", "backward", "1.1952236610249691", "calibrating"),  # backward, FAIL on changed costs
+    ("forward_270", "backward", "1.1660899321549141", "evaluating chunk 1"),
+    ("forward_350", "backward_dW2_doubled", "1.1660899321549141", "re-verifying W2[0, 0] and 3 more on smaller steps"),
+])
+def test_a_forward_whose_cost_at_theta_changes_stops_the_job(gradjob, write_model, forward, backward, now, after):
+    model = write_model(COUNTER)
+    run = gradjob("submit", model, "--forward", forward, "--backward", backward, "--case", f"{model}:case",
+                  "--no-fast", "--chunk-size", "5", "--store", "s.zarr")
+    assert (run.exit_code, run.stdout) == (3, "")
+    assert run.stderr.splitlines()[-1] == COST_CHANGED.format(now=now, after=after)
