@@ -51,7 +51,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 def _fail(exc: Exception, json_output: bool = False) -> None:
-    if json_output and exc.exit_code == 2:  # bad input: a tool reading stdout gets the error, not nothing
+    if json_output:  # bad input (2) or a job that could not finish (3): a tool reading stdout gets the error
         typer.echo(error_json(str(exc), exc.exit_code))
     typer.echo(f"gradjob: error: {exc}", err=True)
     for note in getattr(exc, "__notes__", ()):  # the user's frames, where the error arose in their code

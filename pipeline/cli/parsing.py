@@ -23,7 +23,8 @@ JSON_COMMANDS = ("submit", "report", "bench")  # commands with --json: a refusal
 
 
 def error_json(message: str, exit_code: int) -> str:
-    """What ``--json`` prints for a check that never ran: the error, not an empty stdout."""
+    """What ``--json`` prints for a check that never ran or could not finish: the error, not an empty
+    stdout."""
     return json.dumps({"passed": False, "error": message, "exit_code": exit_code})
 
 

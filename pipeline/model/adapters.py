@@ -133,14 +133,35 @@ def loss(loss_function, params, X, y) -> tuple[ModelSpec, Case]:
     def forward(X, Y, parameters):
         return run(lambda: loss_function(X, Y), parameters)
 
+    names = [name for name, _, _ in slots]
+
     def backward(X, Y, cache):
-        return _flat(cache)
+        return _with_every_gradient(_flat(cache), names)
 
     spec = spec_of(f"{_qualname(loss_function)} (loss(X, y) → (loss, grads))", {"loss": loss_function}, forward,
                    backward, "loss(X, y) -> (loss, grads)")
     case = Case(X, y, {name: container[key] for name, container, key in slots},
                 f"arrays (X {shape_text(np.shape(X))}, y {shape_text(np.shape(y))})")
     return spec, case
+
+
+def _with_every_gradient(grads: dict, names: list[str]) -> dict:
+    """``grads``, once it holds a gradient for every tensor of ``params`` (under ``W1`` or ``dW1``);
+    else the one line naming the keys the loss left out."""
+    missing = [name for name in names if name not in grads and f"d{name}" not in grads]
+    if missing:
+        keys = ", ".join(repr(k) for k in grads) or "none"
+        wanted = " and ".join(_entry("grads", name) for name in missing)
+        raise InputError(f"loss's grads have no gradient for {', '.join(missing)} (its keys: {keys}); add {wanted}, "
+                         f"the gradient of the loss with respect to {_entry('params', missing[0])}"
+                         + (" and so on" if len(missing) > 1 else ""))
+    return grads
+
+
+def _entry(container: str, name: str) -> str:
+    """``params['W1']`` for tensor ``W1``, ``params['weights'][0]`` for ``weights[0]``."""
+    base, bracket, index = name.partition("[")
+    return f"{container}[{base!r}][{index}" if bracket and index.endswith("]") else f"{container}[{name!r}]"
 
 
 def _flat(grads) -> dict:

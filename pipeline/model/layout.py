@@ -41,6 +41,14 @@ class Layout:
 
     tensors: tuple[Tensor, ...]
     dtype: str
+    gradient_dtype: str | None = None  # the backward's, where narrower than θ's: its round-off is the gradient's
+
+    @property
+    def gradient_eps(self) -> float:
+        """The analytic gradient's own relative round-off: θ's dtype's, or the backward's where it returned
+        narrower arrays (float32 dW of a float64 check). It widens each element's tolerance by the
+        gradient's rounding only; the check's precision and threshold stay θ's."""
+        return max(float(np.finfo(d).eps) for d in (self.dtype, self.gradient_dtype or self.dtype))
 
     @property
     def n_parameters(self) -> int:
@@ -81,8 +89,8 @@ class Layout:
 
     def gradient_keys(self, gradients: Mapping) -> list[str]:
         """The key of each parameter's gradient: ``d<name>`` (the seed's convention) or, when the
-        dict holds no ``d<name>`` key at all, ``<name>`` (cs231n's ``grads['W1']``)."""
-        if not any(f"d{t.name}" in gradients for t in self.tensors) and all(t.name in gradients for t in self.tensors):
+        dict holds no ``d<name>`` key at all but some ``<name>``, ``<name>`` (cs231n's ``grads['W1']``)."""
+        if not any(f"d{t.name}" in gradients for t in self.tensors) and any(t.name in gradients for t in self.tensors):
             return [t.name for t in self.tensors]
         return [f"d{t.name}" for t in self.tensors]
 
@@ -95,6 +103,11 @@ class Layout:
             )
         keys = self.gradient_keys(gradients)
         missing = [key for key in keys if key not in gradients]
+        if missing and keys[0] == self.tensors[0].name:  # keyed by parameter name, cs231n's way: name what is there
+            present = ", ".join(repr(k) for k in gradients if k in self.names)
+            raise InputError(f"backward's gradients have no key {', '.join(repr(k) for k in missing)} (they have "
+                             f"{present}); add the gradient of each parameter under its name, e.g. "
+                             f"grads[{missing[0]!r}]")
         if missing:
             raise InputError(f"backward returned no gradient for {', '.join(missing)}; add them to its dict")
         grad = np.empty(self.n_parameters, dtype=self.dtype)
@@ -110,12 +123,16 @@ class Layout:
     def with_gradient_shapes(self, gradients: Mapping) -> "Layout":
         """This layout noting each gradient whose shape differs from its parameter's although its
         size matches (a ``(5,)`` or ``(1, 5)`` ``db1`` for a ``(5, 1)`` ``b1``): its numbers are
-        still compared, but the tensor fails, since ``b1 -= lr * db1`` would broadcast to ``(5, 5)``."""
+        still compared, but the tensor fails, since ``b1 -= lr * db1`` would broadcast to ``(5, 5)``;
+        and the backward's dtype, where narrower than θ's (see ``gradient_eps``)."""
         tensors = []
         for t, key in zip(self.tensors, self.gradient_keys(gradients)):
             shape = tuple(int(s) for s in np.shape(gradients[key]))
             tensors.append(dataclasses.replace(t, gradient_shape=shape if shape != t.shape else None))
-        return Layout(tuple(tensors), self.dtype)
+        floats = [d for d in self.gradient_dtypes(gradients) if d.kind == "f"]
+        narrowest = min(floats, key=lambda d: d.itemsize, default=np.dtype(self.dtype))
+        narrower = narrowest.name if narrowest.itemsize < np.dtype(self.dtype).itemsize else None
+        return Layout(tuple(tensors), self.dtype, narrower)
 
     def gradient_dtypes(self, gradients) -> list[np.dtype]:
         """The dtypes of the backward's arrays for these parameters (scalars: none)."""
@@ -136,13 +153,14 @@ class Layout:
     def to_json(self) -> dict:
         data = {"dtype": self.dtype, "tensors": [[t.name, list(t.shape), t.offset] for t in self.tensors]}
         mismatched = {t.name: list(t.gradient_shape) for t in self.tensors if t.gradient_shape is not None}
-        return {**data, "gradient_shapes": mismatched} if mismatched else data  # stores without: none differ
+        data = {**data, "gradient_shapes": mismatched} if mismatched else data  # stores without: none differ
+        return {**data, "gradient_dtype": self.gradient_dtype} if self.gradient_dtype else data  # without: θ's
 
     @classmethod
     def from_json(cls, data: dict) -> "Layout":
         shapes = data.get("gradient_shapes", {})
         return cls(tuple(Tensor(n, tuple(s), o, tuple(shapes[n]) if n in shapes else None)
-                         for n, s, o in data["tensors"]), data["dtype"])
+                         for n, s, o in data["tensors"]), data["dtype"], data.get("gradient_dtype"))
 
 
 def numeric_array(value: object, what: str, kinds: str = "fiu") -> np.ndarray:

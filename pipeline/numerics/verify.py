@@ -191,6 +191,8 @@ def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.nda
     if estimates:
         e, k = min(estimates)
         agrees = abs(grad - central[k]) <= 3 * e + slack
+        if not agrees and _within_gap(grad, right[k], left[k], n[k], slack, decide * scale[k]):
+            return Verdict(UNRESOLVED, math.nan, math.nan)
         return Verdict(AGREES if agrees else WRONG, float(central[k]), float(e))
     kinked = []
     for k in usable:
@@ -212,9 +214,20 @@ def classify(grad: float, cost: float, cost_plus: np.ndarray, cost_minus: np.nda
                       for side in (right, left))
         nearest = min((right[k], left[k]), key=lambda s: abs(grad - s))
         e = 3 * n[k] + decide * scale[k] / 3
-        if settled and abs(grad - nearest) > 3 * e + slack:
+        if settled and abs(grad - nearest) > 3 * e + slack and \
+                not _within_gap(grad, right[k], left[k], n[k], slack, decide * scale[k]):
             return Verdict(WRONG, float(nearest), float(e))
     return Verdict(NEAR_KINK if kink_seen else UNRESOLVED, math.nan, math.nan)
+
+
+def _within_gap(grad: float, right: float, left: float, n: float, slack: float, resolved: float) -> bool:
+    """Whether the analytic value lies between a rung's one-sided slopes (within their noise), where
+    they part by at most twice ``resolved`` (``decide`` of the values): at a kink inside the rung's
+    span (a ReLU pre-activation exactly 0) the central estimate is their mean, not the derivative
+    of either piece, and from slopes alone an analytic value anywhere in that gap is neither shown
+    right nor wrong. It stays undecided (*unresolved*); an error above ``resolved`` still shows."""
+    low, high = min(right, left), max(right, left)
+    return high - low <= 2 * resolved and low - 3 * n - slack <= grad <= high + 3 * n + slack
 
 
 def _moved(slope: np.ndarray, k: int, valid: np.ndarray) -> float:

@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from gradjob.errors import InputError
+from gradjob.errors import InputError, JobError
 from gradjob.executors import limits
 from gradjob.executors.protocol import Executor
 from gradjob.executors.serial import SerialExecutor
@@ -180,6 +180,7 @@ def create(prepared: preflight.Prepared, seconds: dict) -> tuple[StoreMeta, Plan
     started = time.perf_counter()
     calibration = calibrate(prepared)
     seconds["calibrate"] = time.perf_counter() - started
+    cost_again(prepared, "calibrating")
     meta = StoreMeta(
         identity=prepared.identity, layout=prepared.layout, chunk_size=plan.chunk_size, n_chunks=len(plan.chunks),
         epsilon=request.epsilon, method=request.method, threshold=prepared.threshold, cost=prepared.cost,
@@ -229,9 +230,20 @@ def calibrate(prepared: preflight.Prepared) -> Calibration:
                            np.dtype(prepared.precision.checked))
 
 
+def cost_again(prepared: preflight.Prepared, after: str) -> tasks.Probe | None:
+    """J(θ) asked again of the real forward on the client, as the probe every worker must reproduce
+    (built-in models: None); ``JobError`` where it is no longer the J(θ) ``prepare`` computed."""
+    if prepared.spec.is_builtin:
+        return None
+    probe = tasks.Probe(*evaluators.probe(prepared.layout, prepared.model, prepared.case.X, prepared.case.Y,
+                                          prepared.theta))
+    if not tasks.same_cost(prepared.cost, probe.costs[0], prepared.precision.checked):
+        raise JobError(tasks.cost_changed(prepared.cost, probe.costs[0], after))
+    return probe
+
+
 def task_context(prepared: preflight.Prepared, meta: StoreMeta) -> tasks.TaskContext:
-    probe = None if prepared.spec.is_builtin else tasks.Probe(*evaluators.probe(  # workers must reproduce it
-        prepared.layout, prepared.model, prepared.case.X, prepared.case.Y, prepared.theta))
+    probe = cost_again(prepared, "preparing the job")  # workers must reproduce it
     return tasks.TaskContext(urls.location(prepared.store), prepared.spec, meta.evaluator, meta.method, meta.epsilon,
                              meta.calibration, meta.precision.checked, identity.digest(meta.identity), probe,
                              lock.run_token(prepared.store))
@@ -255,7 +267,7 @@ def reduce_store(path: str, threshold: float | None = None, verdicts: dict | Non
     threshold = verdict.asked_threshold(threshold, meta.threshold)
     with reverify.intact(path, meta):
         reduction = reduce_gradients(meta.layout, lambda a, b: store.iter_blocks(group, a, b), threshold, meta.cost,
-                                     meta.calibration, verdicts, float(np.finfo(meta.layout.dtype).eps),
+                                     meta.calibration, verdicts, meta.layout.gradient_eps,
                                      replace=meta.epsilon is None)
     return Outcome(reduction, meta, path, meta.method, step_text(meta), meta.model, meta.case, meta.precision,
                    meta.evaluator)

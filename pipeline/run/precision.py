@@ -103,7 +103,7 @@ def promote(case: Case) -> Case:
 def _why_not_float64(model, case, layout, promoted, wide, theta, cost64, grad64, computed) -> str | None:
     """None when the promoted forward really computes in float64, else why not (one clause)."""
     if np.dtype(computed).itemsize < 8:
-        return f"its forward or backward computes in {computed} even with float64 inputs"
+        return f"its forward computes in {computed} even with float64 inputs"
     narrow = layout.flatten(case.parameters)
     try:
         own_cost = as_cost(model.forward(case.X, case.Y, layout.views(narrow)))
@@ -134,14 +134,33 @@ def relative_noise(model: Model, case: Case, layout: Layout, theta: np.ndarray, 
     return None if level is None else level / max(abs(cost), 1e-300)
 
 
+def unchanged(layout: Layout, theta: np.ndarray, given: np.ndarray, role: str) -> None:
+    """Refuse a forward or backward that wrote into the parameter arrays it was given (``W1 -= …``,
+    ``W[0] = …``, ``params['W1'] *= 2``, ``out=W1``): every evaluation would then be at parameters
+    other than the ones asked for, and the analytic gradient at yet others."""
+    bits = f"u{theta.dtype.itemsize}"
+    changed = np.flatnonzero(theta.view(bits) != given.view(bits))
+    if changed.size:
+        i = int(changed[0])
+        tensors = sorted({layout.locate(int(j))[0] for j in changed}, key=layout.names.index)
+        raise InputError(
+            f"the {role} writes into the parameter arrays it is given ({', '.join(tensors)} changed: "
+            f"{layout.describe(i)} from {given[i]:.6g} to {theta[i]:.6g}), so a check of it would mean nothing; "
+            "compute new arrays instead (W1 = W1 - …, not W1 -= …, W1[i] = … or out=W1)")
+
+
 def analytic_gradient(model: Model, case: Case, layout: Layout,
                       theta: np.ndarray) -> tuple[float, np.ndarray, str, Layout]:
-    """J(θ), the backward's gradient at θ, the narrowest dtype either was computed in, and the
-    layout noting gradients shaped unlike their parameters; refuses a nondeterministic forward."""
+    """J(θ), the backward's gradient at θ (in θ's dtype, whatever the backward's), the dtype the
+    forward computed its cost in, and the layout noting gradients shaped unlike their parameters;
+    refuses a nondeterministic forward and one that writes into its parameters."""
     views = layout.views(theta)
+    given = theta.copy()
     try:  # each call gets its own dict of θ's views, whatever the last one did to its dict
         first = model.forward(case.X, case.Y, dict(views))
+        unchanged(layout, theta, given, "forward")
         second = model.forward(case.X, case.Y, dict(views))
+        unchanged(layout, theta, given, "forward")
     except InputError:
         raise
     except Exception as exc:
@@ -165,10 +184,12 @@ def analytic_gradient(model: Model, case: Case, layout: Layout,
         raise
     except Exception as exc:
         raise with_frames(InputError(f"the backward raised: {type(exc).__name__}: {exc}"), exc) from None
+    unchanged(layout, theta, given, "backward")
     grad = layout.flatten_gradients(gradients)
     if not np.all(np.isfinite(grad)):
         raise InputError(f"the backward returned non-finite gradient values (first at {layout.describe(int(np.flatnonzero(~np.isfinite(grad))[0]))})")
-    dtypes = [np.dtype(d) for d in (cost_dtype(first), *layout.gradient_dtypes(gradients)) if d is not None
-              and np.dtype(d).kind == "f"]
-    computed = min(dtypes, key=lambda d: d.itemsize, default=np.dtype(layout.dtype))
+    # The cost's dtype alone says what the forward computes in. The backward's dtypes never set the
+    # check's: float32 gradients of a float64 forward, judged at float32's threshold, let a 0.2 % error pass.
+    own = cost_dtype(first)
+    computed = np.dtype(own) if own is not None and np.dtype(own).kind == "f" else np.dtype(layout.dtype)
     return cost, grad, computed.name, layout.with_gradient_shapes(gradients)

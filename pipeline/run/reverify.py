@@ -32,7 +32,7 @@ def intact(path: str, meta: StoreMeta):
 def verify_suspects(group, path: str, meta: StoreMeta, context: tasks.TaskContext, executor,
                     progress: Progress) -> dict:
     """Re-verify the worst suspects of every tensor on the executor; store and return the verdicts."""
-    grad_eps = float(np.finfo(meta.layout.dtype).eps)
+    grad_eps = meta.layout.gradient_eps
     with intact(path, meta):
         heaps = find_suspects(meta.layout, lambda a, b: store.iter_blocks(group, a, b), grad_eps)
     picked = [item for heap in heaps.values() for item in heap.picked()]

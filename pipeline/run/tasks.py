@@ -131,6 +131,34 @@ def _check_probe(probe: Probe, forward, layout: Layout, computed_dtype: str) -> 
                        f"worker but {expected[k]:.17g} on the client. {SAME_FUNCTION}")
 
 
+def cost_changed(before: float, now: float, after: str) -> str:
+    """The line ending a job whose forward gave another J at the same θ: no verdict can rest on it."""
+    return (f"the forward's cost changed between calls at the same parameters: J(θ) was {before:.17g} and is "
+            f"{now:.17g} after {after}; a forward with hidden state (a call counter, a cache, a dropout mask "
+            "redrawn, randomness without a fixed seed) gives no verdict: make it depend only on its arguments")
+
+
+def same_cost(before: float, now: float, computed_dtype: str) -> bool:
+    """J(θ) asked again agrees with J(θ) asked before (on another machine: to its BLAS's round-off)."""
+    return abs(now - before) <= evaluators.REPLAY_RTOL.get(computed_dtype, 1e-11) * max(1.0, abs(before))
+
+
+def _cost_again(workspace: "_Workspace", context: TaskContext, after: str) -> None:
+    """``JobError`` unless J(θ), asked again of the real forward after this task's evaluations, is
+    still the client's: a forward whose calls change its state would otherwise give a verdict."""
+    probe = context.probe
+    if probe is None:  # built in: no state
+        return
+    try:
+        now = float(np.real(workspace.forward_costs()(np.asarray(probe.indices[:1], dtype=np.int64),
+                                                      np.asarray(probe.values[:1]), "~")[0]))
+    except PerturbationFailure as failure:
+        raise with_notes(JobError(f"the forward failed at the case's parameters after {after}, where it ran before: "
+                                  f"{failure.detail}. {SAME_FUNCTION}"), failure) from None
+    if not same_cost(probe.costs[0], now, context.computed_dtype):
+        raise JobError(cost_changed(probe.costs[0], now, after))
+
+
 _local = threading.local()
 
 
@@ -179,7 +207,7 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
                 if workspace.flips is not None and not fixed and context.method == "central":
                     verify.off_kinks(workspace.costs, workspace.flips, original, chunk.start, result, noise, curvature,
                                      store.read_range(workspace.group, "grad", chunk.start, chunk.stop),
-                                     float(np.finfo(layout.dtype).eps))
+                                     layout.gradient_eps)
             except Exception as exc:  # the replay, not the model, failed: the forward decides
                 detail = exc.detail if isinstance(exc, PerturbationFailure) else f"{type(exc).__name__}: {exc}"
                 note = f"chunk {chunk.index}: the traced fast path failed ({detail}); evaluated by the forward"
@@ -193,12 +221,19 @@ def evaluate_chunk(context: TaskContext, chunk: Chunk) -> ChunkReport:
             f"the forward failed at {where} {failure.sign} step (parameter {failure.index}, chunk "
             f"{chunk.index}): {failure.detail}; finished chunks are kept in the store"
         ), failure) from None
+    _cost_again(workspace, context, f"evaluating chunk {chunk.index}")  # before its numbers are stored
     by_forward = context.evaluator == "traced" and note is not None  # its replay's switches are not used either
     with lock.fenced(context.store, context.run):
         store.write_chunk(workspace.group, chunk, asdict(result), by_forward)
     grad = store.read_range(workspace.group, "grad", chunk.start, chunk.stop)
-    beyond = np.abs(grad - result.gradapprox) > verify.tolerance(grad, result.noise, float(np.finfo(layout.dtype).eps))
+    beyond = np.abs(grad - result.gradapprox) > verify.tolerance(grad, result.noise, layout.gradient_eps)
     return ChunkReport(time.perf_counter() - started, note, int(np.count_nonzero(beyond)))
+
+
+def layout_names(layout: Layout, index: np.ndarray) -> str:
+    """``W1[0, 2]`` or ``W1[0, 2] and 3 more``: the suspects of a ladder batch, as a line names them."""
+    first = layout.describe(int(index[0]))
+    return first if index.size == 1 else f"{first} and {index.size - 1} more"
 
 
 @_quiet
@@ -240,6 +275,7 @@ def evaluate_ladders(context: TaskContext, indices: tuple[int, ...], first_steps
     except PerturbationFailure as failure:
         raise with_notes(JobError(f"the forward failed at {workspace.layout.describe(failure.index)} while "
                                   f"re-verifying it on smaller steps: {failure.detail}"), failure) from None
+    _cost_again(workspace, context, f"re-verifying {layout_names(workspace.layout, index)} on smaller steps")
     ladders = {"index": index, "cost": cost, "cost_plus": cost_plus, "cost_minus": cost_minus,
                "step_plus": step_plus, "step_minus": step_minus, "noise": noise}
     if switched is not None:

@@ -31,6 +31,7 @@ class _Layout(_Strict):
     dtype: str
     tensors: Annotated[list[tuple[str, list[Positive], Count]], Field(min_length=1)]
     gradient_shapes: dict[str, list[Count]] = {}  # the backward's shape where it differs from its tensor's
+    gradient_dtype: str | None = None  # the backward's dtype where narrower than θ's
 
 
 class _Precision(_Strict):
@@ -85,7 +86,7 @@ def _corrupted(path: str, problem: str) -> InputError:
 
 def _shape_problem(meta: _Meta, group: zarr.Group) -> str | None:
     """How the metadata disagrees with the arrays (Python integers: a crafted shape cannot overflow)."""
-    for dtype in (meta.layout.dtype, meta.precision.checked, meta.precision.model):
+    for dtype in (meta.layout.dtype, meta.precision.checked, meta.precision.model, meta.layout.gradient_dtype or "f8"):
         try:
             if np.dtype(dtype).kind != "f":
                 raise TypeError

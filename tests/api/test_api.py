@@ -186,6 +186,24 @@ def test_check_loss_on_cs231n_code(private_tmp):
     assert list(private_tmp.iterdir()) == []
 
 
+def test_check_loss_whose_grads_lack_a_parameter_names_the_key(private_tmp):
+    cs = family("cs231n_style")
+    X, y, _ = cs.case_bn_dropout()
+    model = cs.make_model(seed=231)
+
+    def forgetful(X, y=None):  # grads['b3'] and grads['gamma1'] left out, as a half-written loss leaves them
+        loss, grads = model.loss(X, y)
+        return loss, {k: v for k, v in grads.items() if k not in ("b3", "gamma1")}
+
+    with pytest.raises(InputError) as raised:
+        gradjob.check_loss(forgetful, model.params, X, y)
+    kept = ", ".join(repr(k) for k in model.loss(X, y)[1] if k not in ("b3", "gamma1"))
+    assert str(raised.value) == (f"loss's grads have no gradient for gamma1, b3 (its keys: {kept}); add "
+                                 "grads['gamma1'] and grads['b3'], the gradient of the loss with respect to "
+                                 "params['gamma1'] and so on")
+    assert list(private_tmp.iterdir()) == []
+
+
 # --- Nielsen: net.weights / net.biases lists, backprop(x, y) -> (nabla_b, nabla_w) --------------
 
 def _nielsen(ns, scale_w0=None):

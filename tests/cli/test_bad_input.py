@@ -47,6 +47,10 @@ def not_numeric(X, Y, cache):
     return gradients
 
 
+def keyed_by_name_without_b1(X, Y, cache):  # cs231n's grads, keyed W1 for the gradient of W1; db1 forgotten
+    return {k[1:]: v for k, v in network_backward(X, Y, cache).items() if k != "db1"}
+
+
 def noisy_forward(X, Y, parameters):
     cost, cache = forward(X, Y, parameters)
     return cost + np.random.rand() * 1e-3, cache
@@ -82,6 +86,9 @@ ROWS = [
      "model file {t}/m.py has no backward function 'backward_propagation_n'; name it with --backward"),
     ("gradient missing a parameter", lambda t, s: grads(t, "missing"),
      "backward returned no gradient for db3; add them to its dict"),
+    ("cs231n grads missing a parameter", lambda t, s: grads(t, "keyed_by_name_without_b1"),  # named all six d-keys
+     "backward's gradients have no key 'b1' (they have 'W3', 'b3', 'W2', 'b2', 'W1'); add the gradient of each "
+     "parameter under its name, e.g. grads['b1']"),
     ("gradient of the wrong shape", lambda t, s: grads(t, "wrong_shape"),
      "gradient 'dW1' has shape (5, 3) but parameter 'W1' has shape (5, 4)"),
     ("gradient not numeric", lambda t, s: grads(t, "not_numeric"),

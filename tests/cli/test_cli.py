@@ -112,3 +112,33 @@ def test_a_user_module_named_pipeline_does_not_shadow_gradjob(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr
     assert "FAIL  dW2 is 2.00× the numerical gradient" in run.stdout
+
+
+FAILING_AT_A_PERTURBATION = '''
+from gradjob.model.networks import network_forward, network_backward as backward
+from gradjob.model.cases import seed_case
+
+LIMIT = float(seed_case().parameters["W2"][1, 2])
+
+
+def forward(X, Y, parameters):
+    if float(parameters["W2"][1, 2]) > LIMIT:
+        raise ValueError("boom")
+    return network_forward(X, Y, parameters)
+'''
+
+
+def test_json_on_exit_3_is_a_json_error_object(gradjob, write_model):
+    """A job that could not finish (exit 3) prints, with --json, one JSON object on stdout as bad input
+    (exit 2) does: it printed nothing, and a nightly job's parser failed on an empty stdout."""
+    model = write_model(FAILING_AT_A_PERTURBATION)
+    run = gradjob("submit", "--json", model, "--forward", "forward", "--backward", "backward", "--case", "seed",
+                  "--no-fast", "--store", "s.zarr")
+    line = run.stderr.splitlines()[-3]  # the error line, then the user's frame (file, line; code)
+    assert run.exit_code == 3 and line.startswith("gradjob: error: the forward failed at W2[1, 2] + step ")
+    assert line.endswith("ValueError: boom; finished chunks are kept in the store")
+    assert json.loads(run.stdout) == {"passed": False, "error": line.removeprefix("gradjob: error: "), "exit_code": 3}
+    assert run.stdout.count("\n") == 1
+    bad = gradjob("submit", "--json", "--epsilon", "0")  # exit 2 as before
+    assert (bad.exit_code, json.loads(bad.stdout)) == (2, {"passed": False, "exit_code": 2, "error": (
+        "--epsilon must be a positive finite number; got 0.0")})

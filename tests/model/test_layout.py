@@ -45,6 +45,16 @@ def test_layout_json_round_trip():
     assert Layout.from_json(layout.to_json()) == layout
 
 
+def test_a_narrower_backward_dtype_is_noted_and_widens_only_the_gradients_round_off():
+    layout = Layout.of({"W": np.zeros((2, 2)), "b": np.zeros(2)})
+    noted = layout.with_gradient_shapes({"dW": np.ones((2, 2), np.float32), "db": np.ones(2)})
+    assert (noted.dtype, noted.gradient_dtype) == ("float64", "float32")
+    assert noted.gradient_eps == float(np.finfo(np.float32).eps) and layout.gradient_eps == float(np.finfo(float).eps)
+    assert Layout.from_json(noted.to_json()) == noted and noted.to_json()["gradient_dtype"] == "float32"
+    same = layout.with_gradient_shapes({"dW": np.ones((2, 2)), "db": np.ones(2)})
+    assert same.gradient_dtype is None and "gradient_dtype" not in same.to_json()
+
+
 def test_gradients_flatten_by_d_prefix_and_ignore_other_keys():
     layout = Layout.of({"W": np.zeros((2, 2)), "b": np.zeros((2, 1))})
     grad = layout.flatten_gradients({"dW": np.ones((2, 2)), "db": np.array([2.0, 3.0]), "dZ": "ignored"})
@@ -53,6 +63,10 @@ def test_gradients_flatten_by_d_prefix_and_ignore_other_keys():
 
 @pytest.mark.parametrize("gradients, message", [
     ({"dW": np.ones((2, 2))}, "backward returned no gradient for db; add them to its dict"),
+    ({"W": np.ones((2, 2))}, "backward's gradients have no key 'b' (they have 'W'); add the gradient of each "
+                             "parameter under its name, e.g. grads['b']"),
+    ({"W": np.ones((2, 2)), "dZ": np.ones(2)}, "backward's gradients have no key 'b' (they have 'W'); add"),
+    ({"dZ": np.ones(2)}, "backward returned no gradient for dW, db; add them to its dict"),
     ({"dW": np.ones((2, 3)), "db": np.ones(2)}, "gradient 'dW' has shape (2, 3) but parameter 'W' has shape (2, 2)"),
     ({"dW": np.array([["a", "b"], ["c", "d"]]), "db": np.ones(2)}, "gradient 'dW' is not a numeric array (dtype <U1)"),
     ([1, 2], "backward returned list; it must return a dict"),

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from gradjob.cli.app import app
 from gradjob.numerics.verify import RUNGS
-from gradjob.run import job
+from gradjob.run import job, reverify
 
 GRADJOB = [sys.executable, "-c", "from gradjob.cli import app; app(prog_name='gradjob')"]
 
@@ -216,14 +216,17 @@ def test_client_stopped_then_resubmitted(tmp_path, clean_run, stop, code):
     result = json.loads(resumed.stdout)
     # the client's calls (the determinism check, the noise probe), two per parameter not yet done, and
     # the ladders of the suspects re-verified at the end (J at θ and 2 per rung)
-    ladders = zarr.open_group(store, mode="r")["verify/index"].shape[0] * (1 + 2 * RUNGS)
+    suspects = zarr.open_group(store, mode="r")["verify/index"].shape[0]
+    ladders = suspects * (1 + 2 * RUNGS)
+    # J at θ asked again after each chunk and each batch of ladders: a forward whose calls change it stops the job
+    again = int((~finished).sum()) + -(-suspects // reverify.LADDER_BATCH)
     client_calls = len(preflight.read_text().splitlines())
     assert 2 <= client_calls <= 2 + 3 * 7  # the determinism check, and ECnoise's 7 points a few times
     # and the resumed job times its forward (job.PROBE_EVALUATIONS) for its task time limit, and J at θ
     # by the client and by each worker that ran a task (one or both), to show the workers evaluate the
     # client's function
     probes = len(calls.read_text().splitlines()) - (client_calls + job.PROBE_EVALUATIONS
-                                                    + 2 * int(sizes[~finished].sum()) + ladders)
+                                                    + 2 * int(sizes[~finished].sum()) + ladders + again)
     assert probes in (2, 3), probes
     assert result["evaluated_chunks"] == int((~finished).sum())
     assert gradapprox(store).tobytes() == clean_gradapprox.tobytes()
