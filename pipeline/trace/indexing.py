@@ -42,7 +42,7 @@ class IndexRules:
         taken from where the Rep holds it, θ's value where a perturbation left it alone; the Rep is not
         expanded (a score column moved by one weight stays a column up to here)."""
         arrays = np.broadcast_arrays(*key)
-        flat = [np.where(k < 0, k + s, k).reshape(-1) for k, s in zip(arrays, rep.shape)]
+        flat = [_wrapped(k, s).reshape(-1) for k, s in zip(arrays, rep.shape)]
         self._split_by_size(B, max(1, flat[0].size) * (base.dtype.itemsize + 1))
         out = np.empty((B, flat[0].size), dtype=base.dtype)
         out[...] = np.asarray(base).reshape(-1)
@@ -116,6 +116,14 @@ def deferrable(e: int, nodes, consumers: dict) -> int | None:
         return None
     use = nodes[users[0]]
     return users[0] if use.op == "index" and elements_key(use.attrs.key, np.ndim(node.value)) else None
+
+
+def _wrapped(key: np.ndarray, length: int) -> np.ndarray:
+    """The positions an integer key takes along an axis of ``length``, negative ones counted from its
+    end, as ``intp``: in the key's own dtype an int8 or uint8 key (ids into a table longer than 127
+    or 255) overflows."""
+    key = key.astype(np.intp, copy=False)
+    return np.where(key < 0, key + length, key)
 
 
 def _basic(key: tuple) -> bool:
