@@ -222,6 +222,32 @@ def test_index_arrays_of_narrow_dtypes_replay_as_the_forward(name):
     np.testing.assert_allclose(alone, expected, rtol=1e-12)
 
 
+PINNED_TOGETHER = {
+    "M * M.T": lambda X, Y, p: np.sum(np.tanh((p["M"] * p["M"].T) @ X)),
+    "M + M.T": lambda X, Y, p: np.sum(np.tanh(X.T @ (p["M"] + p["M"].T)) ** 2),
+    "v * v[::-1]": lambda X, Y, p: np.sum(np.tanh(p["v"] * p["v"][::-1]) @ X[:, :5].T),
+}
+
+
+@pytest.mark.parametrize("name", list(PINNED_TOGETHER))
+def test_operands_pinned_at_the_same_place_for_part_of_a_batch_cost_as_alone(name):
+    """M * M.T moved at M[j, k] is pinned at (j, k) in one operand and (k, j) in the other: at one
+    place on the diagonal only. A batch with diagonal and other elements held the whole result in
+    full, so a diagonal element's cost was computed in another order than alone (or in a batch of
+    diagonal elements, where the result stays pinned)."""
+    rng = np.random.default_rng(2)
+    X, params = case(rng)
+    layout = Layout.of(params)
+    theta = layout.flatten(params)
+    M, v = layout.tensors[0].offset, layout.tensors[3].offset
+    indices = np.array([M, M + 1, M + 7, M + 12, M + 35, M + 8, v + 2, v, v + 1])
+    values = theta[indices] + np.array([1e-3, 1e-3, -0.5, 1e-7, 2.0, 0.3, 1e-3, -1e-3, 0.7])
+    alone, together, expected = _alone_and_batched(PINNED_TOGETHER[name], X, params, indices, values)
+    assert alone.tobytes() == together.tobytes()
+    np.testing.assert_allclose(alone, expected, rtol=1e-12)
+
+
+
 if __name__ == "__main__":
     outcome = run(int(sys.argv[1]) if len(sys.argv) > 1 else PROGRAMS)
     print(outcome["counts"])
