@@ -111,11 +111,21 @@ class ProductRules:
         """Both operands perturbed. When one of them moved at one position per perturbation (a
         parameter, or a row or column of it: W at step t of a recurrence ``h @ W``), the product is
         the other's perturbed values times that operand at θ (one GEMM) plus the moved part's
-        contribution; else one batched product of the full values."""
-        if _moved_at_pins(rb) and _finite(ra):
+        contribution; else one batched product of the full values. That split needs finite values (an
+        inf times θ's operand plus an inf times the moved part is NaN where the forward's one product
+        is not): a perturbation whose operands are not takes the batched product, by its own values,
+        whatever the rest of its batch (the two paths round differently)."""
+        pinned_a, pinned_b = _moved_at_pins(ra), _moved_at_pins(rb)
+        if pinned_a or pinned_b:
+            finite = _finite_each(ra, B) & _finite_each(rb, B)
+            if not finite.all():
+                if finite.any():
+                    raise Split([np.flatnonzero(finite), np.flatnonzero(~finite)])
+                pinned_a = pinned_b = False
+        if pinned_b:
             self._split_by_size(B, (base.size + ra.base.size) * base.dtype.itemsize)
             return self._dense_times_pinned(dense(ra), rb, base, B)
-        if _moved_at_pins(ra) and _finite(rb):  # (A' B')ᵀ = B'ᵀ A'ᵀ
+        if pinned_a:  # (A' B')ᵀ = B'ᵀ A'ᵀ
             self._split_by_size(B, (base.size + rb.base.size) * base.dtype.itemsize)
             rep = self._dense_times_pinned(transpose_rep(dense(rb), (1, 0), rb.base.T),
                                            transpose_rep(ra, (1, 0), ra.base.T), base.T, B)
@@ -264,15 +274,18 @@ class ProductRules:
 
 
 def _moved_at_pins(r: Rep) -> bool:
-    """Whether a perturbed matrix moved at one element, row or column per perturbation, by finite
-    amounts (so that its value is its value at θ plus that move)."""
-    return r.kinds in (("P", "P"), ("P", "F"), ("F", "P")) and _finite(r)
+    """Whether a perturbed matrix moved at one element, row or column per perturbation (so that its
+    value is its value at θ plus that move, where the values are finite: ``_finite_each``)."""
+    return r.kinds in (("P", "P"), ("P", "F"), ("F", "P"))
 
 
-def _finite(r: Rep) -> bool:
-    """Whether a perturbed operand is finite everywhere (an inf times θ's operand plus an inf times
-    the moved part is NaN where the forward's one product is not)."""
-    return bool(np.all(np.isfinite(r.data))) and bool(np.all(np.isfinite(r.base)))
+def _finite_each(r: Rep, B: int) -> np.ndarray:
+    """Per perturbation of the batch, whether a perturbed operand is finite everywhere: one
+    perturbation's inf decides nothing for the others."""
+    if not np.all(np.isfinite(r.base)):
+        return np.zeros(B, dtype=bool)
+    others = tuple(a for a in range(r.data.ndim) if a != r.bpos)
+    return np.broadcast_to(np.all(np.isfinite(r.data), axis=others), (B,))
 
 
 def _delta(r, C) -> np.ndarray:

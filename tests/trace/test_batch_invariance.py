@@ -247,6 +247,27 @@ def test_operands_pinned_at_the_same_place_for_part_of_a_batch_cost_as_alone(nam
     np.testing.assert_allclose(alone, expected, rtol=1e-12)
 
 
+def test_an_overflow_in_one_perturbation_leaves_the_others_bits_alone():
+    """exp(M) @ M with M moved at one element is θ's product plus that element's share, when finite;
+    one perturbation of the batch overflowing exp sent every other one down the batched product too,
+    whose rounding differs."""
+    rng = np.random.default_rng(3)
+    X, params = case(rng)
+
+    def forward(X, Y, p):
+        return np.sum(np.tanh(np.exp(p["M"]) @ p["M"] @ X))
+
+    layout = Layout.of(params)
+    theta = layout.flatten(params)
+    indices = np.array([0, 9, 20, 33, 14, 9])
+    values = theta[indices] + np.array([1e-3, 800.0, 1e-3, -0.2, 1e-7, -1e-3])
+    alone, together, expected = _alone_and_batched(forward, X, params, indices, values)
+    assert np.isnan(alone[1]) and np.isnan(together[1]) and np.isnan(expected[1])  # inf - inf, as the forward
+    finite = np.isfinite(expected)
+    assert alone[finite].tobytes() == together[finite].tobytes()
+    np.testing.assert_allclose(alone[finite], expected[finite], rtol=1e-12)
+
+
 
 if __name__ == "__main__":
     outcome = run(int(sys.argv[1]) if len(sys.argv) > 1 else PROGRAMS)
