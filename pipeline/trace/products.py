@@ -131,9 +131,7 @@ class ProductRules:
                                            transpose_rep(ra, (1, 0), ra.base.T), base.T, B)
             return Rep("FF", (None, None), rep.data.transpose(0, 2, 1), 0, base.shape, base)
         self._split_by_size(B, (base.size + ra.base.size + rb.base.size) * base.dtype.itemsize)
-        a = np.moveaxis(dense(ra).data, ra.bpos, 0)
-        b = np.moveaxis(dense(rb).data, rb.bpos, 0)
-        return Rep("FF", (None, None), np.matmul(a, b), 0, base.shape, base)
+        return Rep("FF", (None, None), np.matmul(_stacked(ra), _stacked(rb)), 0, base.shape, base)
 
     def _dense_times_pinned(self, ra: Rep, rb: Rep, base, B) -> Rep:
         """A' (B, n, k) held in full times B' = b + Δb, Δb one element, row or column per
@@ -143,10 +141,11 @@ class ProductRules:
         n, k = a.shape[1:]
         b = rb.base
         dtype = np.result_type(a, b)
+        a = np.ascontiguousarray(a, dtype=dtype)  # each perturbation's sums in one order, whatever the batch
         out = np.empty((B * n, b.shape[1]), dtype)
-        _dot(np.ascontiguousarray(a, dtype=dtype).reshape(B * n, k), b.astype(dtype, copy=False), out)
+        _dot(a.reshape(B * n, k), b.astype(dtype, copy=False), out)
         out = out.reshape(B, n, b.shape[1])
-        delta = np.moveaxis(_delta(rb, a), rb.bpos, 0)  # (B,), (B, m) or (B, k)
+        delta = np.ascontiguousarray(np.moveaxis(_delta(rb, a), rb.bpos, 0))  # (B,), (B, m) or (B, k)
         p = np.arange(B)
         if rb.kinds == ("P", "P"):
             out[p, :, rb.idx[1]] += a[p, :, rb.idx[0]] * delta[:, None]
@@ -286,6 +285,14 @@ def _finite_each(r: Rep, B: int) -> np.ndarray:
         return np.zeros(B, dtype=bool)
     others = tuple(a for a in range(r.data.ndim) if a != r.bpos)
     return np.broadcast_to(np.all(np.isfinite(r.data), axis=others), (B,))
+
+
+def _stacked(r: Rep) -> np.ndarray:
+    """r's values held in full as a C-contiguous stack of matrices, batch first: np.matmul computes each
+    matrix of such a stack by BLAS, the same way whatever the batch, but a strided stack (the batch
+    innermost in memory, as a batch of perturbations often is) in another order."""
+    r = dense(r)
+    return np.ascontiguousarray(np.moveaxis(r.data, r.bpos, 0))
 
 
 def _delta(r, C) -> np.ndarray:

@@ -183,6 +183,14 @@ def run(programs: int = PROGRAMS, seed: int = SEED, batchings: int = 3) -> dict:
     return {"counts": counts, "first": first}
 
 
+def test_random_programs_replay_the_same_bits_alone_and_in_any_batch_and_match_the_forward():
+    result = run()
+    counts = result["counts"]
+    assert counts["traced"] >= 0.9 * counts["programs"], counts
+    assert (counts["raised"], counts["batch-dependent"], counts["off-forward"]) == (0, 0, 0), result
+
+
+
 # -- the minimal programs of what the fuzz found
 
 def _alone_and_batched(forward, X, params, indices, values):
@@ -267,6 +275,27 @@ def test_an_overflow_in_one_perturbation_leaves_the_others_bits_alone():
     assert alone[finite].tobytes() == together[finite].tobytes()
     np.testing.assert_allclose(alone[finite], expected[finite], rtol=1e-12)
 
+
+def test_products_of_two_moved_operands_cost_the_same_alone_and_batched():
+    """v @ v of a vector moved everywhere (a reshaped matrix) is one batched np.matmul, and
+    (b * e) @ (b * e).T with b moved at one row θ's product plus that row's share (an einsum); with
+    the batch innermost in memory NumPy summed both in another order than for a perturbation alone."""
+    rng = np.random.default_rng(0)
+    X, params = case(rng)
+
+    def forward(X, Y, p):
+        flat = np.tanh(p["M"].reshape(-1))
+        outer = p["b"] * p["e"]
+        return np.sum(flat @ flat) + np.sum(p["E"].reshape(-1) @ p["E"].reshape(-1)) + np.sum(-outer @ outer.T)
+
+    layout = Layout.of(params)
+    theta = layout.flatten(params)
+    b, E = layout.tensors[2].offset, layout.tensors[5].offset
+    indices = np.array([3, 17, 30, 0, E, E + 111, E + 519, b, b + 2, b + 2, b + 1])
+    values = theta[indices] + np.array([1.0, -0.5, 1e-7, 1e-3, 0.25, -2.0, 1e-6, 1e-3, -1e-3, 0.4, 1e-7])
+    alone, together, expected = _alone_and_batched(forward, X, params, indices, values)
+    assert alone.tobytes() == together.tobytes()
+    np.testing.assert_allclose(alone, expected, rtol=1e-12)
 
 
 if __name__ == "__main__":
