@@ -283,8 +283,10 @@ def _finite_each(r: Rep, B: int) -> np.ndarray:
     perturbation's inf decides nothing for the others."""
     if not np.all(np.isfinite(r.base)):
         return np.zeros(B, dtype=bool)
-    others = tuple(a for a in range(r.data.ndim) if a != r.bpos)
-    return np.broadcast_to(np.all(np.isfinite(r.data), axis=others), (B,))
+    finite = np.isfinite(r.data)
+    if finite.all():  # the common case, in one pass
+        return np.ones(B, dtype=bool)
+    return np.broadcast_to(np.all(finite, axis=tuple(a for a in range(r.data.ndim) if a != r.bpos)), (B,))
 
 
 def _stacked(r: Rep) -> np.ndarray:
