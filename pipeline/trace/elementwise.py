@@ -9,6 +9,7 @@ import numpy as np
 
 from gradjob.trace.batched import (
     Rep,
+    Split,
     align,
     dense,
     expand,
@@ -44,6 +45,8 @@ class ElementwiseRules:
                     if kind is None:
                         kind, ix = r.kinds[pa], r.idx[pa]
                     elif kind != r.kinds[pa] or not same_positions(ix, r.idx[pa]):
+                        if kind == r.kinds[pa] == "P":
+                            _split_where_pins_part(ix, r.idx[pa])
                         kind = "F"
                         break
                 kinds.append(kind or "F")
@@ -113,6 +116,16 @@ class ElementwiseRules:
         d = np.moveaxis(rep.data, rep.bpos, 0)
         sizes = [s if k == "F" else len(ix) for s, k, ix in zip(shape, kinds, idx) if k != "P"]
         return Rep(kinds, idx, d.reshape([d.shape[0]] + sizes), 0, shape, base)
+
+
+def _split_where_pins_part(a: np.ndarray, b: np.ndarray) -> None:
+    """Two operands pinned on one axis, at the same position for some perturbations of the batch and
+    not for others: the batch split between them. The result is pinned where the positions are the
+    same and held in full where not, for each perturbation by its own pins (as alone), never by
+    whether the rest of its batch has them the same (the two are computed in other orders)."""
+    same = np.asarray(a) == np.asarray(b)
+    if same.any() and not same.all():
+        raise Split([np.flatnonzero(same), np.flatnonzero(~same)])
 
 
 def _groups(old: tuple, new: tuple):

@@ -50,7 +50,7 @@ class IndexRules:
         taken from where the Rep holds it, θ's value where a perturbation left it alone; the Rep is not
         expanded (a score column moved by one weight stays a column up to here)."""
         arrays = np.broadcast_arrays(*key)
-        flat = [np.where(k < 0, k + s, k).reshape(-1) for k, s in zip(arrays, rep.shape)]
+        flat = [_wrapped(k, s).reshape(-1) for k, s in zip(arrays, rep.shape)]
         self._split_by_size(B, max(1, flat[0].size) * (base.dtype.itemsize + 1))
         out = np.empty((B, flat[0].size), dtype=base.dtype)
         out[...] = np.asarray(base).reshape(-1)
@@ -132,11 +132,18 @@ def _lookup(key: tuple) -> bool:
 
 
 def _rows_used(rows: np.ndarray, ids: np.ndarray, length: int) -> np.ndarray:
-    """For each perturbation, whether the row it moves (``rows``) is among ``ids`` (negative ids
-    counted from the end, as NumPy does)."""
+    """For each perturbation, whether the row it moves (``rows``) is among ``ids``."""
     named = np.zeros(length, dtype=bool)
-    named[ids.astype(np.intp).reshape(-1)] = True
+    named[_wrapped(ids, length).reshape(-1)] = True
     return named[rows]
+
+
+def _wrapped(key: np.ndarray, length: int) -> np.ndarray:
+    """The positions an integer key takes along an axis of ``length``, negative ones counted from its
+    end, as ``intp``: in the key's own dtype an int8 or uint8 key (ids into a table longer than 127
+    or 255) overflows."""
+    key = key.astype(np.intp, copy=False)
+    return np.where(key < 0, key + length, key)
 
 
 def _basic(key: tuple) -> bool:

@@ -111,19 +111,27 @@ class ProductRules:
         """Both operands perturbed. When one of them moved at one position per perturbation (a
         parameter, or a row or column of it: W at step t of a recurrence ``h @ W``), the product is
         the other's perturbed values times that operand at θ (one GEMM) plus the moved part's
-        contribution; else one batched product of the full values."""
-        if _moved_at_pins(rb) and _finite(ra):
+        contribution; else one batched product of the full values. That split needs finite values (an
+        inf times θ's operand plus an inf times the moved part is NaN where the forward's one product
+        is not): a perturbation whose operands are not takes the batched product, by its own values,
+        whatever the rest of its batch (the two paths round differently)."""
+        pinned_a, pinned_b = _moved_at_pins(ra), _moved_at_pins(rb)
+        if pinned_a or pinned_b:
+            finite = _finite_each(ra, B) & _finite_each(rb, B)
+            if not finite.all():
+                if finite.any():
+                    raise Split([np.flatnonzero(finite), np.flatnonzero(~finite)])
+                pinned_a = pinned_b = False
+        if pinned_b:
             self._split_by_size(B, (base.size + ra.base.size) * base.dtype.itemsize)
             return self._dense_times_pinned(dense(ra), rb, base, B)
-        if _moved_at_pins(ra) and _finite(rb):  # (A' B')ᵀ = B'ᵀ A'ᵀ
+        if pinned_a:  # (A' B')ᵀ = B'ᵀ A'ᵀ
             self._split_by_size(B, (base.size + rb.base.size) * base.dtype.itemsize)
             rep = self._dense_times_pinned(transpose_rep(dense(rb), (1, 0), rb.base.T),
                                            transpose_rep(ra, (1, 0), ra.base.T), base.T, B)
             return Rep("FF", (None, None), rep.data.transpose(0, 2, 1), 0, base.shape, base)
         self._split_by_size(B, (base.size + ra.base.size + rb.base.size) * base.dtype.itemsize)
-        a = np.moveaxis(dense(ra).data, ra.bpos, 0)
-        b = np.moveaxis(dense(rb).data, rb.bpos, 0)
-        return Rep("FF", (None, None), np.matmul(a, b), 0, base.shape, base)
+        return Rep("FF", (None, None), np.matmul(_stacked(ra), _stacked(rb)), 0, base.shape, base)
 
     def _dense_times_pinned(self, ra: Rep, rb: Rep, base, B) -> Rep:
         """A' (B, n, k) held in full times B' = b + Δb, Δb one element, row or column per
@@ -133,10 +141,11 @@ class ProductRules:
         n, k = a.shape[1:]
         b = rb.base
         dtype = np.result_type(a, b)
+        a = np.ascontiguousarray(a, dtype=dtype)  # each perturbation's sums in one order, whatever the batch
         out = np.empty((B * n, b.shape[1]), dtype)
-        _dot(np.ascontiguousarray(a, dtype=dtype).reshape(B * n, k), b.astype(dtype, copy=False), out)
+        _dot(a.reshape(B * n, k), b.astype(dtype, copy=False), out)
         out = out.reshape(B, n, b.shape[1])
-        delta = np.moveaxis(_delta(rb, a), rb.bpos, 0)  # (B,), (B, m) or (B, k)
+        delta = np.ascontiguousarray(np.moveaxis(_delta(rb, a), rb.bpos, 0))  # (B,), (B, m) or (B, k)
         p = np.arange(B)
         if rb.kinds == ("P", "P"):
             out[p, :, rb.idx[1]] += a[p, :, rb.idx[0]] * delta[:, None]
@@ -264,15 +273,28 @@ class ProductRules:
 
 
 def _moved_at_pins(r: Rep) -> bool:
-    """Whether a perturbed matrix moved at one element, row or column per perturbation, by finite
-    amounts (so that its value is its value at θ plus that move)."""
-    return r.kinds in (("P", "P"), ("P", "F"), ("F", "P")) and _finite(r)
+    """Whether a perturbed matrix moved at one element, row or column per perturbation (so that its
+    value is its value at θ plus that move, where the values are finite: ``_finite_each``)."""
+    return r.kinds in (("P", "P"), ("P", "F"), ("F", "P"))
 
 
-def _finite(r: Rep) -> bool:
-    """Whether a perturbed operand is finite everywhere (an inf times θ's operand plus an inf times
-    the moved part is NaN where the forward's one product is not)."""
-    return bool(np.all(np.isfinite(r.data))) and bool(np.all(np.isfinite(r.base)))
+def _finite_each(r: Rep, B: int) -> np.ndarray:
+    """Per perturbation of the batch, whether a perturbed operand is finite everywhere: one
+    perturbation's inf decides nothing for the others."""
+    if not np.all(np.isfinite(r.base)):
+        return np.zeros(B, dtype=bool)
+    finite = np.isfinite(r.data)
+    if finite.all():  # the common case, in one pass
+        return np.ones(B, dtype=bool)
+    return np.broadcast_to(np.all(finite, axis=tuple(a for a in range(r.data.ndim) if a != r.bpos)), (B,))
+
+
+def _stacked(r: Rep) -> np.ndarray:
+    """r's values held in full as a C-contiguous stack of matrices, batch first: np.matmul computes each
+    matrix of such a stack by BLAS, the same way whatever the batch, but a strided stack (the batch
+    innermost in memory, as a batch of perturbations often is) in another order."""
+    r = dense(r)
+    return np.ascontiguousarray(np.moveaxis(r.data, r.bpos, 0))
 
 
 def _delta(r, C) -> np.ndarray:

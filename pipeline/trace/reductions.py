@@ -92,6 +92,8 @@ class ReductionRules:
             shape[a] = 1
             done = tuple(sorted(done + (a,)))
         out = Rep(kinds, idx, data, bpos, shape, self.base[i].reshape(shape))  # every axis reduced: node i at θ
+        if data is rep.data:  # nothing to reduce (np.min of a 0-d value): its operand's data, not to be written over
+            rep.owned = False
         if localized:  # each perturbation by itself: θ's max where it left it, the moved one elsewhere
             unchanged = _unchanged(out, B)
             if unchanged.all():  # often so (a softmax's max over a column one weight moved)

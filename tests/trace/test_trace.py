@@ -101,6 +101,8 @@ OPERATIONS = {
     "float() of the returned cost": "float(np.squeeze(np.sum(p['W'] @ X) / X.shape[1]))",
     ".item() of the returned cost": "(np.sum(p['V'] @ p['W']) * p['s']).item()",
     "a gradient beside the loss": "with_gradient(p, X)",
+    "a reduction of a 0-d value": "np.min(t := p['v'] @ p['v'] * 2.5) + np.sum(np.tanh(t)) + np.max(u := p['s'] * 3) "
+                                  "+ np.exp(u)",
 }
 
 HELPERS = """
