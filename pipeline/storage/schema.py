@@ -64,7 +64,7 @@ class _Meta(_Strict):
     checksum: str
 
 
-def validated(meta: object, group: zarr.Group, path: str) -> StoreMeta:
+def validated(meta: object, group, path: str) -> StoreMeta:
     """The store's metadata, once it has the schema's types and describes the arrays it sits on."""
     try:
         model = _Meta.model_validate_json(json.dumps(meta))
@@ -83,7 +83,7 @@ def _corrupted(path: str, problem: str) -> InputError:
     return InputError(f"store {path} is corrupted: its gradjob metadata {problem}; resubmit with --overwrite")
 
 
-def _shape_problem(meta: _Meta, group: zarr.Group) -> str | None:
+def _shape_problem(meta: _Meta, group) -> str | None:
     """How the metadata disagrees with the arrays (Python integers: a crafted shape cannot overflow)."""
     for dtype in (meta.layout.dtype, meta.precision.checked, meta.precision.model):
         try:
