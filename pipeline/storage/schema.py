@@ -118,4 +118,14 @@ def _shape_problem(meta: _Meta, group) -> str | None:
             or arrays["done"].shape != (meta.n_chunks,):
         return (f"describes {meta.n_chunks} chunks of {meta.chunk_size} but its arrays are chunked by "
                 f"{arrays['gradapprox'].chunks[0]}, with {arrays['done'].shape[0]} done flags")
+    # each task writes whole Zarr chunks of every result array and its own done flag, and a resume
+    # reads chunk k of each as job chunk k: all of them are chunked as the job is
+    chunked = next((name for name in ("cost_plus", "cost_minus", "step", "noise")
+                    if arrays[name].chunks != (meta.chunk_size,)), None)
+    if chunked:
+        return (f"describes {meta.n_chunks} chunks of {meta.chunk_size} but its array {chunked} is chunked by "
+                f"{arrays[chunked].chunks[0]}")
+    if arrays["done"].chunks != (1,):
+        return (f"describes {meta.n_chunks} chunks of {meta.chunk_size} but its array done is chunked by "
+                f"{arrays['done'].chunks[0]}, not one done flag a chunk")
     return None
