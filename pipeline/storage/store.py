@@ -76,6 +76,9 @@ class Opened:
         self.group = group
         self.where = where(group)
         self.nodes: dict[str, zarr.Array | zarr.Group] = dict(group.members(max_depth=None))
+        for name in RESULT_ARRAYS:  # as created: Zarr reopens an array with write_empty_chunks=False
+            if isinstance(self.nodes.get(name), zarr.Array):
+                self.nodes[name] = zarr.Array(self.nodes[name].async_array.with_config({"write_empty_chunks": True}))
 
     @property
     def attrs(self):
