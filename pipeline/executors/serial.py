@@ -4,10 +4,16 @@ starting a cluster would cost more than the check.
 
 With a time limit (``task_timeout``) the tasks run on one helper thread that the caller waits
 for at most that long: a forward that hangs ends the job, named. Python cannot stop a thread, so
-a hung task's thread is left behind (a daemon: it does not keep the process alive)."""
+a hung task's thread is left behind (a daemon: it does not keep the process alive).
+
+While tasks run, BLAS runs one thread, as in every Dask worker (the nanny's ``pre-spawn-environ``):
+a check small enough to run here multiplies small matrices, which a second BLAS thread only slows
+down when other processes share the cores (tests/conftest.py: a float32 ReLU check ran 4× slower).
+The seed network's matrices are below OpenBLAS's threading threshold: its job is not faster."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from typing import Callable, Sequence
@@ -42,16 +48,27 @@ class SerialExecutor:
     def run_chunks(self, function: Callable, context, chunks: Sequence[Chunk],
                    on_done: Callable[[Chunk, object], None], describe: Callable[[int], str],
                    note: Callable[[str], None] = lambda text: None) -> None:
-        for chunk in chunks:
-            on_done(chunk, self._call(function, (context, chunk),
-                                      lambda: over_limit_message(chunk, self.task_timeout, describe)))
+        with one_blas_thread():
+            for chunk in chunks:
+                on_done(chunk, self._call(function, (context, chunk),
+                                          lambda: over_limit_message(chunk, self.task_timeout, describe)))
 
     def map(self, function: Callable, context, batches: Sequence[tuple]) -> list:
-        return [self._call(function, (context, *batch), lambda: over_limit_message(None, self.task_timeout))
-                for batch in batches]
+        with one_blas_thread():
+            return [self._call(function, (context, *batch), lambda: over_limit_message(None, self.task_timeout))
+                    for batch in batches]
 
     def peak_worker_rss(self) -> int | None:
         return None
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """BLAS limited to one thread (for the whole process: the task thread too), restored after."""
+    from threadpoolctl import threadpool_limits  # here: ``import gradjob`` does not pay for it
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 class _Runner:

@@ -65,7 +65,7 @@ class _Meta(_Strict):
     checksum: str
 
 
-def validated(meta: object, group: zarr.Group, path: str) -> StoreMeta:
+def validated(meta: object, group, path: str) -> StoreMeta:
     """The store's metadata, once it has the schema's types and describes the arrays it sits on."""
     try:
         model = _Meta.model_validate_json(json.dumps(meta))
@@ -84,7 +84,7 @@ def _corrupted(path: str, problem: str) -> InputError:
     return InputError(f"store {path} is corrupted: its gradjob metadata {problem}; resubmit with --overwrite")
 
 
-def _shape_problem(meta: _Meta, group: zarr.Group) -> str | None:
+def _shape_problem(meta: _Meta, group) -> str | None:
     """How the metadata disagrees with the arrays (Python integers: a crafted shape cannot overflow)."""
     for dtype in (meta.layout.dtype, meta.precision.checked, meta.precision.model, meta.layout.gradient_dtype or "f8"):
         try:
@@ -119,4 +119,14 @@ def _shape_problem(meta: _Meta, group: zarr.Group) -> str | None:
             or arrays["done"].shape != (meta.n_chunks,):
         return (f"describes {meta.n_chunks} chunks of {meta.chunk_size} but its arrays are chunked by "
                 f"{arrays['gradapprox'].chunks[0]}, with {arrays['done'].shape[0]} done flags")
+    # each task writes whole Zarr chunks of every result array and its own done flag, and a resume
+    # reads chunk k of each as job chunk k: all of them are chunked as the job is
+    chunked = next((name for name in ("cost_plus", "cost_minus", "step", "noise")
+                    if arrays[name].chunks != (meta.chunk_size,)), None)
+    if chunked:
+        return (f"describes {meta.n_chunks} chunks of {meta.chunk_size} but its array {chunked} is chunked by "
+                f"{arrays[chunked].chunks[0]}")
+    if arrays["done"].chunks != (1,):
+        return (f"describes {meta.n_chunks} chunks of {meta.chunk_size} but its array done is chunked by "
+                f"{arrays['done'].chunks[0]}, not one done flag a chunk")
     return None

@@ -17,18 +17,27 @@ Layout of the group::
 Every chunk of every array ends in a crc32c checksum (Zarr's ``crc32c`` codec), so a flipped bit
 is found when the chunk is read instead of changing the verdict. The checksum is unkeyed: it
 detects damage, not tampering.
+
+A stage opens the store once (``open_existing``: an ``Opened``, its group and the metadata of every
+array, read in one call) and passes that handle on; what it reads or writes together (a chunk's
+results, a block of every vector, the case, every chunk's checksum) is one Zarr call. Each Zarr
+call waits for Zarr's event loop: README's main job made 469 of them, one per array opened, read
+or written, and now makes 74.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
 import json
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import zarr
+import zarr.api.asynchronous
+from zarr.core.sync import sync
 
 from gradjob.errors import InputError, JobError
 from gradjob.run.plan import Chunk, plan_chunks
@@ -59,6 +68,66 @@ class DamagedChunk(InputError):
         super().__init__(f"store {where} is corrupted: chunk {key} of {array} fails its checksum; {todo}")
 
 
+class Opened:
+    """A store opened once: its group and every node in it (``case/X``, ``verify/index``, …), whose
+    metadata one call read. Stages pass this handle instead of reopening the store or its arrays."""
+
+    def __init__(self, group: zarr.Group):
+        self.group = group
+        self.where = where(group)
+        self.nodes: dict[str, zarr.Array | zarr.Group] = dict(group.members(max_depth=None))
+        for name in RESULT_ARRAYS:  # as created: Zarr reopens an array with write_empty_chunks=False
+            if isinstance(self.nodes.get(name), zarr.Array):
+                self.nodes[name] = zarr.Array(self.nodes[name].async_array.with_config({"write_empty_chunks": True}))
+
+    @property
+    def attrs(self):
+        return self.group.attrs
+
+    def __getitem__(self, name: str) -> zarr.Array:
+        return self.nodes[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.nodes
+
+    def get(self, name: str):
+        return self.nodes.get(name)
+
+    def read(self, names: Iterable[str], selection=Ellipsis) -> dict[str, np.ndarray]:
+        """``self[name][selection]`` of every name, in one Zarr call; ``DamagedChunk`` names the
+        first chunk that fails its checksum (of the first such array in ``names``)."""
+        names = tuple(names)
+        values = together(self[name].async_array.getitem(selection) for name in names)
+        for name, value in zip(names, values):
+            if isinstance(value, BaseException):
+                if isinstance(value, ValueError) and "checksum" in str(value):
+                    checked(self[name], selection)  # raises, naming the chunk
+                raise value
+        return dict(zip(names, values))
+
+    def write(self, values: dict[str, tuple[object, np.ndarray]]) -> None:
+        """``self[name][selection] = value`` for every name, in one Zarr call."""
+        sync(gathered([self[name].async_array.setitem(selection, value) for name, (selection, value) in values.items()]))
+
+
+def together(coroutines: Iterable) -> list:
+    """Zarr's coroutines run concurrently in one call on Zarr's event loop (each sync call of Zarr's
+    API waits for that loop once); an exception is returned in its place, not raised."""
+    async def gather():
+        return await asyncio.gather(*coroutines, return_exceptions=True)
+
+    return sync(gather())
+
+
+async def gathered(coroutines: Iterable) -> list:
+    """The coroutines' results, once all have finished; then the first exception, if any, raised."""
+    results = await asyncio.gather(*coroutines, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 def checked(array: zarr.Array, selection=Ellipsis) -> np.ndarray:
     """``array[selection]``, or ``DamagedChunk`` naming the first chunk that fails its checksum."""
     try:
@@ -87,9 +156,10 @@ def where(node: zarr.Array | zarr.Group) -> str:
     return str(getattr(node.store, "root", None) or getattr(node.store, "path", None) or node.store)
 
 
-def undamaged(group: zarr.Group, meta: StoreMeta, path: str) -> tuple[np.ndarray, list[str]]:
+def undamaged(group: Opened, meta: StoreMeta, path: str) -> tuple[np.ndarray, list[str]]:
     """The done flags less the chunks whose flag or results fail their checksum, which a resume
-    evaluates again, with a note for each. A damaged case (which the workers read) is refused here."""
+    evaluates again, with a note for each. A damaged case (which the workers read) is refused here.
+    Every chunk's checksum is checked in one pass (a call per ``READ_BLOCK`` elements of chunks)."""
     read_case(group)
     chunks = plan_chunks(meta.layout.n_parameters, meta.chunk_size)
     notes = []
@@ -99,21 +169,39 @@ def undamaged(group: zarr.Group, meta: StoreMeta, path: str) -> tuple[np.ndarray
         notes.append(f"chunk {k} of {array} in {path} fails its checksum (parameters {first} to {last}): "
                      "evaluated again")
 
-    try:
-        done = done_mask(group)
-    except DamagedChunk:  # one flag per Zarr chunk: the others are read, the damaged ones count as not done
-        done = np.zeros(group["done"].shape[0], dtype=bool)
-        for k in range(done.size):
-            if _intact(group["done"], (k,)):
-                done[k] = bool(group["done"][k])
-            else:
-                again(k, "done")
+    flags = _chunks_read(group, ("done",), [Chunk(k, k, k + 1) for k in range(group["done"].shape[0])])
+    done = np.zeros(len(flags), dtype=bool)
+    for (k, _), flag in flags.items():  # one flag per Zarr chunk: a damaged one counts as not done
+        if isinstance(flag, BaseException):
+            again(k, "done")
+        else:
+            done[k] = bool(flag[0])
+    results = _chunks_read(group, RESULT_ARRAYS, [chunks[int(k)] for k in np.flatnonzero(done)])
     for k in np.flatnonzero(done):
-        bad = next((name for name in RESULT_ARRAYS if not _intact(group[name], (int(k),))), None)
+        bad = next((name for name in RESULT_ARRAYS if isinstance(results[int(k), name], BaseException)), None)
         if bad:
             done[k] = False
             again(int(k), bad)
     return done, notes
+
+
+def _chunks_read(group: Opened, names: tuple[str, ...], chunks: list[Chunk]) -> dict:
+    """Each chunk of each named array by (chunk index, name): its values, or the ``DamagedChunk``
+    of a chunk that fails its checksum (other errors are raised); a Zarr call per ``READ_BLOCK``
+    elements of chunks, so memory stays a block whatever the store's size."""
+    out = {}
+    per_call = max(1, READ_BLOCK // chunks[0].size) if chunks else 1
+    for first in range(0, len(chunks), per_call):
+        batch = chunks[first:first + per_call]
+        keys = [(c.index, name) for c in batch for name in names]
+        values = together(group[name].async_array.getitem(slice(c.start, c.stop)) for c in batch for name in names)
+        for (k, name), value in zip(keys, values):
+            if isinstance(value, BaseException):
+                if not (isinstance(value, ValueError) and "checksum" in str(value)):
+                    raise value
+                value = DamagedChunk(group.where, name, (k,))
+            out[k, name] = value
+    return out
 
 
 def create(path: str, meta: StoreMeta, theta: np.ndarray, grad: np.ndarray, X: np.ndarray, Y: np.ndarray,
@@ -139,18 +227,27 @@ def create(path: str, meta: StoreMeta, theta: np.ndarray, grad: np.ndarray, X: n
 
 def _fill(group: zarr.Group, meta: StoreMeta, theta: np.ndarray, grad: np.ndarray, X: np.ndarray, Y: np.ndarray,
           ) -> None:
+    """The arrays created together, then their data together (one Zarr call), then the metadata."""
     n = theta.size
     block = min(n, READ_BLOCK)
-    for name, vector in (("theta", theta), ("grad", grad)):  # NaN fill: a lost chunk reads as missing, not 0
-        group.create_array(name, shape=(n,), chunks=(block,), dtype=vector.dtype, fill_value=np.nan, **codecs())
-        group[name][:] = vector
-    for name in RESULT_ARRAYS:
-        group.create_array(name, shape=(n,), chunks=(meta.chunk_size,), dtype="f8", fill_value=np.nan,
-                           config={"write_empty_chunks": True}, **codecs())
-    group.create_array("done", shape=(meta.n_chunks,), chunks=(1,), dtype="u1", fill_value=0, **codecs())
-    case = group.create_group("case")
-    case.create_array("X", data=np.asarray(X), **codecs())
-    case.create_array("Y", data=np.asarray(Y), **codecs())
+
+    async def fill() -> None:
+        root = await zarr.api.asynchronous.open_group(store=group.store, path=group.path, mode="r+")
+        arrays = {name: root.create_array(name, shape=(n,), chunks=(block,), dtype=vector.dtype, fill_value=np.nan,
+                                          **codecs())  # NaN fill: a lost chunk reads as missing, not 0
+                  for name, vector in (("theta", theta), ("grad", grad))}
+        arrays |= {name: root.create_array(name, shape=(n,), chunks=(meta.chunk_size,), dtype="f8",
+                                           fill_value=np.nan, config={"write_empty_chunks": True}, **codecs())
+                   for name in RESULT_ARRAYS}
+        arrays["done"] = root.create_array("done", shape=(meta.n_chunks,), chunks=(1,), dtype="u1", fill_value=0,
+                                           **codecs())
+        *made, case = await gathered([*arrays.values(), root.create_group("case")])
+        made = dict(zip(arrays, made))
+        await gathered([made["theta"].setitem(slice(None), theta), made["grad"].setitem(slice(None), grad),
+                        case.create_array("X", data=np.asarray(X), **codecs()),
+                        case.create_array("Y", data=np.asarray(Y), **codecs())])
+
+    sync(fill())
     group.attrs["gradjob"] = sealed(meta.to_json())
 
 
@@ -191,7 +288,7 @@ def recognised(path: str) -> bool:
         return False
 
 
-def open_existing(path: str, mode: str = "r") -> zarr.Group:
+def open_existing(path: str, mode: str = "r") -> Opened:
     """An existing gradjob store, checked for tampering; ``InputError`` for anything else."""
     try:
         group = zarr.open_group(path, mode=mode)
@@ -205,61 +302,59 @@ def open_existing(path: str, mode: str = "r") -> zarr.Group:
                          f"this one reads {FORMAT}); resubmit with --overwrite")
     if meta["checksum"] != _checksum(meta):
         raise InputError(f"store {path} is corrupted: its gradjob metadata was edited; resubmit with --overwrite")
-    return group
+    return Opened(group)
 
 
-def metadata(group: zarr.Group) -> StoreMeta:
+def metadata(group: Opened) -> StoreMeta:
     """The store's metadata, checked against its schema and its arrays (see ``schema``)."""
-    return schema.validated(dict(group.attrs["gradjob"]), group, where(group))
+    return schema.validated(dict(group.attrs["gradjob"]), group, group.where)
 
 
-def done_mask(group: zarr.Group) -> np.ndarray:
-    return np.asarray(checked(group["done"]), dtype=bool)
+def done_mask(group: Opened) -> np.ndarray:
+    return np.asarray(group.read(["done"])["done"], dtype=bool)
 
 
-def replay_found_wrong(group: zarr.Group, indices: np.ndarray) -> np.ndarray:
+def replay_found_wrong(group: Opened, indices: np.ndarray) -> np.ndarray:
     """Per θ index, whether its chunk was evaluated by the forward because the replay was found wrong."""
     chunk_size = group["gradapprox"].chunks[0]
-    return checked(group["done"])[np.asarray(indices, dtype=np.int64) // chunk_size] == DONE_BY_FORWARD
+    return group.read(["done"])["done"][np.asarray(indices, dtype=np.int64) // chunk_size] == DONE_BY_FORWARD
 
 
-def read_vector(group: zarr.Group, name: str) -> np.ndarray:
+def read_vector(group: Opened, name: str) -> np.ndarray:
     """A whole vector; see ``read_range``."""
     return read_range(group, name, 0, group[name].shape[0])
 
 
-def read_range(group: zarr.Group, name: str, start: int, stop: int) -> np.ndarray:
+def read_range(group: Opened, name: str, start: int, stop: int) -> np.ndarray:
     """[start, stop) of a vector, read block by block into one array: peak memory is the range
     plus a block, not twice the range (zarr assembles a read in a buffer of its own)."""
-    array = group[name]
-    out = np.empty(stop - start, dtype=array.dtype)
+    out = np.empty(stop - start, dtype=group[name].dtype)
     for first in range(start, stop, READ_BLOCK):
         last = min(stop, first + READ_BLOCK)
-        out[first - start:last - start] = checked(array, slice(first, last))
+        out[first - start:last - start] = group.read([name], slice(first, last))[name]
     return out
 
 
-def read_case(group: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
-    return checked(group["case/X"]), checked(group["case/Y"])
+def read_case(group: Opened) -> tuple[np.ndarray, np.ndarray]:
+    case = group.read(["case/X", "case/Y"])
+    return case["case/X"], case["case/Y"]
 
 
-def write_chunk(group: zarr.Group, chunk: Chunk, results: dict[str, np.ndarray], by_forward: bool = False) -> None:
-    """Write one chunk's results, then mark it done: a done chunk always has its data. ``by_forward``:
-    the replay was found wrong in this chunk, which the forward evaluated instead."""
+def write_chunk(group: Opened, chunk: Chunk, results: dict[str, np.ndarray], by_forward: bool = False) -> None:
+    """Write one chunk's results (together: one Zarr call), then mark it done: a done chunk always has
+    its data. ``by_forward``: the replay was found wrong in this chunk, which the forward evaluated instead."""
     chunk_size = group["gradapprox"].chunks[0]
     if chunk.start % chunk_size or (chunk.size != chunk_size and chunk.stop != group["gradapprox"].shape[0]):
         raise ValueError(f"chunk {chunk} does not align with the store's Zarr chunks of {chunk_size}")
-    with disk_full(where(group)):
-        for name in RESULT_ARRAYS:
-            group[name][chunk.start : chunk.stop] = results[name]
-        group["done"][chunk.index] = DONE_BY_FORWARD if by_forward else DONE
+    with disk_full(group.where):
+        group.write({name: (slice(chunk.start, chunk.stop), results[name]) for name in RESULT_ARRAYS})
+        group.write({"done": (slice(chunk.index, chunk.index + 1), DONE_BY_FORWARD if by_forward else DONE)})
 
 
-def iter_blocks(group: zarr.Group, start: int, stop: int,
+def iter_blocks(group: Opened, start: int, stop: int,
                 names: tuple[str, ...] = ("theta", "grad") + RESULT_ARRAYS) -> Iterator[dict[str, np.ndarray]]:
-    """[start, stop) of the named vectors, READ_BLOCK elements at a time."""
-    arrays = {name: group[name] for name in names}
+    """[start, stop) of the named vectors, READ_BLOCK elements at a time, each block of them all in one call."""
     for block_start in range(start, stop, READ_BLOCK):
         block_stop = min(stop, block_start + READ_BLOCK)
-        yield {name: np.asarray(checked(a, slice(block_start, block_stop)), dtype=np.float64)
-               for name, a in arrays.items()}
+        yield {name: np.asarray(value, dtype=np.float64)
+               for name, value in group.read(names, slice(block_start, block_stop)).items()}

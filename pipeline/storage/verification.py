@@ -8,6 +8,8 @@ import hashlib
 
 import numpy as np
 import zarr
+import zarr.api.asynchronous
+from zarr.core.sync import sync
 
 from gradjob.errors import InputError
 from gradjob.numerics.verify import CLASSES, Verdict
@@ -17,21 +19,29 @@ VERIFY_ARRAYS = ("index", "klass", "estimate", "tolerance", "cost", "cost_plus",
                  "step_minus")
 
 
-def write_verification(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None:
-    """The verified suspects and their ladders, once, from the client; sealed by a checksum."""
-    with store.disk_full(store.where(group)):
-        folder = group.require_group("verify")
-        for name in VERIFY_ARRAYS:
-            folder.create_array(name, data=np.ascontiguousarray(arrays[name]), overwrite=True, **store.codecs())
-        folder.attrs["checksum"] = _arrays_checksum(arrays)
+def write_verification(group: store.Opened, arrays: dict[str, np.ndarray]) -> None:
+    """The verified suspects and their ladders, once, from the client, the arrays together (one Zarr
+    call); sealed by a checksum, written last."""
+    async def write() -> tuple:
+        folder = await zarr.api.asynchronous.open_group(store=group.group.store, path="verify", mode="a")
+        made = await store.gathered([folder.create_array(name, data=np.ascontiguousarray(arrays[name]), overwrite=True,
+                                                         **store.codecs()) for name in VERIFY_ARRAYS])
+        return folder, made
+
+    with store.disk_full(group.where):
+        folder, made = sync(write())
+        group.nodes |= {f"verify/{name}": zarr.Array(array) for name, array in zip(VERIFY_ARRAYS, made)}
+        group.nodes["verify"] = zarr.Group(folder)
+        group["verify"].attrs["checksum"] = _arrays_checksum(arrays)
 
 
-def read_verification(group: zarr.Group, path: str) -> dict[int, Verdict] | None:
+def read_verification(group: store.Opened, path: str) -> dict[int, Verdict] | None:
     """The stored verdicts by θ index, or None if this store was never verified."""
     if "verify" not in group or "checksum" not in group["verify"].attrs:
         return None
     folder = group["verify"]
-    arrays = {name: store.checked(folder[name]) for name in VERIFY_ARRAYS}
+    read = group.read([f"verify/{name}" for name in VERIFY_ARRAYS])
+    arrays = {name: read[f"verify/{name}"] for name in VERIFY_ARRAYS}
     if folder.attrs["checksum"] != _arrays_checksum(arrays):
         raise InputError(f"store {path} is corrupted: its verified suspects were edited; resubmit with --overwrite")
     problem = _problem(arrays, group["theta"].shape[0])
@@ -40,7 +50,7 @@ def read_verification(group: zarr.Group, path: str) -> dict[int, Verdict] | None
     return verdicts_of(arrays)
 
 
-def read_to_resume(group: zarr.Group, path: str) -> tuple[dict[int, Verdict] | None, list[str]]:
+def read_to_resume(group: store.Opened, path: str) -> tuple[dict[int, Verdict] | None, list[str]]:
     """``read_verification`` for a resume: verdicts with a chunk that fails its checksum are
     recomputable, so they count as never verified (the suspects are verified again), with a note."""
     try:

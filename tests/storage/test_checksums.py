@@ -186,14 +186,14 @@ def test_crafted_attributes_are_refused_in_one_line(gradjob, clean, tmp_path, na
 
 
 def test_crafted_verified_suspects_are_refused(gradjob, clean, tmp_path):
-    from gradjob.storage import verification
+    from gradjob.storage import store, verification
 
     copy = tmp_path / "copy.zarr"
     shutil.copytree(clean[0], copy)
     group = zarr.open_group(copy, mode="r+")
     arrays = {name: group["verify"][name][...] for name in verification.VERIFY_ARRAYS}
     arrays["index"] = arrays["index"] + 10**10  # rewritten with a matching checksum, as anyone can
-    verification.write_verification(group, arrays)
+    verification.write_verification(store.Opened(group), arrays)
     run = gradjob("report", copy)
     assert (run.exit_code, run.stderr) == (2, f"gradjob: error: store {copy} is corrupted: its verified suspects name "
                                               "parameters outside 0…46; resubmit with --overwrite\n")
