@@ -511,14 +511,15 @@ def test_heatmap_axes_read_as_the_matrixs_own_rows_and_columns():
 
 
 class Recording:
-    """A store array that records the length of every read."""
+    """A store (``store.Opened``'s ``read``: a block of several arrays in one call) that records the
+    length of every read."""
 
-    def __init__(self, array, reads):
-        self.array, self.reads = array, reads
+    def __init__(self, arrays, reads):
+        self.arrays, self.reads = arrays, reads
 
-    def __getitem__(self, key):
+    def read(self, names, key):
         self.reads.append(key.stop - key.start)
-        return self.array[key]
+        return {name: self.arrays[name][key] for name in names}
 
 
 def test_pooled_error_streams_blocks_and_pools_the_matrixs_own_cells():
@@ -528,10 +529,10 @@ def test_pooled_error_streams_blocks_and_pools_the_matrixs_own_cells():
     layout = Layout((Tensor("b0", (offset,), 0), Tensor("W1", (rows, cols), offset),
                      Tensor("b1", (5,), offset + rows * cols)), "float64")
     reads = []
-    group = {"grad": Recording(grad, reads), "gradapprox": Recording(gradapprox, reads)}
+    group = Recording({"grad": grad, "gradapprox": gradapprox}, reads)
     pooled, row_step, col_step = plots.pooled_error(group, layout, "W1")
     assert (row_step, col_step, pooled.shape) == (3, 4, (101, 102))
-    assert max(reads) <= store.READ_BLOCK and sum(reads) == 2 * rows * cols  # each element read once
+    assert max(reads) <= store.READ_BLOCK and sum(reads) == rows * cols  # each element read once (both arrays a call)
     error = np.abs(grad - gradapprox)[offset:offset + rows * cols].reshape(rows, cols)
     for i, j in ((0, 0), (100, 101), (57, 13), (100, 0)):
         assert pooled[i, j] == error[3 * i:3 * i + 3, 4 * j:4 * j + 4].max()
