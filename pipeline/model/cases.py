@@ -19,7 +19,7 @@ import numpy as np
 
 from gradjob import options
 from gradjob.errors import InputError
-from gradjob.model.usercode import Guarded, escaped, exits_raise, with_frames
+from gradjob.model.usercode import Guarded, escaped, exits_raise, refuse_script_part, with_frames
 
 BUILTIN_CASES = ("seed", "linear", "random")  # the names load_case resolves itself
 
@@ -153,6 +153,10 @@ def _zarr_case(path: str) -> Case:
 def _python_case(path: Path, function: str) -> Case:
     if not path.is_file():
         raise InputError(f"case file {str(path)!r} does not exist")
+    try:
+        refuse_script_part(path.read_text(), str(path), "case file")
+    except (OSError, UnicodeDecodeError):
+        pass  # said by running it
     try:
         with exits_raise():
             namespace = runpy.run_path(str(path))

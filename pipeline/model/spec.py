@@ -22,7 +22,7 @@ import numpy as np
 
 from gradjob.errors import InputError
 from gradjob.model import imports, networks
-from gradjob.model.usercode import Guarded, escaped, exits_raise, with_frames
+from gradjob.model.usercode import Guarded, escaped, exits_raise, refuse_script_part, with_frames
 
 DEFAULT_FORWARD = "forward_propagation_n"
 DEFAULT_BACKWARD = "backward_propagation_n"
@@ -115,6 +115,7 @@ def model_spec(model: str, forward: str | None = None, backward: str | None = No
         source = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read model file {model!r}: {exc}") from None
+    refuse_script_part(source, str(path.resolve()), "model file")  # before any of it runs (once, on the client)
     spec = ModelSpec(str(path.resolve()), source, forward or DEFAULT_FORWARD, backward or DEFAULT_BACKWARD).with_modules()
     load_model(spec)  # fail here, on the client, with a clear line
     return spec

@@ -7,11 +7,14 @@ every stage already reports as an error of the user's code: one line, exit 2 bef
 starts, 3 during it. ``os._exit`` skips every ``except``: while user code runs, a call of it from
 that thread raises ``SystemExit`` instead (``exits_raise``), and is reported the same way.
 ``user_frames`` keeps the user's part of a traceback (file:line and the
-code line, as pytest shows it) to print under that line.
+code line, as pytest shows it) to print under that line. ``refuse_script_part`` refuses a file
+that would train at import (a notebook exported as a script, training at the
+bottom with no ``if __name__ == "__main__":``): loading it for its functions would train first.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import linecache
@@ -19,6 +22,8 @@ import os
 import sysconfig
 import threading
 from typing import Callable
+
+from gradjob.errors import InputError
 
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _LIBRARY_DIRS = tuple({os.path.abspath(sysconfig.get_paths()[key]) + os.sep
@@ -112,6 +117,83 @@ class Guarded:
         if name == "function":  # not set yet (a copy being built): no recursion
             raise AttributeError(name)
         return getattr(self.function, name)
+
+
+def script_part(source: str, filename: str) -> tuple[int, str] | None:
+    """(line, code) of the first statement of ``source`` that runs at import and trains: a loop
+    at top level that calls two or more of the file's own functions (``for i in range(n): cost, cache
+    = forward(...); grads = backward(...)``), or a call of an own function or method that runs a
+    loop calling one of them (``parameters = model(X, Y)``,
+    ``net.SGD(data, 30, 10, 3.0)``). Statements under ``if __name__ == "__main__":`` run only as a
+    program; building a model or constants at import (``MODEL = make_model()``, ``MASK =
+    np.random.default_rng(7).random(shape) < keep``, ``backward_W1_x2 = _scaled("W1", 2)``) is not
+    a script part."""
+    try:
+        tree = ast.parse(source, filename)
+    except SyntaxError:
+        return None  # said when the file is run
+    functions = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    methods: dict[str, list] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    methods.setdefault(item.name, []).append(item)
+
+    def own(call: ast.AST) -> list:
+        if not isinstance(call, ast.Call):
+            return []
+        if isinstance(call.func, ast.Name):
+            return [functions[call.func.id]] if call.func.id in functions else []
+        return methods.get(call.func.attr, []) if isinstance(call.func, ast.Attribute) else []
+
+    def loops_over_own(node: ast.AST, least: int) -> bool:  # a loop calling ``least`` of the file's functions
+        return any(isinstance(n, (ast.For, ast.While)) and len({id(f) for c in _run_at_import(n) for f in own(c)}) >= least
+                   for n in [node, *_run_at_import(node)])
+
+    trains: dict[int, bool] = {}
+
+    def training(function) -> bool:
+        key = id(function)
+        if key not in trains:
+            trains[key] = False  # recursion: not by itself
+            body = ast.Module(body=function.body, type_ignores=[])
+            trains[key] = loops_over_own(body, 1) or any(training(f) for n in _run_at_import(body) for f in own(n))
+        return trains[key]
+
+    for statement in tree.body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or _main_guard(statement):
+            continue
+        # at top level, a loop calling one factory of the file defines things (cases, methods); training
+        # calls two or more (forward, backward, update); inside a function called at import, any loop does
+        if loops_over_own(statement, 2) or any(training(f) for n in _run_at_import(statement) for f in own(n)):
+            return statement.lineno, ast.get_source_segment(source, statement).splitlines()[0].strip()
+    return None
+
+
+def _main_guard(statement: ast.stmt) -> bool:
+    test = statement.test if isinstance(statement, ast.If) else None
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators))
+
+
+def _run_at_import(node: ast.AST):
+    """The nodes of ``node`` that run when it does: not the bodies of functions, lambdas or classes."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        yield child
+        yield from _run_at_import(child)
+
+
+def refuse_script_part(source: str, filename: str, what: str) -> None:
+    """``InputError`` naming the line where ``filename`` (``what``: "model file", "case file") would
+    run its script part at import, and what to do; nothing is run."""
+    found = script_part(source, filename)
+    if found is not None:
+        line, code = found
+        raise InputError(f"{what} {filename} trains at import (line {line}: {code}), so loading it for its functions "
+                         "would run the training first; put the script part under `if __name__ == \"__main__\":`")
 
 
 def _is_user(filename: str) -> bool:

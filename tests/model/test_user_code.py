@@ -260,3 +260,78 @@ case = "seed"
                      "shapes (8,6) and (3,20) not aligned: 6 (dim 1) != 3 (dim 0)")
     assert lines[at + 1:at + 3] == [f'  File "{model}", line 43, in misaligned',
                                     "    return np.dot(np.ones((8, 6)), np.ones((3, 20)))"]
+
+
+# --- a script without `if __name__ == "__main__":` that trains at import -------------------------------
+
+NOTEBOOK_SCRIPT = '''
+import pathlib
+import numpy as np
+from gradjob.model.networks import network_forward, network_backward
+from gradjob.model.cases import seed_case
+
+
+def forward_propagation_n(X, Y, parameters):
+    return network_forward(X, Y, parameters)
+
+
+def backward_propagation_n(X, Y, cache):
+    return network_backward(X, Y, cache)
+
+
+def update_parameters(parameters, grads, learning_rate):
+    return {k: v - learning_rate * grads["d" + k] for k, v in parameters.items()}
+
+
+def model(X, Y, learning_rate=0.1, num_iterations=3):
+    parameters = seed_case().parameters
+    for i in range(num_iterations):
+        cost, cache = forward_propagation_n(X, Y, parameters)
+        parameters = update_parameters(parameters, backward_propagation_n(X, Y, cache), learning_rate)
+    return parameters
+
+
+def case():
+    case = seed_case()
+    return case.X, case.Y, case.parameters
+
+
+MASK = np.random.default_rng(7).random((5, 3)) < 0.8  # a constant built at import: fine
+{script}
+'''
+SCRIPT = '''train_X, train_Y, _ = case()
+parameters = model(train_X, train_Y)
+pathlib.Path("trained.txt").write_text("the script part ran")
+'''
+
+
+def test_a_model_file_that_trains_at_import_is_refused_without_running_it(gradjob, write_model, tmp_path):
+    script = write_model(NOTEBOOK_SCRIPT.replace("{script}", SCRIPT), "notebook.py")
+    expected = (f"model file {script} trains at import (line 35: parameters = model(train_X, train_Y)), so loading "
+                "it for its functions would run the training first; put the script part under "
+                '`if __name__ == "__main__":`')
+    run = gradjob("submit", script, "--case", f"{script}:case", "--store", "s.zarr")
+    assert (run.exit_code, run.stdout, run.stderr) == (2, "", f"gradjob: error: {expected}\n")
+    assert not (tmp_path / "trained.txt").exists() and not (tmp_path / "s.zarr").exists()
+
+    inline = write_model(NOTEBOOK_SCRIPT.replace("{script}", (  # a training loop written at top level
+        "X, Y, p = case()\nfor i in range(3):\n    cost, cache = forward_propagation_n(X, Y, p)\n"
+        "    p = update_parameters(p, backward_propagation_n(X, Y, cache), 0.1)\n")), "inline.py")
+    run = gradjob("submit", inline, "--case", "seed", "--store", "s.zarr")
+    assert (run.exit_code, run.stderr) == (2, f"gradjob: error: model file {inline} trains at import (line 35: for i "
+                                              "in range(3):), so loading it for its functions would run the training "
+                                              'first; put the script part under `if __name__ == "__main__":`\n')
+
+    guarded = write_model(NOTEBOOK_SCRIPT.replace("{script}", 'if __name__ == "__main__":\n'
+                                                 + "".join(f"    {line}\n" for line in SCRIPT.splitlines())),
+                          "guarded.py")
+    run = gradjob("submit", guarded, "--case", f"{guarded}:case", "--store", "s.zarr")
+    assert run.exit_code == 0 and run.stdout.startswith("PASS") and not (tmp_path / "trained.txt").exists()
+
+    case_only = write_model(NOTEBOOK_SCRIPT.replace("{script}", SCRIPT), "case_file.py")  # the same, as --case only
+    run = gradjob("submit", "--model", "network", "--case", f"{case_only}:case", "--store", "s2.zarr")
+    assert (run.exit_code, run.stderr) == (2, f"gradjob: error: case file {case_only} trains at import (line 35: "
+                                              "parameters = model(train_X, train_Y)), so loading it for its functions "
+                                              'would run the training first; put the script part under '
+                                              '`if __name__ == "__main__":`\n')
+    assert not (tmp_path / "trained.txt").exists()

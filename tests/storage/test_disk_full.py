@@ -66,9 +66,9 @@ def test_disk_full_is_one_line_and_resubmitting_recovers(gradjob, disk, clean, c
     path = disk.path / "s.zarr"
     args = ["submit", "--json", *NETWORK, "--store", path, "--scheduler", cluster_address]
     run = gradjob(*args)
-    assert (run.exit_code, run.stdout) == (3, "")
-    assert run.stderr.endswith(f"gradjob: error: disk full writing {path}; free some space and submit the same job "
-                               "again\n")
+    line = f"disk full writing {path}; free some space and submit the same job again"
+    assert (run.exit_code, json.loads(run.stdout)) == (3, {"passed": False, "error": line, "exit_code": 3})
+    assert run.stderr.endswith(f"gradjob: error: {line}\n")
     assert "Traceback" not in run.stderr and not (disk.path / "s.zarr.lock").exists()
     if size == "512k":
         assert not path.exists()  # the half-made store is removed: its space is given back
