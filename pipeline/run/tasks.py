@@ -122,8 +122,7 @@ def _check_probe(probe: Probe, forward, layout: Layout, computed_dtype: str) -> 
     except PerturbationFailure as failure:
         raise JobError(f"the workers evaluate a different function than the client: the forward fails on a worker "
                        f"where it ran on the client ({failure.detail}). {SAME_FUNCTION}") from None
-    tolerance = evaluators.REPLAY_RTOL.get(computed_dtype, 1e-11) * np.maximum(1.0, np.abs(expected))
-    bad = np.flatnonzero(~(np.abs(got - expected) <= tolerance))
+    bad = np.flatnonzero(~same_cost(expected, got, computed_dtype))
     if bad.size:
         k = int(bad[0])
         where = "J(θ)" if k == 0 else f"J with {layout.describe(int(indices[k]))} moved to {probe.values[k]:.17g}"
@@ -138,9 +137,11 @@ def cost_changed(before: float, now: float, after: str) -> str:
             "redrawn, randomness without a fixed seed) gives no verdict: make it depend only on its arguments")
 
 
-def same_cost(before: float, now: float, computed_dtype: str) -> bool:
-    """J(θ) asked again agrees with J(θ) asked before (on another machine: to its BLAS's round-off)."""
-    return abs(now - before) <= evaluators.REPLAY_RTOL.get(computed_dtype, 1e-11) * max(1.0, abs(before))
+def same_cost(before, now, computed_dtype: str):
+    """Whether J asked again agrees with J asked before (on another machine: to its BLAS's round-off),
+    for a cost or, elementwise, for arrays of them."""
+    rtol = evaluators.REPLAY_RTOL.get(computed_dtype, 1e-11)
+    return np.abs(now - before) <= rtol * np.maximum(1.0, np.abs(before))
 
 
 def _cost_again(workspace: "_Workspace", context: TaskContext, after: str) -> None:

@@ -100,7 +100,7 @@ class Opened:
         values = together(self[name].async_array.getitem(selection) for name in names)
         for name, value in zip(names, values):
             if isinstance(value, BaseException):
-                if isinstance(value, ValueError) and "checksum" in str(value):
+                if _checksum_failed(value):
                     checked(self[name], selection)  # raises, naming the chunk
                 raise value
         return dict(zip(names, values))
@@ -133,7 +133,7 @@ def checked(array: zarr.Array, selection=Ellipsis) -> np.ndarray:
     try:
         return array[selection]
     except ValueError as exc:
-        if "checksum" not in str(exc):
+        if not _checksum_failed(exc):
             raise
     for block in np.ndindex(*array.cdata_shape):
         if not _intact(array, block):
@@ -145,10 +145,15 @@ def _intact(array: zarr.Array, block: tuple[int, ...]) -> bool:
     try:
         array.get_block_selection(block)
     except ValueError as exc:
-        if "checksum" not in str(exc):
+        if not _checksum_failed(exc):
             raise
         return False
     return True
+
+
+def _checksum_failed(exc: BaseException) -> bool:
+    """Whether Zarr's read failed because a chunk fails its crc32c checksum (a damaged chunk)."""
+    return isinstance(exc, ValueError) and "checksum" in str(exc)
 
 
 def where(node: zarr.Array | zarr.Group) -> str:
@@ -197,7 +202,7 @@ def _chunks_read(group: Opened, names: tuple[str, ...], chunks: list[Chunk]) -> 
         values = together(group[name].async_array.getitem(slice(c.start, c.stop)) for c in batch for name in names)
         for (k, name), value in zip(keys, values):
             if isinstance(value, BaseException):
-                if not (isinstance(value, ValueError) and "checksum" in str(value)):
+                if not _checksum_failed(value):
                     raise value
                 value = DamagedChunk(group.where, name, (k,))
             out[k, name] = value
